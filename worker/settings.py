@@ -1,0 +1,246 @@
+"""All configuration, read once from ``SFS_CLEANUP_*`` variables (and ``.env``), then passed down.
+
+Nothing deeper in the code reads the environment. Problems are reported all at once, one line
+each, with the variable's name: see :func:`load_settings` and :class:`SettingsError`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.ids import explain
+
+ENV_PREFIX = "SFS_CLEANUP_"
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The service's settings. Every field is ``SFS_CLEANUP_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",  # a .env shared with other tools must not break start-up
+        hide_input_in_errors=True,
+    )
+
+    # --- Redis and the broker -------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the audit, plans and limiter.")
+    broker_url: str | None = Field(None, description="Celery broker; defaults to the Redis URL.")
+    key_prefix: str = Field("sfs", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
+    retention_days: int = Field(90, ge=1, le=3650, description="How long runs and their audit are kept.")
+
+    # --- The API --------------------------------------------------------------------------
+    api_endpoint: str | None = Field(
+        None, description="e.g. https://sfs-turbo.ap-southeast-1.myhuaweicloud.com"
+    )
+    project_id: str | None = Field(None, description="The project (32 hex characters in the console).")
+    share_ids: CommaList = Field(default_factory=list, description="File systems to purge, comma-separated.")
+    list_page_size: int = Field(1000, ge=1, le=10000, description="`limit` of each listing page.")
+    http_connect_timeout_s: float = Field(5.0, gt=0, le=60)
+    http_read_timeout_s: float = Field(30.0, gt=0, le=300)
+
+    # --- Authentication (one of three modes) ----------------------------------------------
+    auth_token: SecretStr | None = Field(None, description="A ready IAM token (X-Auth-Token).")
+    iam_endpoint: str | None = Field(None, description="e.g. https://iam.ap-southeast-1.myhuaweicloud.com")
+    iam_user: str | None = None
+    iam_password: SecretStr | None = None
+    iam_domain: str | None = Field(None, description="The account (domain) name of the IAM user.")
+    iam_token_renew_before_s: float = Field(3600.0, ge=0, description="Renew a token this long before expiry.")
+    access_key: str | None = Field(None, description="AK for SDK-HMAC-SHA256 signing.")
+    secret_key: SecretStr | None = None
+    security_token: SecretStr | None = Field(None, description="For temporary AK/SK credentials.")
+
+    # --- Rate limit and retries -----------------------------------------------------------
+    rate_limit: float = Field(20.0, gt=0, le=100000, description="Requests per second for the whole fleet.")
+    rate_burst: int = Field(5, ge=1, le=1000, description="Requests allowed at once above the steady rate.")
+    rate_wait_max_s: float = Field(60.0, gt=0, description="Longest a request waits for its slot.")
+    throttle_penalty_s: float = Field(3.0, ge=0, le=60, description="Fleet pause after a 429 with no Retry-After.")
+    max_retries: int = Field(8, ge=0, le=50, description="Retries of one task after 5xx or no answer.")
+    retry_backoff_base_s: float = Field(1.0, gt=0, le=60)
+    retry_backoff_max_s: float = Field(60.0, gt=0, le=900)
+    max_throttled_retries: int = Field(50, ge=0, description="429s one task may absorb before it fails.")
+
+    # --- Jobs -----------------------------------------------------------------------------
+    batch_size: int = Field(100, ge=1, le=1000, description="Tasks (of one share) per deletion job.")
+    batch_concurrency: int = Field(16, ge=1, le=256, description="Deletes in flight inside one job.")
+    job_time_limit_s: int = Field(1800, ge=30, description="Hard time limit of one deletion job.")
+    visibility_timeout_s: int = Field(3600, ge=10, description="Redis broker redelivery of unacked jobs.")
+    restore_interval_s: float = Field(10.0, gt=0, le=600, description="How often unacked jobs are swept.")
+    lease_s: int = Field(60, ge=5, le=3600, description="A job's claim on its batch, renewed while it works.")
+    reconcile_after_s: int = Field(120, ge=10, description="Re-dispatch a batch with no progress for this long.")
+
+    # --- Blast radius ---------------------------------------------------------------------
+    failure_threshold_ratio: float = Field(0.5, gt=0, le=1)
+    failure_threshold_min_attempts: int = Field(1000, ge=1)
+
+    # --- Selection defaults (flags and policy files override) -----------------------------
+    policy_file: str | None = Field(None, description="A YAML or TOML policy file.")
+    older_than: str = Field("7d", description="Only tasks that ended longer ago than this.")
+    statuses: CommaList = Field(default_factory=lambda: ["SUCCESS", "FAIL"])
+    types: CommaList = Field(default_factory=list, description="Empty: every type.")
+    protected_task_ids: CommaList = Field(default_factory=list)
+    protected_share_ids: CommaList = Field(default_factory=list)
+    max_deletions: int | None = Field(None, ge=0, description="Cap on deletions per run.")
+    recheck_status: bool = Field(False, description="Show each task just before deleting it.")
+
+    # --- Schedule and monitoring ----------------------------------------------------------
+    schedule_cron: str = Field("0 2 * * *", description="Nightly purge, as a cron expression.")
+    schedule_timezone: str = Field("UTC")
+    schedule_enabled: bool = True
+    flower_basic_auth: SecretStr | None = Field(None, description="user:password for Flower.")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics here.")
+
+    # --- Logs -----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("share_ids", "statuses", "types", "protected_task_ids", "protected_share_ids", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("statuses", "types", mode="after")
+    @classmethod
+    def _known_values(cls, value: list[str], info: Any) -> list[str]:
+        from worker.models import TaskStatus, TaskType
+
+        allowed = {"statuses": {s.value for s in TaskStatus}, "types": {t.value for t in TaskType}}[info.field_name]
+        wrong = [v for v in value if v not in allowed]
+        if wrong:
+            raise ValueError(f"unknown value(s) {', '.join(map(repr, wrong))}; allowed: {', '.join(sorted(allowed))}")
+        return value
+
+    @field_validator("project_id")
+    @classmethod
+    def _project_id(cls, value: str | None) -> str | None:
+        if value is not None and (reason := explain(value)):
+            raise ValueError(f"project ID {reason}")
+        return value
+
+    @field_validator("share_ids", "protected_share_ids", "protected_task_ids")
+    @classmethod
+    def _id_lists(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if reason := explain(item):
+                raise ValueError(f"ID {item[:40]!r} {reason}")
+        return value
+
+    @field_validator("api_endpoint", "iam_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local fake)")
+        return value.rstrip("/")
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("older_than")
+    @classmethod
+    def _older_than(cls, value: str) -> str:
+        from worker.durations import parse_duration
+
+        parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems: list[str] = []
+        if self.broker_url is None:
+            self.broker_url = self.redis_url
+        iam = [self.iam_endpoint, self.iam_user, self.iam_password, self.iam_domain]
+        if any(v is not None for v in iam) and not all(v is not None for v in iam):
+            problems.append("IAM login needs all of IAM_ENDPOINT, IAM_USER, IAM_PASSWORD and IAM_DOMAIN")
+        if (self.access_key is None) != (self.secret_key is None):
+            problems.append("AK/SK signing needs both ACCESS_KEY and SECRET_KEY")
+        modes = sum([self.auth_token is not None, all(v is not None for v in iam), self.access_key is not None])
+        if modes > 1:
+            problems.append("set exactly one of AUTH_TOKEN, the IAM_* login, or ACCESS_KEY/SECRET_KEY")
+        if self.retry_backoff_base_s > self.retry_backoff_max_s:
+            problems.append("RETRY_BACKOFF_BASE_S must not exceed RETRY_BACKOFF_MAX_S")
+        if self.rate_wait_max_s >= self.job_time_limit_s:
+            problems.append("RATE_WAIT_MAX_S must be shorter than JOB_TIME_LIMIT_S")
+        # A job still running when its message's visibility timeout passes is delivered again:
+        # the timeout must outlast the longest job, or every long job runs twice.
+        if self.job_time_limit_s + 60 > self.visibility_timeout_s:
+            problems.append(
+                f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed JOB_TIME_LIMIT_S "
+                f"({self.job_time_limit_s}) by at least 60 s, or long jobs are delivered twice"
+            )
+        if self.lease_s * 2 > self.reconcile_after_s + self.lease_s * 1.5 and self.reconcile_after_s < self.lease_s:
+            problems.append("RECONCILE_AFTER_S must be at least LEASE_S")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # --- Derived values -------------------------------------------------------------------
+    @property
+    def auth_mode(self) -> Literal["token", "iam", "aksk", "none"]:
+        if self.auth_token is not None:
+            return "token"
+        if self.iam_user is not None:
+            return "iam"
+        if self.access_key is not None:
+            return "aksk"
+        return "none"
+
+    def require_api(self) -> None:
+        """Settings every command that talks to the API needs; raises :class:`SettingsError`."""
+        missing = [
+            f"{ENV_PREFIX}{name.upper()}: is required to reach the API"
+            for name in ("api_endpoint", "project_id")
+            if getattr(self, name) is None
+        ]
+        if self.auth_mode == "none":
+            missing.append(
+                f"{ENV_PREFIX}AUTH_TOKEN: set a token, the IAM_* login, or ACCESS_KEY/SECRET_KEY"
+            )
+        if missing:
+            raise SettingsError(missing)
+
+
+class SettingsError(Exception):
+    """Every settings problem, one line each, ready to print without a stack trace."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("invalid settings:\n  " + "\n  ".join(lines))
+
+
+def _format(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
+        msg = item["msg"].removeprefix("Value error, ")
+        if not loc:
+            lines.extend(f"settings: {part}" for part in msg.split("; "))
+        else:
+            lines.append(f"{name}: {msg}")
+    return lines
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; raise :class:`SettingsError` listing every problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_format(exc)) from None
