@@ -20,7 +20,7 @@ class Verdict(StrEnum):
     PERMANENT = "permanent"  # the request is wrong: never retried
     RETRYABLE = "retryable"  # server side or transport failure, or busy: retry with backoff
     AUTH_RENEW = "auth_renew"  # the token is invalid or expired: renew once, then retry
-    AUTH_FATAL = "auth_fatal"  # credentials that cannot work: stop, say what to fix
+    FATAL = "fatal"  # credentials or configuration that cannot work: stop the run, say what to fix
     THROTTLED = "throttled"  # the gateway's throttle: slow the fleet, retry, never a failure
     SHARE_MISSING = "share_missing"  # the file system does not exist or is not visible
 
@@ -33,12 +33,14 @@ _THROTTLE_CODES: Final = frozenset({"APIGW.0308"})
 
 #: What an operator should do about credentials the gateway refuses for good.
 AUTH_HINTS: Final[Mapping[str, str]] = {
-    "APIGW.0301": "the token is invalid: check SFS_CLEANUP_AUTH_TOKEN or the IAM login settings",
-    "APIGW.0302": "this user may not call the SFS Turbo API: grant the IAM permission for HPC-cache tasks",
-    "APIGW.0303": "the request's X-Sdk-Date is rejected: the clock is more than 15 minutes off, fix NTP",
-    "APIGW.0307": "the token has expired and could not be renewed",
-    "APIGW.0101": "the access key is unknown: check SFS_CLEANUP_ACCESS_KEY",
-    "APIGW.0304": "the AK/SK signature does not match: check SFS_CLEANUP_SECRET_KEY",
+    "APIGW.0301": "the credentials were refused (invalid token, unknown AK or wrong SK): "
+    "check SFS_CLEANUP_AUTH_TOKEN, the IAM_* login, or ACCESS_KEY/SECRET_KEY",
+    "APIGW.0302": "this user may not call the SFS Turbo API: grant the IAM permission for SFS Turbo",
+    "APIGW.0303": "the request date was refused: this machine's clock is more than 15 minutes off (fix NTP)",
+    "APIGW.0305": "the authentication information is incorrect",
+    "APIGW.0306": "access to the API is denied for these credentials",
+    "APIGW.0307": "the token has expired and renewing it did not help",
+    "APIGW.0101": "the API does not exist at this endpoint: check SFS_CLEANUP_API_ENDPOINT",
 }
 
 
@@ -77,7 +79,7 @@ def classify(status: int, code: str | None) -> Verdict:
     if status == 429 or code in _THROTTLE_CODES:
         return Verdict.THROTTLED
     if status == 401:
-        return Verdict.AUTH_RENEW if code in _TOKEN_RENEW_CODES else Verdict.AUTH_FATAL
+        return Verdict.AUTH_RENEW if code in _TOKEN_RENEW_CODES else Verdict.FATAL
     if code == TASK_NOT_FOUND:
         return Verdict.GONE
     if code in _SHARE_MISSING_CODES:
@@ -85,10 +87,10 @@ def classify(status: int, code: str | None) -> Verdict:
     if code in _BUSY_CODES:
         return Verdict.RETRYABLE
     if status == 403 and code is not None and code.startswith("APIGW."):
-        return Verdict.AUTH_FATAL
-    if status == 404 and code is None:
-        # A gateway 404 with no code is a wrong endpoint or path, not a missing task.
-        return Verdict.PERMANENT
+        return Verdict.FATAL
+    if status == 404 and (code is None or code == "APIGW.0101"):
+        # A gateway 404 is a wrong endpoint or path, not a missing task: no task can succeed.
+        return Verdict.FATAL
     if status >= 500:
         return Verdict.RETRYABLE
     return Verdict.PERMANENT
@@ -121,7 +123,7 @@ class ApiAnswer:
             parts.append(repr(self.error_msg))
         if self.request_id:
             parts.append(f"request_id={self.request_id}")
-        hint = AUTH_HINTS.get(self.error_code or "") if self.verdict is Verdict.AUTH_FATAL else None
+        hint = AUTH_HINTS.get(self.error_code or "") if self.verdict is Verdict.FATAL else None
         if hint:
             parts.append(f"({hint})")
         return " ".join(parts)

@@ -185,7 +185,7 @@ class Settings(BaseSettings):
                 f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed JOB_TIME_LIMIT_S "
                 f"({self.job_time_limit_s}) by at least 60 s, or long jobs are delivered twice"
             )
-        if self.lease_s * 2 > self.reconcile_after_s + self.lease_s * 1.5 and self.reconcile_after_s < self.lease_s:
+        if self.reconcile_after_s < self.lease_s:
             problems.append("RECONCILE_AFTER_S must be at least LEASE_S")
         if problems:
             raise ValueError("; ".join(problems))

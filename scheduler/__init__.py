@@ -1,0 +1,1 @@
+"""The scheduler: inventory, policy, planning and dispatch of purge runs, and the CLI."""
