@@ -1,1 +1,38 @@
-"""The scheduler: inventory, policy, planning and dispatch of purge runs, and the CLI."""
+"""The scheduler: inventory, policy, planning and dispatch of purge runs, and the CLI.
+
+``celery -A scheduler worker`` starts a worker that also runs the control jobs (message
+triggers, the nightly purge, the reconciler); the app is built on first access.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+__all__ = ["app"]
+
+
+@functools.cache
+def _app() -> Any:
+    import sys
+
+    from worker.celery_app import CONTROL_QUEUE, DELETE_QUEUE, create_app
+    from worker.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app = create_app(settings, queues=(DELETE_QUEUE, CONTROL_QUEUE))
+    from scheduler import service
+
+    service.register(app)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "celery"):
+        return _app()
+    raise AttributeError(f"module 'scheduler' has no attribute {name!r}")

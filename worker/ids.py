@@ -42,14 +42,14 @@ def explain(value: object) -> str | None:
         return None
     bad = next(ch for ch in value if not (ch.isascii() and (ch.isalnum() or ch == "-")))
     if bad in "/\\" or ".." in value:
-        return f"contains a path character {ascii(bad)}"
+        return f"contains a path character {bad!a}"
     if bad == "%":
         return "contains '%' (percent-encoded input is refused)"
     if not bad.isprintable():
-        return f"contains a control character {ascii(bad)}"
+        return f"contains a control character {bad!a}"
     if not bad.isascii():
-        return f"contains a non-ASCII character {ascii(bad)}"
-    return f"contains {ascii(bad)} (only letters, digits and '-' are allowed)"
+        return f"contains a non-ASCII character {bad!a}"
+    return f"contains {bad!a} (only letters, digits and '-' are allowed)"
 
 
 def check_id(kind: str, value: object) -> str:

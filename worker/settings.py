@@ -42,9 +42,7 @@ class Settings(BaseSettings):
     retention_days: int = Field(90, ge=1, le=3650, description="How long runs and their audit are kept.")
 
     # --- The API --------------------------------------------------------------------------
-    api_endpoint: str | None = Field(
-        None, description="e.g. https://sfs-turbo.ap-southeast-1.myhuaweicloud.com"
-    )
+    api_endpoint: str | None = Field(None, description="e.g. https://sfs-turbo.ap-southeast-1.myhuaweicloud.com")
     project_id: str | None = Field(None, description="The project (32 hex characters in the console).")
     share_ids: CommaList = Field(default_factory=list, description="File systems to purge, comma-separated.")
     list_page_size: int = Field(1000, ge=1, le=10000, description="`limit` of each listing page.")
@@ -210,9 +208,7 @@ class Settings(BaseSettings):
             if getattr(self, name) is None
         ]
         if self.auth_mode == "none":
-            missing.append(
-                f"{ENV_PREFIX}AUTH_TOKEN: set a token, the IAM_* login, or ACCESS_KEY/SECRET_KEY"
-            )
+            missing.append(f"{ENV_PREFIX}AUTH_TOKEN: set a token, the IAM_* login, or ACCESS_KEY/SECRET_KEY")
         if missing:
             raise SettingsError(missing)
 
@@ -226,7 +222,7 @@ class SettingsError(Exception):
 
 
 def _format(error: ValidationError) -> list[str]:
-    lines = []
+    lines: list[str] = []
     for item in error.errors():
         loc = [str(part) for part in item["loc"]]
         name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"

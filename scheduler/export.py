@@ -1,0 +1,63 @@
+"""The completion report of a run: one row per selected task, in JSON lines or CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import Any, TextIO
+
+from worker.audit import Audit
+
+COLUMNS = [
+    "run_id",
+    "project_id",
+    "share_id",
+    "task_id",
+    "outcome",
+    "reason",
+    "attempts",
+    "last_http_status",
+    "error_code",
+    "error_message",
+    "request_ids",
+    "finished_at",
+    "input_line",
+]
+
+
+def _rows(audit: Audit, run_id: str, project_id: str) -> Any:
+    for batch in audit.iter_batches(run_id):
+        for record in audit.task_records(batch):
+            yield record.as_row(project_id) | {"input_line": ""}
+    for item in audit.rejected(run_id):
+        yield {
+            "run_id": run_id,
+            "project_id": project_id,
+            "share_id": "",
+            "task_id": "",
+            "outcome": "rejected",
+            "reason": item.get("reason", ""),
+            "attempts": 0,
+            "last_http_status": "",
+            "error_code": "",
+            "error_message": item.get("raw", ""),
+            "request_ids": [],
+            "finished_at": "",
+            "input_line": item.get("line", ""),
+        }
+
+
+def write_export(audit: Audit, run_id: str, project_id: str, stream: TextIO, fmt: str) -> int:
+    """Stream the report (memory stays flat: one batch at a time); returns the row count."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in _rows(audit, run_id, project_id):
+            writer.writerow(row | {"request_ids": " ".join(row["request_ids"])})
+            count += 1
+    else:
+        for row in _rows(audit, run_id, project_id):
+            stream.write(json.dumps(row, ensure_ascii=True) + "\n")
+            count += 1
+    return count

@@ -1,0 +1,401 @@
+"""The fake SFS Turbo task API and IAM login as an aiohttp application.
+
+Each API call goes through the same steps as at Huawei, as far as they are known:
+latency, the gateway (authentication, then the per-user throttle), an outage if one is on,
+the path's project and share, and only then the call itself. Gateway answers are written with
+``X-Request-Id`` and SFS Turbo's with ``X-request-id``, so clients must read headers without
+regard to case, as they must in reality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from aiohttp import web
+
+from scheduler.fakeapi import auth
+from scheduler.fakeapi.config import ConfigError, FakeConfig, apply_patch
+from scheduler.fakeapi.faults import Fault, FaultDice
+from scheduler.fakeapi.seed import Inventory
+from scheduler.fakeapi.state import DeleteOutcome, TaskStore
+from scheduler.fakeapi.stats import DROPPED, Deletion, Stats
+from scheduler.fakeapi.tasks import STATUSES, TYPES, Task
+from scheduler.fakeapi.window import RateLimiter
+
+API_PREFIX: Final = "/v1/{project_id}/sfs-turbo/{share_id}/hpc-cache"
+SFS_ID_HEADER: Final = "X-request-id"
+GATEWAY_ID_HEADER: Final = "X-Request-Id"
+
+_TASK_NOT_FOUND: Final = ("SFS.TURBO.0106", "Invalid task id.")
+_PARAMETER_ERROR: Final = ("SFS.TURBO.0001", "parameter error")
+_INTERNAL_ERROR: Final = ("SFS.TURBO.0005", "Internal server error")
+_BUSY: Final = ("SFS.TURBO.0011", "The file system is being processed by another operation. Try again later.")
+_SHARE_ERRORS: Final = {
+    "400-0002": (400, "SFS.TURBO.0002", "Cluster not found"),
+    "404-0002": (404, "SFS.TURBO.0002", "Cluster not found"),
+    "403-9000": (403, "SFS.TURBO.9000", "The share does not exist or you have no permission to access it."),
+}
+
+_ids = random.Random()
+Inner = Callable[[web.Request, str], Awaitable[web.Response]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_id() -> str:
+    return f"{_ids.getrandbits(128):032x}"
+
+
+def _json(status: int, payload: Any, headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(payload, separators=(",", ":")).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def sfs_error(status: int, error: tuple[str, str], rid: str) -> web.Response:
+    return _json(status, {"errCode": error[0], "errMsg": error[1]}, {SFS_ID_HEADER: rid})
+
+
+def gateway_error(
+    status: int, code: str, message: str, rid: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return _json(
+        status,
+        {"error_code": code, "error_msg": message, "request_id": rid},
+        {GATEWAY_ID_HEADER: rid, **(headers or {})},
+    )
+
+
+class _DropConnectionError(Exception):
+    """Close the connection without an answer."""
+
+
+def _int_param(value: str | None, default: int) -> int | None:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+class FakeService:
+    """All of the fake's state, and its handlers. Lives on one event loop; not thread-safe."""
+
+    def __init__(self, config: FakeConfig, inventory: Inventory) -> None:
+        self.config = config.validate()
+        self.store = TaskStore(inventory)
+        self.stats = Stats()
+        self.tokens = auth.TokenRegistry()
+        self.dice = FaultDice(config.fault_seed)
+        self.limiter = RateLimiter()
+
+    # --- Control (the /_fake/* routes call these; so does FakeApi, on the loop) ------------
+
+    def configure(self, patch: dict[str, Any]) -> dict[str, Any]:
+        new = apply_patch(self.config, patch)
+        if new.fault_seed != self.config.fault_seed:
+            self.dice.reseed(new.fault_seed)
+        self.config = new
+        return new.to_dict()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "project_id": self.store.project_id,
+            "share_ids": self.store.share_ids,
+            "region": self.config.region,
+            "tokens": list(self.config.tokens),
+        }
+
+    def tasks(self, share_id: str | None = None) -> list[dict[str, str]]:
+        self.store.expire(time.time())
+        return self.store.records(share_id)
+
+    def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False) -> int:
+        return self.store.add((Task.from_record(record) for record in records), replace=replace)
+
+    # --- The application -------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        add = app.router.add_route
+        add("GET", API_PREFIX + "/tasks", self._api(self._list))
+        add("GET", API_PREFIX + "/task/{task_id}", self._api(self._show))
+        add("DELETE", API_PREFIX + "/task/{task_id}", self._api(self._delete))
+        add("POST", API_PREFIX + "/task", self._api(self._create))
+        add("POST", "/v3/auth/tokens", self._iam_login)
+        add("GET", "/_fake/stats", self._c_stats)
+        add("POST", "/_fake/reset_stats", self._c_reset_stats)
+        add("GET", "/_fake/config", self._c_config)
+        add("POST", "/_fake/config", self._c_config)
+        add("GET", "/_fake/tasks", self._c_tasks)
+        add("POST", "/_fake/tasks", self._c_tasks)
+        add("GET", "/_fake/deleted", self._c_deleted)
+        add("GET", "/_fake/info", self._c_info)
+        add("POST", "/_fake/revoke_tokens", self._c_revoke)
+        # Last: anything else is the gateway's "no such API", whatever the method.
+        add("*", "/{tail:.*}", self._api(self._no_such_api, gateway=False))
+        return app
+
+    def _api(self, inner: Inner, *, gateway: bool = True) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            stats = self.stats
+            method = request.method
+            stats.arrive(method, time.monotonic(), time.time())
+            rid = request_id()
+            try:
+                response = await self._pipeline(request, inner, rid, gateway)
+            except _DropConnectionError:
+                stats.answer(method, DROPPED)
+                if request.transport is not None:
+                    request.transport.abort()
+                # Never written: the transport is gone; aiohttp drops it quietly.
+                return web.Response(status=204)
+            except BaseException:
+                stats.answer(method, "error")
+                raise
+            stats.answer(method, response.status)
+            return response
+
+        return handle
+
+    async def _pipeline(self, request: web.Request, inner: Inner, rid: str, gateway: bool) -> web.Response:
+        config = self.config
+        if config.latency_ms > 0 or config.latency_jitter_ms > 0:
+            await asyncio.sleep(self.dice.latency_s(config))
+            config = self.config  # a patch may have landed while this request slept
+        if gateway:
+            refused = await self._gateway(request, rid, config)
+            if refused is not None:
+                return refused
+            if config.outage_active(time.time()):
+                self.stats.injected["outage"] += 1
+                if config.outage_status == 500:
+                    return sfs_error(500, _INTERNAL_ERROR, rid)
+                return gateway_error(503, "APIGW.0201", "Backend unavailable", rid)
+        return await inner(request, rid)
+
+    async def _gateway(self, request: web.Request, rid: str, config: FakeConfig) -> web.Response | None:
+        if config.auth_required:
+            headers = request.headers
+            signed = "Authorization" in headers and "X-Auth-Token" not in headers
+            body = await request.read() if signed and request.body_exists else b""
+            url = request.rel_url
+            refusal = auth.authenticate(
+                config=config,
+                tokens=self.tokens,
+                method=request.method,
+                raw_path=url.raw_path,
+                raw_query=url.raw_query_string,
+                headers=headers,
+                body=body,
+                now=time.time(),
+            )
+            if refusal is not None:
+                self.stats.auth_failures += 1
+                return gateway_error(refusal.status, refusal.code, refusal.message, rid)
+        if config.rate_limit_rps > 0 and not self.limiter.admit(time.monotonic(), config.rate_limit_rps):
+            return self._throttled(rid, config)
+        return None
+
+    @staticmethod
+    def _throttled(rid: str, config: FakeConfig) -> web.Response:
+        limit = config.rate_limit_rps
+        shown = f"{limit:g}"
+        headers = {}
+        if config.retry_after is not None:
+            headers["Retry-After"] = f"{config.retry_after:g}"
+        return gateway_error(
+            429,
+            "APIGW.0308",
+            f"The throttling threshold has been reached: policy user over ratelimit,limit:{shown},time:1 second",
+            rid,
+            headers,
+        )
+
+    def _share(self, request: web.Request, rid: str) -> tuple[str, web.Response | None]:
+        """The path's share, or the answer for a wrong project or an unknown share."""
+        share_id = request.match_info["share_id"]
+        if request.match_info["project_id"] != self.store.project_id:
+            return share_id, sfs_error(400, _PARAMETER_ERROR, rid)
+        self.store.expire(time.time())
+        if not self.store.has_share(share_id):
+            status, code, message = _SHARE_ERRORS[self.config.share_error_style]
+            return share_id, sfs_error(status, (code, message), rid)
+        return share_id, None
+
+    # --- The four task calls -----------------------------------------------------------------
+
+    async def _list(self, request: web.Request, rid: str) -> web.Response:
+        share_id, error = self._share(request, rid)
+        if error is not None:
+            return error
+        config = self.config
+        query = request.query
+        offset = _int_param(query.get("offset"), 0)
+        limit = _int_param(query.get("limit"), config.default_limit)
+        task_type = query.get("type") or None
+        status = query.get("status") or None
+        if (
+            offset is None
+            or limit is None
+            or offset < 0
+            or limit < 1
+            or (config.max_limit is not None and limit > config.max_limit)
+            or (task_type is not None and task_type not in TYPES)
+            or (status is not None and status not in STATUSES)
+        ):
+            return sfs_error(400, _PARAMETER_ERROR, rid)
+        page = self.store.page(share_id, offset, limit, task_type, status)
+        count = len(page.tasks) if config.count_is_page_size else page.total
+        return _json(200, {"tasks": [task.to_api() for task in page.tasks], "count": count}, {SFS_ID_HEADER: rid})
+
+    async def _show(self, request: web.Request, rid: str) -> web.Response:
+        share_id, error = self._share(request, rid)
+        if error is not None:
+            return error
+        task = self.store.get(share_id, request.match_info["task_id"])
+        if task is None:
+            return sfs_error(400, _TASK_NOT_FOUND, rid)
+        return _json(200, task.to_api(), {SFS_ID_HEADER: rid})
+
+    async def _delete(self, request: web.Request, rid: str) -> web.Response:
+        share_id, error = self._share(request, rid)
+        if error is not None:
+            return error
+        task_id = request.match_info["task_id"]
+        stats, store, config = self.stats, self.store, self.config
+        if (share_id, task_id) in store.accepted:
+            stats.duplicate_deletes += 1
+            stats.duplicate_task_ids.append(task_id)
+        fault = self.dice.for_delete(config, share_id, task_id)
+        if fault is not None:
+            stats.injected[fault.value] += 1
+            if fault is Fault.DROP:
+                raise _DropConnectionError
+            if fault is Fault.FAIL_FIRST or fault is Fault.ERROR:
+                return sfs_error(500, _INTERNAL_ERROR, rid)
+            if fault is Fault.BUSY:
+                return sfs_error(400, _BUSY, rid)
+        task = store.get(share_id, task_id)
+        was_doing = task is not None and task.status == "DOING"
+        if was_doing and not config.delete_doing:
+            return sfs_error(400, _BUSY, rid)
+        now = time.time()
+        outcome = store.delete(share_id, task_id, now, config.deleting_seconds)
+        self._count_delete(outcome, share_id, task_id, now, was_doing)
+        if fault is Fault.DROP_AFTER:
+            raise _DropConnectionError
+        if outcome is DeleteOutcome.ACCEPTED:
+            return web.Response(status=202, headers={SFS_ID_HEADER: rid})
+        return sfs_error(400, _TASK_NOT_FOUND, rid)
+
+    def _count_delete(self, outcome: DeleteOutcome, share_id: str, task_id: str, now: float, doing: bool) -> None:
+        if outcome is DeleteOutcome.ACCEPTED:
+            self.stats.deletes_accepted += 1
+            self.stats.deleted.append(Deletion(share_id, task_id, now))
+            if doing:
+                self.stats.doing_deletes += 1
+
+    async def _create(self, request: web.Request, rid: str) -> web.Response:
+        share_id, error = self._share(request, rid)
+        if error is not None:
+            return error
+        try:
+            body = await request.json()
+        except ValueError:
+            return sfs_error(400, _PARAMETER_ERROR, rid)
+        if not isinstance(body, dict):
+            return sfs_error(400, _PARAMETER_ERROR, rid)
+        task_type, target = body.get("type"), body.get("src_target")
+        prefix = body.get("src_prefix", "")
+        if (
+            task_type not in TYPES
+            or not isinstance(target, str)
+            or not target
+            or not isinstance(prefix, str)
+            or body.get("dest_target", target) != target  # documented: must equal src_target
+            or body.get("dest_prefix", prefix) != prefix
+        ):
+            return sfs_error(400, _PARAMETER_ERROR, rid)
+        task = self.store.create(share_id, str(task_type), target, prefix, time.time())
+        return _json(self.config.create_status, {"task_id": task.task_id}, {SFS_ID_HEADER: rid})
+
+    async def _no_such_api(self, request: web.Request, rid: str) -> web.Response:
+        return gateway_error(
+            404, "APIGW.0101", "The API does not exist or has not been published in the environment", rid
+        )
+
+    # --- IAM ---------------------------------------------------------------------------------
+
+    async def _iam_login(self, request: web.Request) -> web.Response:
+        self.stats.iam_requests += 1
+        rid = request_id()
+        config = self.config
+        if config.latency_ms > 0 or config.latency_jitter_ms > 0:
+            await asyncio.sleep(self.dice.latency_s(config))
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            body = None
+        result = auth.login(
+            body, config=self.config, project_id=self.store.project_id, tokens=self.tokens, now=time.time()
+        )
+        self.stats.iam_by_status[str(result.status)] += 1
+        headers = {GATEWAY_ID_HEADER: rid}
+        if result.token is not None:
+            self.stats.tokens_issued += 1
+            headers["X-Subject-Token"] = result.token
+        return _json(result.status, result.body, headers)
+
+    # --- /_fake/* ------------------------------------------------------------------------------
+
+    async def _c_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.snapshot())
+
+    async def _c_reset_stats(self, request: web.Request) -> web.Response:
+        self.stats.reset()
+        return web.json_response({"ok": True})
+
+    async def _c_config(self, request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return web.json_response(self.config.to_dict())
+        try:
+            patch = await request.json()
+            if not isinstance(patch, dict):
+                raise ConfigError(["the patch must be a JSON object"])
+            return web.json_response(self.configure(patch))
+        except ConfigError as exc:
+            return web.json_response({"problems": exc.problems}, status=400)
+        except ValueError:
+            return web.json_response({"problems": ["the body is not JSON"]}, status=400)
+
+    async def _c_tasks(self, request: web.Request) -> web.Response:
+        if request.method == "GET":
+            share_id = request.query.get("share_id")
+            if share_id is not None and not self.store.has_share(share_id):
+                return web.json_response({"problems": [f"unknown share {share_id!r}"]}, status=404)
+            return web.json_response({"tasks": self.tasks(share_id)})
+        try:
+            body = await request.json()
+            records = body["tasks"]
+            added = self.load_tasks(records, replace=bool(body.get("replace", False)))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return web.json_response({"problems": [f"bad task load: {exc}"]}, status=400)
+        return web.json_response({"added": added})
+
+    async def _c_deleted(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.deleted_records())
+
+    async def _c_info(self, request: web.Request) -> web.Response:
+        return web.json_response(self.info())
+
+    async def _c_revoke(self, request: web.Request) -> web.Response:
+        return web.json_response({"revoked": self.tokens.revoke_all()})

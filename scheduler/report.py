@@ -1,0 +1,108 @@
+"""Run reports: one dict for ``--json`` and a table for people."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.audit import Audit, Outcome, RunStatus
+
+EXIT_OK = 0
+EXIT_FAILED_TASKS = 3
+EXIT_STOPPED = 4
+EXIT_NOT_OVER = 5
+
+
+def _iso(value: str | None) -> str | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(float(value), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def run_report(audit: Audit, run_id: str) -> dict[str, Any]:
+    meta = audit.run(run_id)
+    if not meta:
+        raise KeyError(run_id)
+    outcomes = audit.counts(run_id)
+    selected = int(meta.get("selected", -1))
+    started = float(meta.get("planned_at") or meta.get("created_at") or time.time())
+    ended = float(meta["finished_at"]) if meta.get("finished_at") else time.time()
+    rate = audit.rate_profile(run_id)
+    return {
+        "run_id": run_id,
+        "status": meta.get("status"),
+        "dry_run": meta.get("dry_run") == "1",
+        "trigger": meta.get("trigger"),
+        "source": meta.get("source"),
+        "parent_run": meta.get("parent_run"),
+        "reason": meta.get("reason") or None,
+        "selected": selected,
+        "outcomes": outcomes,
+        "pending": max(0, selected - sum(outcomes.values())) if selected >= 0 else None,
+        "attempts": int(meta.get("attempts", 0)),
+        "retries": int(meta.get("retries", 0)),
+        "throttled": int(meta.get("throttled", 0)),
+        "seen": int(meta.get("seen", 0)),
+        "not_selected": json.loads(meta.get("not_selected") or "{}"),
+        "batches": int(meta.get("batches", 0)),
+        "created_at": _iso(meta.get("created_at")),
+        "finished_at": _iso(meta.get("finished_at")),
+        "elapsed_s": round(max(0.0, ended - started), 2),
+        "rate": rate,
+        "policy": json.loads(meta.get("policy") or "{}"),
+    }
+
+
+def exit_code(report: dict[str, Any]) -> int:
+    """0: finished, no failed task. 3: finished with failed tasks. 4: aborted or cancelled. 5: not over."""
+    status = report.get("status")
+    if status in (RunStatus.ABORTED, RunStatus.CANCELLED):
+        return EXIT_STOPPED
+    if status != RunStatus.FINISHED:
+        return EXIT_NOT_OVER
+    return EXIT_FAILED_TASKS if report["outcomes"].get(Outcome.FAILED, 0) else EXIT_OK
+
+
+def render_report(report: dict[str, Any], console: Console) -> None:
+    title = f"Run {report['run_id']}: {report['status']}" + (" (dry run)" if report["dry_run"] else "")
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("selected", str(report["selected"]))
+    for outcome in Outcome:
+        count = report["outcomes"].get(outcome.value, 0)
+        if count or outcome in (Outcome.DELETED, Outcome.ALREADY_GONE, Outcome.FAILED, Outcome.SKIPPED):
+            table.add_row(outcome.value.replace("_", " "), str(count))
+    if report.get("pending"):
+        table.add_row("pending", str(report["pending"]))
+    table.add_row("API requests", str(report["rate"]["requests"]))
+    table.add_row("retries", str(report["retries"]))
+    table.add_row("throttled answers (429)", str(report["throttled"]))
+    table.add_row("elapsed", f"{report['elapsed_s']:.1f} s")
+    table.add_row("achieved request rate", f"{report['rate']['average_rps']:.1f} /s")
+    table.add_row("busiest second", f"{report['rate']['busiest_second']} requests")
+    console.print(table)
+    if report.get("reason"):
+        console.print(f"[bold]reason:[/bold] {report['reason']}")
+    if report.get("parent_run"):
+        console.print(f"replays run {report['parent_run']}")
+
+
+def render_plan_summary(plan: dict[str, Any], console: Console) -> None:
+    table = Table(title="Plan", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("tasks seen", str(plan["seen"]))
+    table.add_row("selected", str(plan["planned"]))
+    if plan["rejected"]:
+        table.add_row("rejected input", str(plan["rejected"]))
+    for reason, count in sorted(plan["not_selected"].items(), key=lambda kv: -kv[1]):
+        table.add_row(f"not selected: {reason}", str(count))
+    for share, count in sorted(plan["shares"].items()):
+        table.add_row(f"share {share}", str(count))
+    console.print(table)

@@ -1,0 +1,116 @@
+"""Starting, following, cancelling and replaying runs (shared by the CLI, triggers and the demo)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from scheduler.context import Context
+from scheduler.dispatch import dispatch_run, reconcile_run
+from scheduler.inventory import InventoryItem, read_live, read_manifest
+from scheduler.planner import PlanResult, plan_run
+from scheduler.policy import Policy
+from scheduler.report import run_report
+from worker.audit import OVER, Outcome, RunStatus, new_run_id
+from worker.models import TaskInfo
+
+
+def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iterable[InventoryItem], str]:
+    """The manifest if one is given, else the live listing of the policy's (or configured) shares."""
+    s = ctx.settings
+    if manifest is not None:
+        return read_manifest(manifest, default_project_id=s.project_id), f"manifest:{manifest.name}"
+    s.require_api()
+    assert s.project_id is not None
+    shares = list(policy.shares) or s.share_ids
+    if not shares:
+        from worker.settings import SettingsError
+
+        raise SettingsError(["SFS_CLEANUP_SHARE_IDS: no share to list: set it, or pass --share or --manifest"])
+    client = ctx.client()
+    items = read_live(client, s.project_id, shares, statuses=list(policy.statuses), types=list(policy.types))
+    return items, "live:" + ",".join(shares)
+
+
+def start_run(
+    ctx: Context,
+    policy: Policy,
+    items: Iterable[InventoryItem],
+    *,
+    source: str,
+    dry_run: bool,
+    trigger: str,
+    run_id: str | None = None,
+    parent_run: str | None = None,
+    explicit: bool = False,
+    extra_meta: dict[str, Any] | None = None,
+) -> PlanResult:
+    """Plan the run, freeze it, and send its jobs (none for a dry run)."""
+    plan = plan_run(
+        ctx.audit,
+        ctx.settings,
+        policy,
+        items,
+        run_id=run_id or new_run_id(),
+        dry_run=dry_run,
+        trigger=trigger,
+        source=source,
+        parent_run=parent_run,
+        explicit=explicit,
+        extra_meta=extra_meta,
+    )
+    if plan.status is RunStatus.RUNNING:
+        dispatch_run(ctx.app, ctx.audit, plan.run_id)
+    return plan
+
+
+def follow(
+    ctx: Context, run_id: str, *, console: Console | None = None, poll_s: float = 0.5, timeout_s: float | None = None
+) -> dict[str, Any]:
+    """Wait for a run to end, with a progress bar, reconciling lost jobs on the way."""
+    audit = ctx.audit
+    report = run_report(audit, run_id)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_reconcile = time.monotonic()
+    show = console is not None and not report["dry_run"]
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task(f"run {run_id}", total=max(report["selected"], 0), detail="")
+        while report["status"] not in OVER:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(poll_s)
+            if time.monotonic() - last_reconcile >= min(30.0, ctx.settings.reconcile_after_s / 2):
+                reconcile_run(ctx.app, audit, ctx.settings, run_id)
+                last_reconcile = time.monotonic()
+            report = run_report(audit, run_id)
+            o = report["outcomes"]
+            detail = (
+                f"deleted {o[Outcome.DELETED]}  gone {o[Outcome.ALREADY_GONE]}  failed {o[Outcome.FAILED]}"
+                f"  retries {report['retries']}  429s {report['throttled']}"
+            )
+            progress.update(bar, completed=sum(o.values()), detail=detail)
+    return report
+
+
+def replay_items(ctx: Context, run_id: str, include_aborted: bool) -> Iterator[InventoryItem]:
+    """The tasks of a run that ended failed (and aborted, if asked), to plan again."""
+    wanted = {Outcome.FAILED} | ({Outcome.ABORTED} if include_aborted else set())
+    project_id = ctx.audit.run(run_id).get("project_id", ctx.settings.project_id or "")
+    for batch in ctx.audit.iter_batches(run_id):
+        for record in ctx.audit.task_records(batch):
+            if record.final is not None and record.final.outcome in wanted:
+                yield TaskInfo(project_id=project_id, share_id=record.share_id, task_id=record.task_id)

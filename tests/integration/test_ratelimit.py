@@ -1,0 +1,299 @@
+"""The fleet limiter against a real Redis, with real processes sharing one key.
+
+Every number asserted here is what an operator would check: how many requests went out in the
+busiest second, what rate the fleet achieved, how long a worker waited after a 429 or while the
+circuit was open. Timestamps are taken with ``time.time()`` in each process right after
+``acquire()`` returns, i.e. when the request would be sent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import threading
+import time
+from bisect import bisect_left
+from multiprocessing.synchronize import Barrier
+
+import pytest
+import redis
+
+from worker.ratelimit import FleetLimiter, RateLimitWaitTooLong
+
+pytestmark = pytest.mark.integration
+
+KEY = "sfs:rl:0123456789abcdef0123456789abcdef:sfs-turbo.example.com:443"
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+# --- Helpers that run in child processes (importable, so "spawn" can start them) ------------
+def _limiter(url: str, **params: float) -> FleetLimiter:
+    defaults: dict[str, float] = {"rate": 20.0, "burst": 5, "wait_max_s": 30.0, "penalty_s": 1.0}
+    defaults.update(params)
+    burst = int(defaults.pop("burst"))
+    return FleetLimiter(redis.Redis.from_url(url), key=KEY, burst=burst, **defaults)
+
+
+def _hammer(url: str, rate: float, burst: int, seconds: float, barrier: Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    limiter = _limiter(url, rate=rate, burst=burst)
+    limiter.state()  # load the scripts before the clock starts
+    barrier.wait()
+    end = time.time() + seconds
+    stamps: list[float] = []
+    while True:
+        limiter.acquire()
+        now = time.time()
+        if now >= end:
+            break
+        stamps.append(now)
+    out.put(stamps)
+
+
+def _report_429(url: str, retry_after: float, params: dict[str, float], out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    _limiter(url, **params).throttled(retry_after)
+    out.put(time.time())
+
+
+def _report_5xx(url: str, count: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    limiter = _limiter(url, circuit_cooldown_s=0.5, circuit_cooldown_max_s=4.0)
+    for _ in range(count):
+        limiter.record_result(server_error=True)
+    out.put(time.time())
+
+
+def _run_child(target: object, *args: object) -> object:
+    out = _SPAWN.Queue()
+    proc = _SPAWN.Process(target=target, args=(*args, out))
+    proc.start()
+    try:
+        return out.get(timeout=30)
+    finally:
+        proc.join(timeout=10)
+        assert proc.exitcode == 0
+
+
+def _fleet(url: str, *, processes: int, rate: float, burst: int, seconds: float) -> list[float]:
+    barrier = _SPAWN.Barrier(processes)
+    out = _SPAWN.Queue()
+    procs = [_SPAWN.Process(target=_hammer, args=(url, rate, burst, seconds, barrier, out)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    try:
+        per_process = [out.get(timeout=60) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+    assert all(proc.exitcode == 0 for proc in procs)
+    assert all(per_process), "every process got slots"
+    return sorted(t for stamps in per_process for t in stamps)
+
+
+def busiest_window(stamps: list[float], width: float = 1.0) -> int:
+    """Most timestamps in any half-open window [t, t + width) (the maximum starts at a stamp)."""
+    return max(bisect_left(stamps, t + width) - i for i, t in enumerate(stamps))
+
+
+def _check_fleet(stamps: list[float], rate: float, burst: int) -> tuple[int, float]:
+    busiest = busiest_window(stamps)
+    # After the initial burst the GCRA allows exactly one request per interval, so the steady
+    # rate is measured without the burst: (n - burst) requests over the span.
+    achieved = (len(stamps) - burst) / (stamps[-1] - stamps[0])
+    print(
+        f"\n  {len(stamps)} requests, busiest second {busiest} (bound {rate + burst:g}), "
+        f"achieved {achieved:.2f}/s = {achieved / rate:.3f} x rate"
+    )
+    assert busiest <= rate + burst
+    assert achieved >= 0.95 * rate
+    assert achieved <= 1.02 * rate
+    return busiest, achieved
+
+
+# --- (a), (b) Many processes, one budget ----------------------------------------------------
+def test_six_processes_share_20_per_second(redis_url: str) -> None:
+    stamps = _fleet(redis_url, processes=6, rate=20.0, burst=5, seconds=3.0)
+    _check_fleet(stamps, rate=20.0, burst=5)
+
+
+def test_four_processes_share_500_per_second(redis_url: str) -> None:
+    stamps = _fleet(redis_url, processes=4, rate=500.0, burst=10, seconds=2.0)
+    _check_fleet(stamps, rate=500.0, burst=10)
+
+
+# --- (c) The wait bound ---------------------------------------------------------------------
+def test_wait_beyond_bound_raises_before_sleeping(redis_url: str) -> None:
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    impatient = FleetLimiter(
+        redis.Redis.from_url(redis_url), key=KEY, rate=1.0, burst=1, wait_max_s=0.5, penalty_s=1.0, sleep=sleep
+    )
+    assert impatient.acquire() < 0.05  # the first slot is free
+    started = time.monotonic()
+    with pytest.raises(RateLimitWaitTooLong) as caught:
+        impatient.acquire()
+    elapsed = time.monotonic() - started
+    print(f"\n  raised after {elapsed * 1000:.1f} ms, needed {caught.value.needed:.3f} s")
+    assert elapsed < 0.05
+    assert sleeps == []
+    assert 0.9 < caught.value.needed <= 1.0
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert (again.waited, again.needed) == (caught.value.waited, caught.value.needed)
+    assert "more than the wait bound" in str(again)
+
+    # Nothing was reserved by the refusal: a patient caller gets that same slot, in one sleep.
+    patient = FleetLimiter(
+        redis.Redis.from_url(redis_url), key=KEY, rate=1.0, burst=1, wait_max_s=2.0, penalty_s=1.0, sleep=sleep
+    )
+    waited = patient.acquire()
+    print(f"  patient caller waited {waited:.3f} s in {len(sleeps)} sleep(s)")
+    assert len(sleeps) == 1
+    assert 0.85 < waited < 1.0
+    assert abs(waited - sleeps[0]) < 0.01
+
+
+# --- (d) A 429 slows the whole fleet, then the rate recovers ---------------------------------
+def test_429_in_one_process_pauses_and_slows_the_others(redis_url: str) -> None:
+    rate = 40.0
+    params = {"rate": rate, "burst": 1, "recovery_per_s": 0.25, "throttle_cut": 0.5}
+    limiter = _limiter(redis_url, **params)
+    assert limiter.recovery_s == pytest.approx(2.0)
+    limiter.acquire()
+
+    reported_at = _run_child(_report_429, redis_url, 1.0, params)
+    assert isinstance(reported_at, float)
+    limiter.acquire()
+    resumed = time.time()
+    print(f"\n  next acquire went {resumed - reported_at:.3f} s after the 429 (Retry-After 1.0)")
+    assert resumed - reported_at >= 0.98
+    assert limiter.state()["effective_rate"] == pytest.approx(rate / 2, rel=0.02)
+
+    # Run flat out through the documented recovery time and one second beyond it.
+    stamps: list[float] = []
+    rates: list[float] = []
+    for _ in range(400):  # bounded; the time limit below ends the loop first
+        limiter.acquire()
+        now = time.time()
+        if now - resumed >= limiter.recovery_s + 1.0:
+            break
+        stamps.append(now)
+        if len(stamps) % 10 == 0:
+            rates.append(limiter.state()["effective_rate"])
+
+    def count(a: float, b: float) -> int:
+        return sum(1 for t in stamps if resumed + a <= t < resumed + b)
+
+    first, second, after = count(0, 1), count(1, 2), count(2, 3)
+    final = limiter.state()
+    print(
+        f"  requests per second after the pause: {first}, {second}, then {after} "
+        f"(expected about 25, 35, 40); effective rate {final['effective_rate']:g}"
+    )
+    # Linear recovery 20 -> 40 over 2 s: about 25 in the first second, 35 in the second.
+    assert 22 <= first <= 27
+    assert 32 <= second <= 37
+    assert after >= 0.95 * rate
+    assert final["effective_rate"] == rate
+    assert rates == sorted(rates), "the rate climbs steadily"
+    assert final["throttled_count"] == 1
+
+
+def test_many_429s_at_once_cut_the_rate_once(redis_client: redis.Redis) -> None:
+    limiter = FleetLimiter(redis_client, key=KEY, rate=20.0, burst=5, wait_max_s=5.0, penalty_s=0.5)
+    for _ in range(16):  # every request in flight comes back 429
+        limiter.throttled(None)
+    state = limiter.state()
+    assert state["throttled_count"] == 16
+    assert state["rate_cuts"] == 1
+    assert state["effective_rate"] == pytest.approx(10.0)
+    assert 0.4 < state["penalty_remaining_s"] <= 0.5  # no Retry-After: the configured penalty
+
+
+def test_429_voids_a_sleeping_reservation(redis_url: str) -> None:
+    limiter = _limiter(redis_url, rate=2.0, burst=1)
+    limiter.acquire()
+    went: list[float] = []
+    started = time.time()
+    sleeper = threading.Thread(target=lambda: went.append(limiter.acquire()))
+    sleeper.start()  # reserves the slot 0.5 s ahead and sleeps
+    time.sleep(0.1)
+    _limiter(redis_url, rate=2.0, burst=1).throttled(1.0)
+    sleeper.join(timeout=5)
+    print(f"\n  the reserved request went {time.time() - started:.3f} s after reserving (slot was 0.5 s)")
+    assert went and went[0] >= 1.05  # the pause (0.1 + 1.0 s), not the reserved 0.5 s
+
+
+# --- (e) The circuit -------------------------------------------------------------------------
+def test_circuit_opens_on_5xx_and_closes_after_a_trial(redis_url: str) -> None:
+    limiter = _limiter(
+        redis_url,
+        rate=100.0,
+        burst=10,
+        circuit_cooldown_s=0.5,
+        circuit_cooldown_max_s=4.0,
+        half_open_interval_s=0.3,
+    )
+    # Below the thresholds nothing happens: 15 successes (batched) then 10 errors is 40 %.
+    for _ in range(15):
+        limiter.record_result(server_error=False)
+    for _ in range(10):
+        limiter.record_result(server_error=True)
+    assert limiter.state()["circuit"] == "closed"
+    assert (limiter.state()["window_ok"], limiter.state()["window_errors"]) == (15, 10)
+
+    opened_at = _run_child(_report_5xx, redis_url, 20)
+    assert isinstance(opened_at, float)
+    state = limiter.state()
+    assert (state["circuit"], state["opened_count"]) == ("open", 1)
+
+    limiter.acquire()
+    trial_at = time.time()
+    print(f"\n  first request went {trial_at - opened_at:.3f} s after the circuit opened (cool-down 0.5 s)")
+    assert trial_at - opened_at >= 0.45
+    assert limiter.state()["circuit"] == "half-open"
+    waited = limiter.acquire()  # a trickle: one trial per 0.3 s
+    print(f"  second trial waited {waited:.3f} s (trial spacing 0.3 s)")
+    assert 0.25 <= waited <= 0.35
+
+    limiter.record_result(server_error=True)  # a failed trial re-opens, cool-down doubled
+    state = limiter.state()
+    assert (state["circuit"], state["opened_count"], state["open_streak"]) == ("open", 2, 1)
+    assert 0.9 < state["circuit_remaining_s"] <= 1.0
+
+    waited = limiter.acquire()
+    assert 0.9 < waited <= 1.05
+    limiter.record_result(server_error=False)  # a successful trial closes
+    assert limiter.state()["circuit"] == "closed"
+    assert limiter.acquire() < 0.01
+
+    # Opening again soon after closing doubles again; acquire honours its wait bound.
+    reopened_at = _run_child(_report_5xx, redis_url, 20)
+    assert isinstance(reopened_at, float)
+    remaining = limiter.state()["circuit_remaining_s"]
+    assert 1.9 < remaining + (time.time() - reopened_at) <= 2.05
+    impatient = _limiter(redis_url, wait_max_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(RateLimitWaitTooLong) as caught:
+        impatient.acquire()
+    assert time.monotonic() - started < 0.05
+    assert 1.5 < caught.value.needed <= 2.0
+
+
+# --- (f) Scripts and state gone -------------------------------------------------------------
+def test_script_flush_and_lost_state_are_survived(redis_client: redis.Redis) -> None:
+    limiter = FleetLimiter(redis_client, key=KEY, rate=50.0, burst=2, wait_max_s=5.0, penalty_s=0.2)
+    limiter.acquire()
+    redis_client.script_flush()
+    assert limiter.acquire() < 0.01
+    redis_client.script_flush()
+    limiter.throttled(None)
+    redis_client.script_flush()
+    limiter.record_result(server_error=True)
+    redis_client.script_flush()
+    assert limiter.state()["throttled_count"] == 1
+    redis_client.flushdb()  # as after a Redis restart without persistence
+    assert limiter.state()["throttled_count"] == 0
+    assert limiter.acquire() < 0.01
+    assert 3600 < redis_client.ttl(KEY) <= 86400  # the state does not outlive a day of silence

@@ -1,0 +1,498 @@
+"""The audit and the run ledger in Redis: one final outcome per selected task, every attempt.
+
+A run is a frozen plan plus a ledger. The plan (batches of task IDs of one share) is written
+before the first DELETE; each task's final outcome is written once (``HSETNX``) by a Lua
+script that bumps the run's counters in the same step, so a duplicate delivery can never count
+twice and, once a run is over, ``selected`` equals the sum of its outcome counters. The key
+layout is in :mod:`worker.keys`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from importlib import resources
+from typing import Any, Final
+
+import redis
+
+from worker.keys import Keys
+
+
+class Outcome(StrEnum):
+    """The one final outcome of a selected task."""
+
+    DELETED = "deleted"
+    ALREADY_GONE = "already_gone"
+    FAILED = "failed"
+    REJECTED = "rejected"  # bad input: never sent
+    SKIPPED = "skipped"  # protected, or no longer eligible at delete time
+    WOULD_DELETE = "would_delete"  # dry run
+    ABORTED = "aborted"  # the run stopped first
+
+
+class RunStatus(StrEnum):
+    PLANNING = "planning"
+    RUNNING = "running"
+    STOPPING = "stopping"  # cancel or failure threshold: the rest end as aborted
+    FINISHED = "finished"
+    ABORTED = "aborted"
+    CANCELLED = "cancelled"
+
+
+OVER: Final = frozenset({RunStatus.FINISHED, RunStatus.ABORTED, RunStatus.CANCELLED})
+ACTIVE: Final = frozenset({RunStatus.RUNNING, RunStatus.STOPPING})
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One API call for one task. Short keys keep a million of them affordable in Redis."""
+
+    n: int  # attempt number, from 1
+    at: float  # epoch seconds
+    status: int  # HTTP status, 0 when no answer came
+    verdict: str
+    request_id: str | None = None
+    code: str | None = None
+    msg: str | None = None
+    latency_ms: float = 0.0
+    worker: str = ""
+    op: str = "delete"  # or "show", for the optional delete-time recheck
+
+    def to_json(self) -> str:
+        data = {
+            "op": None if self.op == "delete" else self.op,
+            "n": self.n,
+            "t": round(self.at, 3),
+            "s": self.status,
+            "v": self.verdict,
+            "r": self.request_id,
+            "c": self.code,
+            "m": self.msg,
+            "l": round(self.latency_ms, 1),
+            "w": self.worker,
+        }
+        return json.dumps({k: v for k, v in data.items() if v not in (None, "")}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Attempt:
+        d = json.loads(text)
+        return cls(
+            n=int(d.get("n", 0)),
+            at=float(d.get("t", 0)),
+            status=int(d.get("s", 0)),
+            verdict=str(d.get("v", "")),
+            request_id=d.get("r"),
+            code=d.get("c"),
+            msg=d.get("m"),
+            latency_ms=float(d.get("l", 0)),
+            worker=str(d.get("w", "")),
+            op=str(d.get("op", "delete")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FinalOutcome:
+    """The final outcome of a task, with what an auditor needs to prove it."""
+
+    outcome: Outcome
+    at: float
+    attempts: int = 0
+    status: int | None = None
+    code: str | None = None
+    msg: str | None = None
+    request_id: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> str:
+        data = {
+            "o": self.outcome.value,
+            "t": round(self.at, 3),
+            "a": self.attempts,
+            "s": self.status,
+            "c": self.code,
+            "m": self.msg,
+            "r": self.request_id,
+            "why": self.reason,
+        }
+        return json.dumps({k: v for k, v in data.items() if v not in (None, "")}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> FinalOutcome:
+        d = json.loads(text)
+        return cls(
+            outcome=Outcome(d["o"]),
+            at=float(d.get("t", 0)),
+            attempts=int(d.get("a", 0)),
+            status=d.get("s"),
+            code=d.get("c"),
+            msg=d.get("m"),
+            request_id=d.get("r"),
+            reason=d.get("why"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    run_id: str
+    number: int
+    share_id: str
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    written: bool  # this call wrote the final outcome
+    duplicate: bool  # the task already had one
+    run_over: bool  # this outcome ended the run
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """Everything the audit knows of one task in one run (for ``audit task`` and exports)."""
+
+    run_id: str
+    batch: int
+    share_id: str
+    task_id: str
+    final: FinalOutcome | None
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def as_row(self, project_id: str) -> dict[str, Any]:
+        last = self.attempts[-1] if self.attempts else None
+        final = self.final
+        return {
+            "run_id": self.run_id,
+            "project_id": project_id,
+            "share_id": self.share_id,
+            "task_id": self.task_id,
+            "outcome": final.outcome.value if final else "pending",
+            "reason": (final.reason if final else None) or "",
+            "attempts": len(self.attempts),
+            "last_http_status": last.status if last else "",
+            "error_code": (final.code if final and final.code else (last.code if last else None)) or "",
+            "error_message": (final.msg if final and final.msg else (last.msg if last else None)) or "",
+            "request_ids": [a.request_id for a in self.attempts if a.request_id],
+            "finished_at": _iso(final.at) if final else "",
+        }
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable, readable and unique: ``20261129-023000-4f9c1a``."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _script(name: str) -> str:
+    return (resources.files("worker") / "ledger_lua" / name).read_text()
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Audit:
+    """Ledger and audit operations on one Redis. Safe to share between threads."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "sfs", retention_s: int = 90 * 86400) -> None:
+        self.redis = client
+        self.keys = Keys(prefix)
+        self.retention_s = retention_s
+        self._record = client.register_script(_script("record.lua"))
+        self._freeze = client.register_script(_script("freeze.lua"))
+        self._stop = client.register_script(_script("stop.lua"))
+
+    # --- runs ------------------------------------------------------------------------------
+    def create_run(self, run_id: str, meta: Mapping[str, Any]) -> None:
+        now = time.time()
+        fields = {k: _field(v) for k, v in meta.items() if v is not None}
+        fields.update({"run_id": run_id, "status": RunStatus.PLANNING.value, "created_at": str(now)})
+        pipe = self.redis.pipeline()
+        pipe.hset(self.keys.run(run_id), mapping=fields)
+        pipe.zadd(self.keys.runs, {run_id: now})
+        pipe.execute()
+        self.event("run_created", run_id=run_id, trigger=str(meta.get("trigger", "")))
+
+    def add_batches(self, run_id: str, batches: Iterable[tuple[int, str, list[str]]]) -> int:
+        """Write plan batches (number, share, task IDs) in one round trip; returns tasks added."""
+        pipe = self.redis.pipeline(transaction=False)
+        now = str(int(time.time()))
+        count = 0
+        for number, share_id, task_ids in batches:
+            pipe.hset(self.keys.plan(run_id), str(number), f"{share_id}|{','.join(task_ids)}")
+            pipe.sadd(self.keys.open_batches(run_id), str(number))
+            pipe.hset(self.keys.touch(run_id), str(number), now)
+            count += len(task_ids)
+        pipe.execute()
+        return count
+
+    def add_rejected(self, run_id: str, items: Iterable[Mapping[str, Any]]) -> int:
+        """Record refused input: each one is a selected entry whose final outcome is ``rejected``."""
+        rows = [json.dumps(dict(item), separators=(",", ":"), ensure_ascii=True) for item in items]
+        if not rows:
+            return 0
+        pipe = self.redis.pipeline()
+        pipe.rpush(self.keys.rejected(run_id), *rows)
+        pipe.hincrby(self.keys.run(run_id), "n:rejected", len(rows))
+        pipe.hincrby(self.keys.run(run_id), "finals", len(rows))
+        pipe.execute()
+        return len(rows)
+
+    def freeze(self, run_id: str, selected: int, **meta: Any) -> RunStatus:
+        """Fix the run's totals (planned tasks plus rejected entries) and start it."""
+        if meta:
+            self.redis.hset(self.keys.run(run_id), mapping={k: _field(v) for k, v in meta.items()})
+        status = _decode(self._freeze(keys=[self.keys.run(run_id)], args=[selected, RunStatus.RUNNING.value]))
+        if status == RunStatus.FINISHED:
+            self.on_run_over(run_id)
+        return RunStatus(status)
+
+    def request_stop(self, run_id: str, final_status: RunStatus, reason: str) -> bool:
+        """Stop a run: tasks without an outcome end as ``aborted``. False if it was not running."""
+        changed = bool(self._stop(keys=[self.keys.run(run_id)], args=[final_status.value, reason]))
+        if changed:
+            self.event("run_stopping", run_id=run_id, reason=reason)
+        return changed
+
+    def run(self, run_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.keys.run(run_id))
+        return {_decode(k): _decode(v) for k, v in raw.items()}
+
+    def status(self, run_id: str) -> RunStatus | None:
+        value = self.redis.hget(self.keys.run(run_id), "status")
+        return RunStatus(_decode(value)) if value is not None else None
+
+    def list_runs(self, limit: int = 20) -> list[dict[str, str]]:
+        ids = [_decode(r) for r in self.redis.zrevrange(self.keys.runs, 0, limit - 1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hgetall(self.keys.run(run_id))
+        return [{_decode(k): _decode(v) for k, v in raw.items()} for raw in pipe.execute() if raw]
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        meta = self.run(run_id)
+        return {o.value: int(meta.get(f"n:{o.value}", 0)) for o in Outcome}
+
+    def on_run_over(self, run_id: str) -> None:
+        """Apply retention to every key of a finished run, and log the event."""
+        meta = self.run(run_id)
+        batches = int(meta.get("batches", 0))
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (
+            self.keys.run(run_id),
+            self.keys.plan(run_id),
+            self.keys.open_batches(run_id),
+            self.keys.touch(run_id),
+            self.keys.rejected(run_id),
+            self.keys.rps(run_id),
+            self.keys.bad_shares(run_id),
+        ):
+            pipe.expire(key, self.retention_s)
+        for number in range(batches):
+            pipe.expire(self.keys.outcomes(run_id, number), self.retention_s)
+            pipe.expire(self.keys.attempts(run_id, number), self.retention_s)
+        pipe.execute()
+        self.event("run_over", run_id=run_id, status=meta.get("status", ""), reason=meta.get("reason", ""))
+
+    # --- batches, leases ---------------------------------------------------------------------
+    def batch(self, run_id: str, number: int) -> Batch | None:
+        value = self.redis.hget(self.keys.plan(run_id), str(number))
+        if value is None:
+            return None
+        share_id, _, tasks = _decode(value).partition("|")
+        return Batch(run_id, number, share_id, tuple(t for t in tasks.split(",") if t))
+
+    def iter_batches(self, run_id: str) -> Iterator[Batch]:
+        for key, value in self.redis.hscan_iter(self.keys.plan(run_id), count=500):
+            share_id, _, tasks = _decode(value).partition("|")
+            yield Batch(run_id, int(_decode(key)), share_id, tuple(t for t in tasks.split(",") if t))
+
+    def finished_tasks(self, run_id: str, number: int) -> set[str]:
+        return {_decode(k) for k in self.redis.hkeys(self.keys.outcomes(run_id, number))}
+
+    def open_batches(self, run_id: str) -> list[int]:
+        return sorted(int(_decode(b)) for b in self.redis.smembers(self.keys.open_batches(run_id)))
+
+    def last_touch(self, run_id: str) -> dict[int, float]:
+        raw = self.redis.hgetall(self.keys.touch(run_id))
+        return {int(_decode(k)): float(_decode(v)) for k, v in raw.items()}
+
+    def touch(self, run_id: str, number: int) -> None:
+        self.redis.hset(self.keys.touch(run_id), str(number), str(int(time.time())))
+
+    def take_lease(self, run_id: str, number: int, holder: str, ttl_s: int) -> bool:
+        key = self.keys.lease(run_id, number)
+        if self.redis.set(key, holder, nx=True, ex=ttl_s):
+            self.touch(run_id, number)
+            return True
+        return False
+
+    def renew_lease(self, run_id: str, number: int, holder: str, ttl_s: int) -> bool:
+        key = self.keys.lease(run_id, number)
+        # Renew only our own lease: compare-and-expire in one step.
+        renewed = self.redis.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0",
+            1,
+            key,
+            holder,
+            ttl_s,
+        )
+        if renewed:
+            self.touch(run_id, number)
+        return bool(renewed)
+
+    def release_lease(self, run_id: str, number: int, holder: str) -> None:
+        self.redis.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            1,
+            self.keys.lease(run_id, number),
+            holder,
+        )
+
+    def lease_holder(self, run_id: str, number: int) -> str | None:
+        value = self.redis.get(self.keys.lease(run_id, number))
+        return _decode(value) if value is not None else None
+
+    # --- recording ----------------------------------------------------------------------------
+    def record(
+        self,
+        batch: Batch,
+        task_id: str,
+        *,
+        attempt: Attempt | None = None,
+        final: FinalOutcome | None = None,
+        bump: str = "",
+        failure_ratio: float = 1.0,
+        failure_min_attempts: int = 1_000_000_000,
+        pipe: Any = None,
+    ) -> RecordResult | None:
+        """Append an attempt and/or write the final outcome, with counters, in one atomic step.
+
+        With ``pipe`` the call is queued on that pipeline and ``None`` is returned.
+        """
+        run_id, number = batch.run_id, batch.number
+        keys = [
+            self.keys.run(run_id),
+            self.keys.outcomes(run_id, number),
+            self.keys.attempts(run_id, number),
+            self.keys.open_batches(run_id),
+            self.keys.rps(run_id),
+        ]
+        args = [
+            task_id,
+            attempt.to_json() if attempt else "",
+            final.outcome.value if final else "",
+            final.to_json() if final else "",
+            number,
+            len(batch.task_ids),
+            bump,
+            failure_ratio,
+            failure_min_attempts,
+            "1" if attempt is not None and attempt.verdict != "local" else "0",
+        ]
+        if pipe is not None:
+            self._record(keys=keys, args=args, client=pipe)
+            return None
+        result = int(self._record(keys=keys, args=args))
+        if result == 2:
+            self.on_run_over(run_id)
+        return RecordResult(written=result >= 1, duplicate=result == -1, run_over=result == 2)
+
+    def mark_share_missing(self, run_id: str, share_id: str, description: str) -> None:
+        self.redis.hsetnx(self.keys.bad_shares(run_id), share_id, description)
+
+    def share_missing(self, run_id: str, share_id: str) -> str | None:
+        value = self.redis.hget(self.keys.bad_shares(run_id), share_id)
+        return _decode(value) if value is not None else None
+
+    def protected(self, share_id: str, task_ids: Iterable[str]) -> dict[str, str]:
+        """Live protection lists, read at delete time: task ID -> reason, for protected tasks."""
+        ids = list(task_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sismember(self.keys.protected_shares, share_id)
+        pipe.smismember(self.keys.protected_tasks, ids) if ids else pipe.ping()
+        share_hit, task_hits = pipe.execute()
+        if share_hit:
+            return dict.fromkeys(ids, "protected_share")
+        if not ids:
+            return {}
+        return {tid: "protected_task" for tid, hit in zip(ids, task_hits, strict=True) if hit}
+
+    # --- reading the audit ------------------------------------------------------------------
+    def task_records(self, batch: Batch) -> Iterator[TaskRecord]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.outcomes(batch.run_id, batch.number))
+        pipe.hgetall(self.keys.attempts(batch.run_id, batch.number))
+        outs, atts = pipe.execute()
+        outs = {_decode(k): _decode(v) for k, v in outs.items()}
+        atts = {_decode(k): _decode(v) for k, v in atts.items()}
+        for task_id in batch.task_ids:
+            final = FinalOutcome.from_json(outs[task_id]) if task_id in outs else None
+            attempts = [Attempt.from_json(line) for line in atts.get(task_id, "").split("\n") if line]
+            yield TaskRecord(batch.run_id, batch.number, batch.share_id, task_id, final, attempts)
+
+    def rejected(self, run_id: str) -> Iterator[dict[str, Any]]:
+        key = self.keys.rejected(run_id)
+        total = int(self.redis.llen(key))
+        for start in range(0, total, 1000):
+            for raw in self.redis.lrange(key, start, start + 999):
+                yield json.loads(_decode(raw))
+
+    def find_task(self, task_id: str, run_ids: Iterable[str] | None = None) -> Iterator[TaskRecord]:
+        """Every record of a task, newest run first (scans the plans of the given or recent runs)."""
+        if run_ids is None:
+            run_ids = [_decode(r) for r in self.redis.zrevrange(self.keys.runs, 0, 199)]
+        for run_id in run_ids:
+            for batch in self.iter_batches(run_id):
+                if task_id in batch.task_ids:
+                    for record in self.task_records(batch):
+                        if record.task_id == task_id:
+                            yield record
+
+    def rate_profile(self, run_id: str) -> dict[str, Any]:
+        """Requests per second over the run: the busiest second and the average."""
+        raw = self.redis.hgetall(self.keys.rps(run_id))
+        per_second = {int(_decode(k)): int(_decode(v)) for k, v in raw.items()}
+        if not per_second:
+            return {"requests": 0, "busiest_second": 0, "average_rps": 0.0, "seconds": 0}
+        first, last = min(per_second), max(per_second)
+        seconds = last - first + 1
+        total = sum(per_second.values())
+        return {
+            "requests": total,
+            "busiest_second": max(per_second.values()),
+            "average_rps": round(total / seconds, 2),
+            "seconds": seconds,
+        }
+
+    # --- events -------------------------------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        data = {"kind": kind, "at": _iso(time.time())} | {k: _field(v) for k, v in fields.items()}
+        self.redis.xadd(self.keys.events, data, maxlen=100_000, approximate=True)
+
+    def events(self, count: int = 100, kind: str | None = None) -> list[dict[str, str]]:
+        rows = []
+        for _id, raw in self.redis.xrevrange(self.keys.events, count=count * (5 if kind else 1)):
+            row = {_decode(k): _decode(v) for k, v in raw.items()}
+            if kind is None or row.get("kind") == kind:
+                rows.append(row)
+        return rows[:count]
+
+
+def _field(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    if hasattr(value, "__dataclass_fields__"):
+        return json.dumps(asdict(value), default=str)
+    return str(value)

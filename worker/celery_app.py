@@ -1,0 +1,117 @@
+"""The Celery app: built from the settings, shared by workers, beat, Flower and the CLI.
+
+Reliability choices (see the README's "How it works"):
+
+* late acks, prefetch 1, and requeue when a pool child dies: a job is lost only if the queue
+  loses its message, and the reconciler re-dispatches any batch that makes no progress;
+* a visibility timeout longer than the longest job (checked by the settings at start-up), and
+  a restore sweep every ``restore_interval_s`` so a job of a killed worker comes back after
+  about ``visibility_timeout_s + restore_interval_s``;
+* no result backend: the audit in Redis is the record of what happened.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+from celery.schedules import crontab
+
+from worker.settings import Settings, SettingsError, load_settings
+
+DELETE_QUEUE = "sfs.delete"
+CONTROL_QUEUE = "sfs.control"
+
+PURGE_BATCH = "sfs.purge_batch"
+START_PURGE = "sfs.start_purge"
+DELETE_TASKS = "sfs.delete_tasks"
+RECONCILE = "sfs.reconcile"
+NIGHTLY = "sfs.nightly_purge"
+
+
+def cron_schedule(expression: str, tz: str) -> crontab:
+    parts = expression.split()
+    if len(parts) != 5:
+        raise ValueError(f"SFS_CLEANUP_SCHEDULE_CRON {expression!r}: want 5 fields: minute hour day month weekday")
+    minute, hour, day, month, weekday = parts
+    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+
+
+def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,)) -> Celery:
+    """The app; ``queues`` are what a worker of this app consumes unless ``-Q`` says otherwise.
+
+    ``celery -A worker worker`` consumes deletion jobs only; ``celery -A scheduler worker`` adds
+    the control queue (message triggers, the nightly purge, the reconciler).
+    """
+    app = Celery("sfs_cleanup", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.job_time_limit_s,
+        task_soft_time_limit=settings.job_time_limit_s - 20,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": settings.restore_interval_s,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "health_check_interval": 25,
+        },
+        worker_soft_shutdown_timeout=30.0,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        task_default_queue=CONTROL_QUEUE,
+        task_queues=[Queue(name) for name in queues],
+        task_create_missing_queues=True,
+        task_routes={PURGE_BATCH: {"queue": DELETE_QUEUE}},
+        timezone=settings.schedule_timezone,
+        enable_utc=True,
+        # RedBeat: the schedule and its lock live in Redis, so two beat processes can run for
+        # high availability; only the lock holder sends. Failover takes redbeat_lock_timeout.
+        beat_scheduler="redbeat.RedBeatScheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix=f"{settings.key_prefix}:beat:",
+        redbeat_lock_timeout=90,
+        beat_max_loop_interval=15,
+    )
+    schedule: dict[str, Any] = {
+        "reconcile": {"task": RECONCILE, "schedule": 60.0, "options": {"queue": CONTROL_QUEUE, "expires": 55}},
+    }
+    if settings.schedule_enabled:
+        schedule["nightly-purge"] = {
+            "task": NIGHTLY,
+            "schedule": cron_schedule(settings.schedule_cron, settings.schedule_timezone),
+            "options": {"queue": CONTROL_QUEUE},
+        }
+    app.conf.beat_schedule = schedule
+    app.conf.sfs_settings = settings
+    from worker import tasks
+
+    tasks.register(app)
+    return app
+
+
+@functools.cache
+def default_app() -> Celery:
+    """The app for ``celery -A worker``: settings from the environment, or a clear exit."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return create_app(settings)
+
+
+def settings_of(app: Celery) -> Settings:
+    settings: Settings = app.conf.sfs_settings
+    return settings

@@ -1,0 +1,227 @@
+"""The SFS Turbo HPC-cache task API on httpx: list, show and delete.
+
+Every call returns or carries an :class:`~worker.answers.ApiAnswer`, already classified; HTTP
+answers never raise. IDs are checked before a URL is built, so a bad ID raises
+:class:`~worker.ids.InvalidIdError` and nothing is sent. Authentication is an ``httpx.Auth``
+(see :mod:`worker.auth`), and tests pass an ``httpx.MockTransport`` as ``transport``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from worker.answers import ApiAnswer, Verdict, classify, parse_error_body, parse_retry_after
+from worker.ids import check_project_id, check_share_id, check_task_id
+from worker.models import TaskInfo, parse_time
+
+USER_AGENT: Final = "sfs-turbo-cleanup/0.1"
+_REQUEST_ID_HEADERS: Final = ("x-request-id", "x-openstack-request-id")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """What the client needs from the settings (kept small so tests can build one by hand)."""
+
+    endpoint: str
+    project_id: str
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    page_size: int = 1000
+    max_connections: int = 64
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, max_connections: int | None = None) -> ClientConfig:
+        settings.require_api()
+        return cls(
+            endpoint=settings.api_endpoint,
+            project_id=settings.project_id,
+            connect_timeout_s=settings.http_connect_timeout_s,
+            read_timeout_s=settings.http_read_timeout_s,
+            page_size=settings.list_page_size,
+            max_connections=max_connections or max(8, settings.batch_concurrency * 2),
+        )
+
+
+class ApiError(Exception):
+    """A list or show call that did not succeed (deletes return their answer instead)."""
+
+    def __init__(self, answer: ApiAnswer) -> None:
+        self.answer = answer
+        super().__init__(f"{answer.method} {answer.path}: {answer.describe()}")
+
+
+class ShareMissingError(ApiError):
+    """The file system does not exist or is not visible to these credentials."""
+
+
+def _request_id(headers: httpx.Headers) -> str | None:
+    for name in _REQUEST_ID_HEADERS:  # httpx.Headers compares names case-insensitively
+        value = headers.get(name)
+        if value:
+            return str(value)[:128]
+    return None
+
+
+class SfsTurboClient:
+    """A pooled, reusable client for one project. Make one per process, after fork."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        auth: httpx.Auth | None = None,
+        transport: httpx.BaseTransport | None = None,
+        pace: Callable[[], object] | None = None,
+    ) -> None:
+        """``pace`` is called before every request (the fleet limiter's ``acquire``), if given."""
+        self.config = config
+        self._pace = pace
+        self.project_id = check_project_id(config.project_id)
+        self._http = httpx.Client(
+            base_url=config.endpoint,
+            auth=auth,
+            transport=transport or httpx.HTTPTransport(retries=1),  # connect errors only: safe for DELETE
+            timeout=httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=config.max_connections, max_keepalive_connections=config.max_connections
+            ),
+            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+
+    def __enter__(self) -> SfsTurboClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- paths: only ever built from checked IDs, quoted anyway as a second fence ----------
+    def _base(self, share_id: str) -> str:
+        share = check_share_id(share_id)
+        return f"/v1/{quote(self.project_id, safe='')}/sfs-turbo/{quote(share, safe='')}/hpc-cache"
+
+    def task_path(self, share_id: str, task_id: str) -> str:
+        return f"{self._base(share_id)}/task/{quote(check_task_id(task_id), safe='')}"
+
+    # --- calls -----------------------------------------------------------------------------
+    def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> tuple[ApiAnswer, bytes]:
+        if self._pace is not None:
+            self._pace()
+        started = time.perf_counter()
+        try:
+            response = self._http.request(method, path, params=params)
+        except httpx.TransportError as exc:
+            return (
+                ApiAnswer(
+                    method=method,
+                    path=path,
+                    status=0,
+                    verdict=Verdict.RETRYABLE,
+                    error_code=f"transport.{type(exc).__name__}",
+                    error_msg=str(exc)[:200] or type(exc).__name__,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                ),
+                b"",
+            )
+        latency_ms = (time.perf_counter() - started) * 1000
+        body = response.content
+        code, msg = (None, None) if response.is_success else parse_error_body(body)
+        return (
+            ApiAnswer(
+                method=method,
+                path=path,
+                status=response.status_code,
+                verdict=classify(response.status_code, code),
+                request_id=_request_id(response.headers),
+                error_code=code,
+                error_msg=msg,
+                latency_ms=latency_ms,
+                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+            ),
+            body,
+        )
+
+    def delete_task(self, share_id: str, task_id: str) -> ApiAnswer:
+        """``DELETE .../task/{task_id}``: 202 is :attr:`Verdict.OK`; nothing raises but bad IDs."""
+        answer, _ = self._call("DELETE", self.task_path(share_id, task_id))
+        return answer
+
+    def show_task(self, share_id: str, task_id: str) -> tuple[ApiAnswer, TaskInfo | None]:
+        """``GET .../task/{task_id}``: the task when the answer is OK, else ``None``."""
+        answer, body = self._call("GET", self.task_path(share_id, task_id))
+        if not answer.ok:
+            return answer, None
+        data = _json_object(body)
+        return answer, _task_from(self.project_id, share_id, data) if data else None
+
+    def list_page(
+        self, share_id: str, *, offset: int, limit: int, status: str | None = None, type: str | None = None
+    ) -> tuple[ApiAnswer, list[TaskInfo]]:
+        """One page of ``GET .../tasks``."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if status:
+            params["status"] = status
+        if type:
+            params["type"] = type
+        answer, body = self._call("GET", f"{self._base(share_id)}/tasks", params)
+        if not answer.ok:
+            return answer, []
+        data = _json_object(body) or {}
+        items = data.get("tasks")
+        tasks = [
+            _task_from(self.project_id, share_id, item)
+            for item in (items if isinstance(items, list) else [])
+            if isinstance(item, dict)
+        ]
+        return answer, tasks
+
+    def list_tasks(self, share_id: str, *, status: str | None = None, type: str | None = None) -> Iterator[TaskInfo]:
+        """Every task of a share: pages of ``offset += limit`` until a short or empty page.
+
+        ``count`` is not used to stop, because whether it is the total or the page size is not
+        documented (Huawei's Terraform provider pages the same way). Raises :class:`ApiError`.
+        """
+        offset, limit = 0, self.config.page_size
+        while True:
+            answer, page = self.list_page(share_id, offset=offset, limit=limit, status=status, type=type)
+            if not answer.ok:
+                error = ShareMissingError if answer.verdict is Verdict.SHARE_MISSING else ApiError
+                raise error(answer)
+            yield from page
+            if len(page) < limit:
+                return
+            offset += limit
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _task_from(project_id: str, share_id: str, item: dict[str, Any]) -> TaskInfo:
+    def text(key: str) -> str | None:
+        value = item.get(key)
+        return str(value) if value is not None else None
+
+    return TaskInfo(
+        project_id=project_id,
+        share_id=share_id,
+        task_id=str(item.get("task_id", "")),
+        status=text("status"),
+        type=text("type"),
+        end_time=parse_time(item.get("end_time")),
+        raw={k: str(v) for k, v in item.items() if isinstance(v, str | int | float)},
+    )

@@ -1,0 +1,8 @@
+-- Ask a running run to stop: every task without an outcome will end as 'aborted'.
+-- KEYS: 1 run hash.  ARGV: 1 final status ('aborted' or 'cancelled'), 2 reason.
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'running' or status == 'planning' then
+  redis.call('HSET', KEYS[1], 'status', 'stopping', 'stop_as', ARGV[1], 'reason', ARGV[2])
+  return 1
+end
+return 0

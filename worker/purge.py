@@ -1,0 +1,275 @@
+"""One deletion job: the tasks of one plan batch (one share), deleted concurrently.
+
+The job claims its batch with a lease, skips tasks that already have an outcome (so a job
+delivered twice never sends a second DELETE for a finished task), re-reads the protection
+lists, and then deletes each remaining task under the fleet-wide limiter, retrying by the
+verdict of each answer. Every attempt and the one final outcome go to the audit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from worker.answers import ApiAnswer, Verdict
+from worker.audit import ACTIVE, Attempt, Batch, FinalOutcome, Outcome, RunStatus
+from worker.auth import AuthError
+from worker.models import FINISHED_STATUSES, TaskInfo
+from worker.ratelimit import RateLimitWaitTooLong
+from worker.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    batch: int
+    state: str  # done | busy | missing | over
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "batch": self.batch, "state": self.state, "outcomes": dict(self.outcomes)}
+
+
+class _Stop(Exception):
+    """The run is stopping: the task ends as aborted."""
+
+
+class BatchJob:
+    def __init__(self, rt: Runtime, run_id: str, number: int, holder: str) -> None:
+        self.rt = rt
+        self.audit = rt.audit
+        self.settings = rt.settings
+        self.run_id = run_id
+        self.number = number
+        self.holder = holder
+        self.stop = threading.Event()
+        self.meta: dict[str, str] = {}
+
+    # --- the job ---------------------------------------------------------------------------
+    def run(self) -> JobResult:
+        result = JobResult(self.run_id, self.number, "done")
+        self.meta = self.audit.run(self.run_id)
+        status = self.meta.get("status")
+        batch = self.audit.batch(self.run_id, self.number)
+        if batch is None or status is None:
+            result.state = "missing"
+            return result
+        if RunStatus(status) not in ACTIVE:
+            result.state = "over"
+            return result
+        if not self.audit.take_lease(self.run_id, self.number, self.holder, self.settings.lease_s):
+            result.state = "busy"  # another delivery is working on it; the reconciler watches both
+            return result
+        keeper = threading.Thread(target=self._keep_lease, name="sfs-lease", daemon=True)
+        keeper.start()
+        try:
+            self._process(batch, result)
+        finally:
+            self.stop.set()
+            keeper.join(timeout=5)
+            self.audit.release_lease(self.run_id, self.number, self.holder)
+        return result
+
+    def _keep_lease(self) -> None:
+        """Renew the lease and watch the run's status until the job ends."""
+        renew_every = max(1.0, self.settings.lease_s / 3)
+        last_renew = time.monotonic()
+        while not self.stop.wait(1.0):
+            if self.audit.status(self.run_id) == RunStatus.STOPPING:
+                self.stop.set()
+                return
+            if time.monotonic() - last_renew >= renew_every:
+                self.audit.renew_lease(self.run_id, self.number, self.holder, self.settings.lease_s)
+                last_renew = time.monotonic()
+
+    def _process(self, batch: Batch, result: JobResult) -> None:
+        done = self.audit.finished_tasks(self.run_id, self.number)
+        pending = [t for t in batch.task_ids if t not in done]
+        if not pending:
+            return
+        # Protection lists are read live, not copied into the plan: a hold placed after
+        # planning still wins. The run's own policy protections are in its metadata.
+        protected = self.audit.protected(batch.share_id, pending)
+        policy_tasks = set(self.meta.get("protected_task_ids", "").split(",")) - {""}
+        policy_shares = set(self.meta.get("protected_share_ids", "").split(",")) - {""}
+        for task_id in pending:
+            if batch.share_id in policy_shares:
+                protected.setdefault(task_id, "protected_share")
+            elif task_id in policy_tasks:
+                protected.setdefault(task_id, "protected_task")
+        todo: list[str] = []
+        for task_id in pending:
+            if task_id in protected:
+                self._final(batch, task_id, FinalOutcome(Outcome.SKIPPED, time.time(), reason=protected[task_id]))
+                result.outcomes[Outcome.SKIPPED] += 1
+            else:
+                todo.append(task_id)
+        futures = [self.rt.pool.submit(self._one, batch, task_id) for task_id in todo]
+        wait(futures)
+        for future in futures:
+            exc = future.exception()
+            if exc is not None:
+                raise exc
+            result.outcomes[future.result()] += 1
+
+    # --- one task ---------------------------------------------------------------------------
+    def _one(self, batch: Batch, task_id: str) -> str:
+        structlog.contextvars.bind_contextvars(run_id=self.run_id, batch=self.number)
+        try:
+            final = self._decide(batch, task_id)
+        except _Stop:
+            final = FinalOutcome(Outcome.ABORTED, time.time(), reason=self._stop_reason())
+        self._final(batch, task_id, final)
+        return final.outcome.value
+
+    def _stop_reason(self) -> str:
+        return self.audit.run(self.run_id).get("reason", "") or "the run was stopped"
+
+    def _decide(self, batch: Batch, task_id: str) -> FinalOutcome:
+        if self.stop.is_set() and self.audit.status(self.run_id) == RunStatus.STOPPING:
+            raise _Stop
+        missing = self.audit.share_missing(self.run_id, batch.share_id)
+        if missing:
+            return FinalOutcome(Outcome.FAILED, time.time(), code="share_missing", msg=missing, reason="share_missing")
+        if self.meta.get("dry_run") == "1":
+            return FinalOutcome(Outcome.WOULD_DELETE, time.time())
+        if self.settings.recheck_status or self.meta.get("recheck") == "1":
+            recheck = self._recheck(batch, task_id)
+            if recheck is not None:
+                return recheck
+        return self._delete(batch, task_id)
+
+    def _call(self, batch: Batch, task_id: str, op: str, attempt_no: int) -> tuple[ApiAnswer, TaskInfo | None]:
+        """One API call under the fleet limiter; waits for its slot without spending a retry."""
+        if self.stop.is_set() and self.audit.status(self.run_id) == RunStatus.STOPPING:
+            raise _Stop
+        self.rt.limiter.acquire()
+        task: TaskInfo | None = None
+        try:
+            if op == "show":
+                answer, task = self.rt.client.show_task(batch.share_id, task_id)
+            else:
+                answer = self.rt.client.delete_task(batch.share_id, task_id)
+        except AuthError as exc:
+            answer = ApiAnswer(op.upper(), "", 0, Verdict.FATAL, error_code="auth", error_msg=str(exc))
+        self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status >= 500)
+        bump = {Verdict.THROTTLED: "throttled", Verdict.RETRYABLE: "retries"}.get(answer.verdict, "")
+        self.audit.record(
+            batch,
+            task_id,
+            attempt=Attempt(
+                n=attempt_no,
+                at=time.time(),
+                status=answer.status,
+                verdict=answer.verdict.value,
+                request_id=answer.request_id,
+                code=answer.error_code,
+                msg=answer.error_msg,
+                latency_ms=answer.latency_ms,
+                worker=self.holder,
+                op=op,
+            ),
+            bump=bump,
+        )
+        return answer, task
+
+    def _recheck(self, batch: Batch, task_id: str) -> FinalOutcome | None:
+        """Show the task just before deleting it: skip it if it is no longer finished.
+
+        When the show call itself fails, the delete goes ahead and its own answer decides.
+        """
+        try:
+            answer, task = self._call(batch, task_id, "show", 0)
+        except RateLimitWaitTooLong:
+            return None
+        if answer.verdict is Verdict.GONE:
+            return self._final_from(Outcome.ALREADY_GONE, 0, answer)
+        if answer.ok and task is not None and not is_finished_status(task.status):
+            return FinalOutcome(Outcome.SKIPPED, time.time(), reason=f"status_changed:{task.status}")
+        return None
+
+    def _delete(self, batch: Batch, task_id: str) -> FinalOutcome:
+        policy = self.rt.retry
+        attempt = retries = throttled = 0
+        while True:
+            attempt += 1
+            try:
+                answer, _ = self._call(batch, task_id, "delete", attempt)
+            except RateLimitWaitTooLong:
+                throttled += 1
+                if throttled > policy.max_throttled:
+                    return self._failed(attempt - 1, None, "rate limit wait exceeded its bound too often")
+                attempt -= 1
+                continue
+            verdict = answer.verdict
+            if verdict is Verdict.OK:
+                return self._final_from(Outcome.DELETED, attempt, answer)
+            if verdict is Verdict.GONE:
+                return self._final_from(Outcome.ALREADY_GONE, attempt, answer)
+            if verdict is Verdict.THROTTLED:
+                self.rt.limiter.throttled(answer.retry_after_s)
+                throttled += 1
+                if throttled > policy.max_throttled:
+                    return self._failed(attempt, answer, "throttled too many times")
+                continue
+            if verdict is Verdict.RETRYABLE:
+                retries += 1
+                if retries > policy.max_retries:
+                    return self._failed(attempt, answer, "retries exhausted")
+                if self.stop.wait(policy.delay(retries)) and self.audit.status(self.run_id) == RunStatus.STOPPING:
+                    raise _Stop
+                continue
+            if verdict is Verdict.SHARE_MISSING:
+                self.audit.mark_share_missing(self.run_id, batch.share_id, answer.describe())
+                return self._failed(attempt, answer, "share_missing")
+            if verdict in (Verdict.FATAL, Verdict.AUTH_RENEW):
+                # Credentials or configuration that no retry can fix: stop the whole run with
+                # one line that says what to fix, instead of failing every task the same way.
+                reason = f"stopped: {answer.describe()}"
+                if self.audit.request_stop(self.run_id, RunStatus.ABORTED, reason):
+                    log.error("run stopped", reason=reason)
+                self.stop.set()
+                return self._failed(attempt, answer, "fatal")
+            return self._failed(attempt, answer, "permanent")
+
+    @staticmethod
+    def _final_from(outcome: Outcome, attempts: int, answer: ApiAnswer, reason: str | None = None) -> FinalOutcome:
+        return FinalOutcome(
+            outcome,
+            time.time(),
+            attempts,
+            answer.status,
+            answer.error_code,
+            answer.error_msg,
+            answer.request_id,
+            reason,
+        )
+
+    def _failed(self, attempts: int, answer: ApiAnswer | None, reason: str) -> FinalOutcome:
+        if answer is None:
+            return FinalOutcome(Outcome.FAILED, time.time(), attempts, reason=reason)
+        return self._final_from(Outcome.FAILED, attempts, answer, reason)
+
+    def _final(self, batch: Batch, task_id: str, final: FinalOutcome) -> None:
+        s = self.settings
+        outcome = self.audit.record(
+            batch,
+            task_id,
+            final=final,
+            failure_ratio=s.failure_threshold_ratio,
+            failure_min_attempts=s.failure_threshold_min_attempts,
+        )
+        if outcome is not None and outcome.duplicate:
+            log.info("outcome already recorded", task_id=task_id, outcome=final.outcome.value)
+
+
+def is_finished_status(status: str | None) -> bool:
+    return status in {s.value for s in FINISHED_STATUSES}

@@ -1,0 +1,113 @@
+"""Per-process resources of a worker: Redis, the audit, the API client, the fleet limiter.
+
+Built lazily in the process that uses them and rebuilt after a fork (an httpx pool shared
+across ``fork`` interleaves answers between processes), so a prefork child never inherits
+its parent's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import redis
+
+from worker.audit import Audit
+from worker.client import ClientConfig, SfsTurboClient
+from worker.ratelimit import FleetLimiter, limiter_key
+from worker.retry import RetryPolicy
+from worker.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    audit: Audit
+    retry: RetryPolicy
+    worker_name: str
+    _client: SfsTurboClient | None = None
+    _limiter: FleetLimiter | None = None
+    _pool: ThreadPoolExecutor | None = None
+
+    @property
+    def client(self) -> SfsTurboClient:
+        if self._client is None:
+            from worker.auth import build_auth
+
+            config = ClientConfig.from_settings(self.settings)
+            self._client = SfsTurboClient(config, auth=build_auth(self.settings, self.redis))
+        return self._client
+
+    @property
+    def limiter(self) -> FleetLimiter:
+        if self._limiter is None:
+            s = self.settings
+            s.require_api()
+            assert s.project_id is not None and s.api_endpoint is not None
+            self._limiter = FleetLimiter(
+                self.redis,
+                key=limiter_key(s.key_prefix, s.project_id, s.api_endpoint),
+                rate=s.rate_limit,
+                burst=s.rate_burst,
+                wait_max_s=s.rate_wait_max_s,
+                penalty_s=s.throttle_penalty_s,
+            )
+        return self._limiter
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.settings.batch_concurrency, thread_name_prefix="sfs-delete")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()
+        self.redis.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_pid: int | None = None
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=30,
+        socket_connect_timeout=5,
+        health_check_interval=25,
+        retry_on_timeout=True,
+        max_connections=settings.batch_concurrency * 2 + 8,
+    )
+
+
+def get_runtime(settings: Settings) -> Runtime:
+    """This process's runtime, built on first use and after every fork."""
+    global _runtime, _pid  # noqa: PLW0603 - one runtime per process is the point
+    with _lock:
+        if _runtime is None or _pid != os.getpid():
+            client = redis_client(settings)
+            _runtime = Runtime(
+                settings=settings,
+                redis=client,
+                audit=Audit(client, prefix=settings.key_prefix, retention_s=settings.retention_days * 86400),
+                retry=RetryPolicy.from_settings(settings),
+                worker_name=f"{socket.gethostname()}:{os.getpid()}",
+            )
+            _pid = os.getpid()
+        return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime  # noqa: PLW0603
+    with _lock:
+        if _runtime is not None and _pid == os.getpid():
+            _runtime.close()
+        _runtime = None

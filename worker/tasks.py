@@ -1,0 +1,54 @@
+"""Thin Celery task wrappers; the work is in :mod:`worker.purge`.
+
+Tasks have stable explicit names so other systems can send them by name, and their arguments
+are IDs only (never credentials), so Flower and the broker show nothing secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Celery, Task, signals
+
+from worker.celery_app import PURGE_BATCH, settings_of
+from worker.logging import configure_logging, register_secret
+from worker.purge import BatchJob
+from worker.runtime import close_runtime, get_runtime
+
+log = structlog.get_logger(__name__)
+
+
+def register(app: Celery) -> None:
+    settings = settings_of(app)
+
+    @app.task(name=PURGE_BATCH, bind=True, acks_late=True, max_retries=5, default_retry_delay=5)
+    def purge_batch(self: Task, run_id: str, batch: int, share_id: str = "", tasks: int = 0) -> dict[str, Any]:
+        """Delete the tasks of one plan batch (one share). Safe to deliver twice."""
+        rt = get_runtime(settings)
+        holder = f"{self.request.hostname or rt.worker_name}:{self.request.id}"
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        structlog.contextvars.bind_contextvars(run_id=run_id, batch=batch, redelivered=redelivered)
+        result = BatchJob(rt, run_id, int(batch), holder).run()
+        log.info("batch job ended", **result.as_dict())
+        return result.as_dict()
+
+    @signals.setup_logging.connect(weak=False)
+    def _logging(**_: Any) -> None:
+        configure_logging(settings.log_level, settings.log_format)
+        for secret in (settings.auth_token, settings.iam_password, settings.secret_key, settings.security_token):
+            if secret is not None:
+                register_secret(secret.get_secret_value())
+
+    @signals.task_prerun.connect(weak=False)
+    def _bind(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(task_id=task_id, task_name=getattr(task, "name", None))
+
+    @signals.task_postrun.connect(weak=False)
+    def _unbind(**_: Any) -> None:
+        structlog.contextvars.clear_contextvars()
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _close(**_: Any) -> None:
+        close_runtime()
