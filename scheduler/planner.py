@@ -36,6 +36,7 @@ class PlanResult:
     seen: int = 0
     not_selected: Counter[str] = field(default_factory=Counter)
     shares: Counter[str] = field(default_factory=Counter)
+    explicit: int = 0  # entries planned without status and age rules: rechecked at delete time
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,12 +86,15 @@ def plan_run(
     parent_run: str | None = None,
     extra_meta: dict[str, Any] | None = None,
     explicit: bool = False,
+    trust_bare_entries: bool = False,
 ) -> PlanResult:
     """Create the run, write its plan, and freeze it. No job is sent yet.
 
     ``explicit`` runs (a list of tasks sent by another system, or a replay) skip the status and
     age rules, whose inputs such a list does not carry; instead every task is shown just before
     its delete and skipped unless it is finished. Protection lists and the cap still apply.
+    ``trust_bare_entries`` (manifests) treats each entry that has neither a status nor an end
+    time the same way, while entries that carry them go through the whole policy.
     """
     now = now or datetime.now(UTC)
     live_tasks = {t.decode() if isinstance(t, bytes) else t for t in audit.redis.smembers(audit.keys.protected_tasks)}
@@ -114,7 +118,6 @@ def plan_run(
             "protected_share_ids": ",".join(policy.protected_share_ids),
             "parent_run": parent_run,
             "batch_size": settings.batch_size,
-            "recheck": explicit or settings.recheck_status,
             **(extra_meta or {}),
         },
     )
@@ -154,7 +157,9 @@ def plan_run(
                 }
             )
             continue
-        if explicit:
+        bare = explicit or (trust_bare_entries and item.status is None and item.end_time is None)
+        if bare:
+            result.explicit += 1
             why = selector.is_protected(item.share_id, item.task_id)
             if why is None and policy.max_deletions is not None and result.shares.total() >= policy.max_deletions:
                 why = "over_cap"
@@ -187,6 +192,7 @@ def plan_run(
         planned=result.planned,
         seen=result.seen,
         not_selected=json.dumps(dict(result.not_selected)),
+        recheck=bool(explicit or settings.recheck_status or result.explicit),
     )
     if dry_run and result.status is RunStatus.RUNNING:
         result.status = _record_dry_run(audit, run_id)

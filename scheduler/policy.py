@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import tomllib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -141,6 +141,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, Hashable):
+            break  # construct_mapping reports "found unhashable key" with its position
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {show_value(key, 40)}", key_node.start_mark

@@ -62,6 +62,7 @@ def start_run(
         source=source,
         parent_run=parent_run,
         explicit=explicit,
+        trust_bare_entries=source.startswith("manifest:"),
         extra_meta=extra_meta,
     )
     if plan.status is RunStatus.RUNNING:

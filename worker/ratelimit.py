@@ -108,7 +108,7 @@ class CircuitState(IntEnum):
         return self.name.lower().replace("_", "-")
 
 
-class RateLimitWaitTooLong(Exception):
+class RateLimitWaitTooLong(Exception):  # noqa: N818 (the name is the agreed interface)
     """The next slot is further away than ``wait_max_s``; nothing was reserved.
 
     The arguments are plain floats so the exception pickles (Celery sends it between processes).

@@ -157,14 +157,16 @@ def load(path: str | Path, project_id: str) -> Inventory:
 
 
 def dump(inventory: Inventory, path: str | Path) -> None:
-    """Write ``inventory`` as JSON lines that :func:`load` reads back unchanged."""
-    with_tasks = {task.share_id for task in inventory.tasks}
+    """Write ``inventory`` as JSON lines, share by share, that :func:`load` reads back unchanged."""
+    by_share: dict[str, list[Task]] = {share_id: [] for share_id in inventory.share_ids}
+    for task in inventory.tasks:
+        by_share.setdefault(task.share_id, []).append(task)
     with Path(path).open("w", encoding="utf-8") as out:
-        for share_id in inventory.share_ids:
-            if share_id not in with_tasks:
+        for share_id, tasks in by_share.items():
+            if not tasks:
                 out.write(json.dumps({"share_id": share_id}) + "\n")
-        for task in inventory.tasks:
-            out.write(json.dumps(task.to_record(), separators=(",", ":")) + "\n")
+            for task in tasks:
+                out.write(json.dumps(task.to_record(), separators=(",", ":")) + "\n")
 
 
 def eligible(

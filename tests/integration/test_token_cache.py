@@ -49,7 +49,7 @@ class IamMock(ThreadingHTTPServer):
 class _IamHandler(BaseHTTPRequestHandler):
     server: IamMock
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_POST(self) -> None:
@@ -96,7 +96,7 @@ def iam() -> Iterator[IamMock]:
 
 
 def make_settings(iam_url: str, redis_url: str, password: str = PASSWORD) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         redis_url=redis_url,
         key_prefix="it",
@@ -110,9 +110,7 @@ def make_settings(iam_url: str, redis_url: str, password: str = PASSWORD) -> Set
 
 
 def make_provider(iam_url: str, redis_url: str, password: str = PASSWORD, **kwargs: Any) -> IamTokenProvider:
-    login = IamLogin(
-        endpoint=iam_url, user=USER, password=SecretStr(password), domain=DOMAIN, project_id=PROJECT
-    )
+    login = IamLogin(endpoint=iam_url, user=USER, password=SecretStr(password), domain=DOMAIN, project_id=PROJECT)
     return IamTokenProvider(
         login, http=httpx.Client(timeout=10), redis_client=redis.Redis.from_url(redis_url), key_prefix="it", **kwargs
     )

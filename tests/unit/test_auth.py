@@ -35,13 +35,11 @@ DELETE_URL = f"{API}/v1/{PROJECT}/sfs-turbo/share-1/hpc-cache/task/task-1"
 
 
 def make_settings(**values: Any) -> Settings:
-    return Settings(_env_file=None, api_endpoint=API, project_id=PROJECT, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, api_endpoint=API, project_id=PROJECT, **values)
 
 
 def iam_settings(**values: Any) -> Settings:
-    return make_settings(
-        iam_endpoint=IAM, iam_user="robot", iam_password=PASSWORD, iam_domain="acme", **values
-    )
+    return make_settings(iam_endpoint=IAM, iam_user="robot", iam_password=PASSWORD, iam_domain="acme", **values)
 
 
 def gateway_401(code: str) -> httpx.Response:
@@ -117,9 +115,7 @@ def api_client(auth: httpx.Auth, api: FakeApi) -> httpx.Client:
 
 
 def provider(iam: FakeIam, **kwargs: Any) -> IamTokenProvider:
-    login = IamLogin(
-        endpoint=IAM, user="robot", password=SecretStr(PASSWORD), domain="acme", project_id=PROJECT
-    )
+    login = IamLogin(endpoint=IAM, user="robot", password=SecretStr(PASSWORD), domain="acme", project_id=PROJECT)
     return IamTokenProvider(login, http=iam_client(iam), **kwargs)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
@@ -191,9 +192,7 @@ def test_canonical_uri_encodes_each_segment() -> None:
 
 def test_canonical_query_sorts_and_encodes() -> None:
     pairs = signature.query_pairs("type=import&limit=10&status=&end_time=2024-02-01+00%3A00%3A00&a=%2B")
-    assert signature.canonical_query(pairs) == (
-        "a=%2B&end_time=2024-02-01%2000%3A00%3A00&limit=10&status=&type=import"
-    )
+    assert signature.canonical_query(pairs) == ("a=%2B&end_time=2024-02-01%2000%3A00%3A00&limit=10&status=&type=import")
 
 
 # --- The official SDK as the oracle ----------------------------------------------------------
@@ -213,12 +212,16 @@ _query = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(share=_segment, task=_segment, query=_query, body=st.binary(max_size=64), method=st.sampled_from(["GET", "DELETE", "POST"]))
+@given(
+    share=_segment,
+    task=_segment,
+    query=_query,
+    body=st.binary(max_size=64),
+    method=st.sampled_from(["GET", "DELETE", "POST"]),
+)
 def test_requests_signed_by_the_sdk_verify(
     share: str, task: str, query: list[tuple[str, str]], body: bytes, method: str
 ) -> None:
-    from urllib.parse import quote
-
     resource_path = f"/v1/pid0/sfs-turbo/{quote(share, safe='')}/hpc-cache/task/{quote(task, safe='')}"
     request = SdkRequest(
         method=method,

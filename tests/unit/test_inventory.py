@@ -33,7 +33,7 @@ P = "0123456789abcdef0123456789abcdef"
 S = "11111111-2222-3333-4444-555555555555"
 
 
-def jline(task_id: str = "t1", **extra: object) -> bytes:
+def jline(task_id: object = "t1", **extra: object) -> bytes:
     fields: dict[str, object] = {"project_id": P, "share_id": S, "task_id": task_id, **extra}
     return json.dumps(fields).encode()
 
@@ -452,12 +452,10 @@ def test_a_csv_manifest_streams_in_flat_python_memory(tmp_path: Path) -> None:
     assert peak < 512 * 1024, f"peak {peak} bytes"  # 20,000 tasks held at once would be ~20 MiB
 
 
-def test_read_manifest_is_lazy(tmp_path: Path) -> None:
-    path = write(tmp_path, "m.jsonl", jline("t1") + b"\n" + jline("t2"))
-    items = read_manifest(path)
-    first = next(items)
-    assert isinstance(first, TaskInfo) and first.task_id == "t1"
-    items.close()  # closing the generator closes the file
+def test_file_errors_surface_when_iteration_starts(tmp_path: Path) -> None:
+    items = read_manifest(tmp_path / "missing.csv")  # a generator: nothing is opened yet
+    with pytest.raises(ManifestError, match=r"missing\.csv: cannot open"):
+        next(items)
 
 
 # --- The live listing -------------------------------------------------------------------------------

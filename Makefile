@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create the virtual
+# environment from the lock file first, so a machine with only Python 3.11+ is enough.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-fast lint bench lock clean
+
+$(BIN)/sfs-cleanup: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	@touch $@
+
+demo: $(BIN)/sfs-cleanup  ## the whole system against the fake API, in one command
+	$(BIN)/sfs-cleanup demo
+
+lint: $(BIN)/sfs-cleanup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	bash deploy/check.sh
+
+test: lint  ## lint, types, deployment checks, then every test (unit, integration, fault)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/sfs-cleanup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(BIN)/sfs-cleanup  ## the benchmarks; figures go to bench-results/
+	$(BIN)/python -m tests.benchmarks
+
+lock:  ## refresh requirements.lock from a clean install of pyproject.toml's ranges
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev]"
+	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^sfs-turbo-cleanup' > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench-results
