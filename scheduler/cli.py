@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Callable
@@ -412,7 +411,7 @@ def check(
     if api:
         client = ctx.client()
         for share_id in settings.share_ids:
-            answer, page = client.list_page(share_id, offset=0, limit=1)
+            answer, _ = client.list_page(share_id, offset=0, limit=1)
             if not answer.ok:
                 raise UserError(f"share {share_id}: {answer.describe()}")
     if not quiet:

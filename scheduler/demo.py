@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,8 +46,8 @@ def demo(
     error_ratio: Annotated[float, typer.Option(help="Share of DELETEs the fake answers 500.")] = 0.05,
     latency_ms: Annotated[float, typer.Option(help="The fake's latency per call.")] = 20.0,
     short: Annotated[bool, typer.Option("--short", help="A small, fast demo (for tests).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the final report and the fake's counts as JSON.")] = False,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep everything running after the report, until Ctrl-C.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report and the fake's counts as JSON.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep everything running after the report.")] = False,
 ) -> None:
     """Run the whole system locally against the fake API: a dry run, then a real purge."""
     if short:
@@ -57,10 +58,10 @@ def demo(
     code = 0
     try:
         with ExitStack() as stack:
-            code = _run(
-                stack, console, workdir, tasks_per_share, shares, workers, rate_limit, server_limit,
-                error_ratio, latency_ms, as_json, keep,
-            )  # fmt: skip
+            options = DemoOptions(
+                tasks_per_share, shares, workers, rate_limit, server_limit, error_ratio, latency_ms, as_json, keep
+            )
+            code = _run(stack, console, workdir, options)
     except KeyboardInterrupt:
         console.print("\n[bold]interrupted[/bold]: everything the demo started has been stopped")
         code = 130
@@ -69,21 +70,23 @@ def demo(
     raise typer.Exit(code)
 
 
-def _run(
-    stack: ExitStack,
-    console: Console,
-    workdir: Path,
-    tasks_per_share: int,
-    shares: int,
-    n_workers: int,
-    rate_limit: float,
-    server_limit: float,
-    error_ratio: float,
-    latency_ms: float,
-    as_json: bool,
-    keep: bool,
-) -> int:
-    started = time.monotonic()
+@dataclass(frozen=True)
+class DemoOptions:
+    tasks_per_share: int
+    shares: int
+    workers: int
+    rate_limit: float
+    server_limit: float
+    error_ratio: float
+    latency_ms: float
+    as_json: bool
+    keep: bool
+
+
+def _start_services(
+    stack: ExitStack, console: Console, workdir: Path, o: DemoOptions
+) -> tuple[FakeApiProcess, dict[str, Any]]:
+    """Redis, the fake API and the workers; each is stopped by ``stack`` when the demo ends."""
     redis_url = os.environ.get("SFS_CLEANUP_REDIS_URL")
     if redis_url:
         console.print(f"Redis: using {redis_url} (SFS_CLEANUP_REDIS_URL)")
@@ -93,20 +96,20 @@ def _run(
         redis_url = server.url
         console.print(f"Redis: started a private redis-server on {redis_url}")
     fake = FakeApiProcess(
-        shares=shares,
-        tasks_per_share=tasks_per_share,
+        shares=o.shares,
+        tasks_per_share=o.tasks_per_share,
         seed=7,
-        latency_ms=latency_ms,
-        error_ratio=error_ratio,
+        latency_ms=o.latency_ms,
+        error_ratio=o.error_ratio,
         fail_first_k=1,
         fail_first_ratio=0.05,
-        rate_limit_rps=server_limit,
+        rate_limit_rps=o.server_limit,
         deleting_seconds=1.0,
     ).start()
     stack.callback(fake.stop)
     console.print(
-        f"Fake SFS Turbo API: {fake.url}  ({shares} shares x {tasks_per_share} tasks, "
-        f"{error_ratio:.0%} 500s, 429 above {server_limit:g}/s, {latency_ms:g} ms latency)"
+        f"Fake SFS Turbo API: {fake.url}  ({o.shares} shares x {o.tasks_per_share} tasks, "
+        f"{o.error_ratio:.0%} 500s, 429 above {o.server_limit:g}/s, {o.latency_ms:g} ms latency)"
     )
     overrides: dict[str, Any] = {
         "redis_url": redis_url,
@@ -114,26 +117,31 @@ def _run(
         "project_id": fake.project_id,
         "share_ids": fake.share_ids,
         "auth_token": fake.token,
-        "rate_limit": rate_limit,
+        "rate_limit": o.rate_limit,
         "rate_burst": 10,
         "retry_backoff_base_s": 0.5,
         "retry_backoff_max_s": 8.0,
         "key_prefix": "sfs-demo",
     }
-    settings = load_settings(**overrides)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFS_CLEANUP_")}
     for name, value in overrides.items():
         env[f"SFS_CLEANUP_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
     env.setdefault("SFS_CLEANUP_LOG_LEVEL", "INFO")  # worker logs go to files; "ready" is INFO
     started_workers = []
-    for i in range(n_workers):
+    for i in range(o.workers):
         worker = WorkerProcess(name=f"demo{i + 1}", env=env, log_path=workdir / f"worker{i + 1}.log")
         stack.callback(worker.stop)
         started_workers.append(worker.start())
     for worker in started_workers:
         worker.wait_ready(timeout=90)
-    console.print(f"Workers: {n_workers} Celery worker processes ready (logs in {workdir})")
+    console.print(f"Workers: {o.workers} Celery worker processes ready (logs in {workdir})")
+    return fake, overrides
 
+
+def _run(stack: ExitStack, console: Console, workdir: Path, o: DemoOptions) -> int:
+    started = time.monotonic()
+    fake, overrides = _start_services(stack, console, workdir, o)
+    settings = load_settings(**overrides)
     ctx = Context(settings)
     policy = policy_from_sources(settings=settings, file=None, overrides={})
     console.rule("Dry run")
@@ -152,22 +160,28 @@ def _run(
     agree = report["outcomes"]["deleted"] == stats["deletes_accepted"]
     _server_table(console, report, stats, agree)
     console.print(f"demo took {time.monotonic() - started:.1f} s")
-    exports = " ".join(f"SFS_CLEANUP_{k.upper()}={v if not isinstance(v, list) else ','.join(v)}"
-                       for k, v in overrides.items() if k in ("redis_url", "key_prefix"))
-    console.print("\nWhile it runs (use --keep), look at the audit and the workers:")
-    console.print(f"  {exports} sfs-cleanup runs show {plan.run_id}", markup=False, highlight=False)
-    console.print(f"  {exports} sfs-cleanup audit export {plan.run_id} --format csv", markup=False, highlight=False)
-    console.print(f"  SFS_CLEANUP_REDIS_URL={redis_url} celery -A worker flower --port=5555  "
-                  "# then open http://127.0.0.1:5555", markup=False, highlight=False)
-    if as_json:
-        sys.stdout.write(json.dumps({"report": report, "dry_run": run_report(ctx.audit, dry.run_id),
-                                     "fake": stats, "agree": agree}, default=str) + "\n")
-    if keep:
+    _print_next_steps(console, overrides, plan.run_id)
+    if o.as_json:
+        summary = {"report": report, "dry_run": run_report(ctx.audit, dry.run_id), "fake": stats, "agree": agree}
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    if o.keep:
         console.print("[bold]--keep[/bold]: everything stays up until Ctrl-C")
         while True:
             time.sleep(3600)
     code = exit_code(report)
     return code if agree else 1
+
+
+def _print_next_steps(console: Console, overrides: dict[str, Any], run_id: str) -> None:
+    env = f"SFS_CLEANUP_REDIS_URL={overrides['redis_url']} SFS_CLEANUP_KEY_PREFIX={overrides['key_prefix']}"
+    console.print("\nWhile it runs (start it with --keep), look at the audit and the workers:")
+    for line in (
+        f"{env} sfs-cleanup runs show {run_id}",
+        f"{env} sfs-cleanup audit export {run_id} --format csv",
+        f"SFS_CLEANUP_REDIS_URL={overrides['redis_url']} celery -A worker flower --port=5555"
+        "   # then open http://127.0.0.1:5555",
+    ):
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _server_table(console: Console, report: dict[str, Any], stats: dict[str, Any], agree: bool) -> None:

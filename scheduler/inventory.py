@@ -156,9 +156,10 @@ def _physical_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
     number = 0
     while chunk := stream.readline(MAX_LINE_BYTES + 2):
         number += 1
+        overflow = len(chunk) == MAX_LINE_BYTES + 2 and not chunk.endswith(b"\n")
         if number == 1:
             chunk = chunk.removeprefix(_BOM)
-        if len(chunk) == MAX_LINE_BYTES + 2 and not chunk.endswith(b"\n"):
+        if overflow:
             head = chunk[: RAW_CHARS + 1]  # one byte over, so the shown raw ends in '...'
             # Skip the rest in bounded reads: a 2 GB line must not be held whole.
             while chunk and not chunk.endswith(b"\n"):

@@ -18,6 +18,7 @@ from typing import Any
 from scheduler.inventory import InventoryItem, Rejected
 from scheduler.policy import Policy, Selector
 from worker.audit import Audit, FinalOutcome, Outcome, RunStatus
+from worker.models import TaskInfo
 from worker.settings import Settings
 
 _FLUSH_BATCHES = 200
@@ -59,17 +60,79 @@ class _Fingerprints:
     def __init__(self) -> None:
         self._seen: set[int] = set()
 
-    def add(self, share_id: str, task_id: str) -> bool:
-        digest = hashlib.blake2b(f"{share_id}/{task_id}".encode(), digest_size=8).digest()
-        key = int.from_bytes(digest, "big")
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        return True
+    @staticmethod
+    def _key(share_id: str, task_id: str) -> int:
+        return int.from_bytes(hashlib.blake2b(f"{share_id}/{task_id}".encode(), digest_size=8).digest(), "big")
+
+    def __contains__(self, item: tuple[str, str]) -> bool:
+        return self._key(*item) in self._seen
+
+    def add(self, share_id: str, task_id: str) -> None:
+        self._seen.add(self._key(share_id, task_id))
 
 
 def _rejection(item: Rejected) -> dict[str, Any]:
     return {"source": item.source, "line": item.line, "reason": item.reason, "raw": item.raw}
+
+
+class _PlanWriter:
+    """Groups selected tasks per share into batches and writes them to Redis as they fill."""
+
+    def __init__(self, audit: Audit, run_id: str, batch_size: int, result: PlanResult) -> None:
+        self.audit, self.run_id, self.batch_size, self.result = audit, run_id, batch_size, result
+        self.buffers: dict[str, list[str]] = {}
+        self.ready: list[tuple[int, str, list[str]]] = []
+        self.rejected: list[dict[str, Any]] = []
+
+    def add(self, share_id: str, task_id: str) -> None:
+        self.result.shares[share_id] += 1
+        buffer = self.buffers.setdefault(share_id, [])
+        buffer.append(task_id)
+        if len(buffer) >= self.batch_size:
+            self._close(share_id)
+
+    def reject(self, entry: dict[str, Any]) -> None:
+        self.rejected.append(entry)
+        if len(self.rejected) >= _FLUSH_REJECTED:
+            self._flush_rejected()
+
+    def _close(self, share_id: str) -> None:
+        self.ready.append((self.result.batches, share_id, self.buffers.pop(share_id)))
+        self.result.batches += 1
+        if len(self.ready) >= _FLUSH_BATCHES:
+            self._flush_batches()
+
+    def _flush_batches(self) -> None:
+        if self.ready:
+            self.result.planned += self.audit.add_batches(self.run_id, self.ready)
+            self.ready.clear()
+
+    def _flush_rejected(self) -> None:
+        if self.rejected:
+            self.result.rejected += self.audit.add_rejected(self.run_id, self.rejected)
+            self.rejected.clear()
+
+    def finish(self) -> None:
+        for share_id in list(self.buffers):
+            self._close(share_id)
+        self._flush_batches()
+        self._flush_rejected()
+
+
+def _with_live_protection(audit: Audit, policy: Policy) -> Policy:
+    """The policy plus the live protection lists, so a dry run shows exactly what is held."""
+
+    def members(key: str) -> set[str]:
+        return {m.decode() if isinstance(m, bytes) else m for m in audit.redis.smembers(key)}
+
+    return policy.model_copy(
+        update={
+            "protected_task_ids": tuple(sorted(set(policy.protected_task_ids) | members(audit.keys.protected_tasks))),
+            "protected_share_ids": tuple(
+                sorted(set(policy.protected_share_ids) | members(audit.keys.protected_shares))
+            ),
+        }
+    )
 
 
 def plan_run(
@@ -96,15 +159,7 @@ def plan_run(
     ``trust_bare_entries`` (manifests) treats each entry that has neither a status nor an end
     time the same way, while entries that carry them go through the whole policy.
     """
-    now = now or datetime.now(UTC)
-    live_tasks = {t.decode() if isinstance(t, bytes) else t for t in audit.redis.smembers(audit.keys.protected_tasks)}
-    live_shares = {s.decode() if isinstance(s, bytes) else s for s in audit.redis.smembers(audit.keys.protected_shares)}
-    policy = policy.model_copy(
-        update={
-            "protected_task_ids": tuple(sorted(set(policy.protected_task_ids) | live_tasks)),
-            "protected_share_ids": tuple(sorted(set(policy.protected_share_ids) | live_shares)),
-        }
-    )
+    policy = _with_live_protection(audit, policy)
     audit.create_run(
         run_id,
         {
@@ -122,33 +177,25 @@ def plan_run(
         },
     )
     result = PlanResult(run_id=run_id, status=RunStatus.PLANNING, dry_run=dry_run)
-    selector = Selector(policy, now)
+    selector = Selector(policy, now or datetime.now(UTC))
     fingerprints = _Fingerprints()
-    buffers: dict[str, list[str]] = {}
-    ready: list[tuple[int, str, list[str]]] = []
-    rejected: list[dict[str, Any]] = []
+    writer = _PlanWriter(audit, run_id, settings.batch_size, result)
 
-    def close_batch(share_id: str) -> None:
-        tasks = buffers.pop(share_id)
-        ready.append((result.batches, share_id, tasks))
-        result.batches += 1
-        if len(ready) >= _FLUSH_BATCHES:
-            result.planned += audit.add_batches(run_id, ready)
-            ready.clear()
-
-    def reject(entry: dict[str, Any]) -> None:
-        rejected.append(entry)
-        if len(rejected) >= _FLUSH_REJECTED:
-            result.rejected += audit.add_rejected(run_id, rejected)
-            rejected.clear()
+    def not_selected_because(item: TaskInfo) -> str | None:
+        if explicit or (trust_bare_entries and item.status is None and item.end_time is None):
+            result.explicit += 1
+            why = selector.is_protected(item.share_id, item.task_id)
+            over_cap = policy.max_deletions is not None and result.shares.total() >= policy.max_deletions
+            return why or ("over_cap" if over_cap else None)
+        decision = selector.decide(item)
+        return None if decision.selected else decision.reason
 
     for item in items:
         result.seen += 1
         if isinstance(item, Rejected):
-            reject(_rejection(item))
-            continue
-        if settings.project_id and item.project_id != settings.project_id:
-            reject(
+            writer.reject(_rejection(item))
+        elif settings.project_id and item.project_id != settings.project_id:
+            writer.reject(
                 {
                     "source": source,
                     "line": 0,
@@ -156,34 +203,14 @@ def plan_run(
                     "raw": f"{item.project_id}/{item.share_id}/{item.task_id}",
                 }
             )
-            continue
-        bare = explicit or (trust_bare_entries and item.status is None and item.end_time is None)
-        if bare:
-            result.explicit += 1
-            why = selector.is_protected(item.share_id, item.task_id)
-            if why is None and policy.max_deletions is not None and result.shares.total() >= policy.max_deletions:
-                why = "over_cap"
-            if why is not None:
-                result.not_selected[why] += 1
-                continue
+        elif (item.share_id, item.task_id) in fingerprints:
+            result.not_selected["duplicate"] += 1  # before the policy, so a repeat uses no cap slot
+        elif why := not_selected_because(item):
+            result.not_selected[why] += 1
         else:
-            decision = selector.decide(item)
-            if not decision.selected:
-                result.not_selected[decision.reason] += 1
-                continue
-        if not fingerprints.add(item.share_id, item.task_id):
-            result.not_selected["duplicate"] += 1
-            continue
-        result.shares[item.share_id] += 1
-        buffers.setdefault(item.share_id, []).append(item.task_id)
-        if len(buffers[item.share_id]) >= settings.batch_size:
-            close_batch(item.share_id)
-    for share_id in list(buffers):
-        close_batch(share_id)
-    if ready:
-        result.planned += audit.add_batches(run_id, ready)
-    if rejected:
-        result.rejected += audit.add_rejected(run_id, rejected)
+            fingerprints.add(item.share_id, item.task_id)
+            writer.add(item.share_id, item.task_id)
+    writer.finish()
     result.selected = result.planned + result.rejected
     result.status = audit.freeze(
         run_id,

@@ -56,7 +56,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -219,8 +219,10 @@ class IamAuth(httpx.Auth):
         if _renewable(response):
             code, _ = parse_error_body(response.content)
             log.info("iam token refused by the API, renewing", code=code, status=response.status_code)
-            request.headers["X-Auth-Token"] = self.provider.renew(rejected=token)
-            yield request
+            renewed = self.provider.renew(rejected=token)
+            if renewed != token:  # the same token back: renewing cannot help, the 401 stands
+                request.headers["X-Auth-Token"] = renewed
+                yield request
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         # The provider blocks (thread lock, Redis, IAM): keep it off the event loop.
@@ -230,8 +232,10 @@ class IamAuth(httpx.Auth):
         response = yield request
         await response.aread()
         if _renewable(response):
-            request.headers["X-Auth-Token"] = await asyncio.to_thread(self.provider.renew, token)
-            yield request
+            renewed = await asyncio.to_thread(self.provider.renew, token)
+            if renewed != token:
+                request.headers["X-Auth-Token"] = renewed
+                yield request
 
 
 # --- The IAM token provider -----------------------------------------------------------------
@@ -278,6 +282,9 @@ class CachedToken:
     exp: float
     iat: float
     iam_expires_at: str
+    # Fetched because the API refused the previous token: if the API refuses this one too,
+    # logging in again will not help (see IamTokenProvider.renew).
+    after_rejection: bool = False
     blob: str | None = field(default=None, repr=False, compare=False)  # as stored in Redis
 
     @property
@@ -311,6 +318,7 @@ class IamTokenProvider:
         poll_s: float = 0.05,
         refused_ttl_s: float = 30.0,
         unavailable_ttl_s: float = 5.0,
+        rejection_cooldown_s: float = 60.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -323,6 +331,7 @@ class IamTokenProvider:
         self._poll_s = poll_s
         self._refused_ttl_s = refused_ttl_s
         self._unavailable_ttl_s = unavailable_ttl_s
+        self._rejection_cooldown_s = rejection_cooldown_s
         self._clock = clock
         self._sleep = sleep
 
@@ -376,16 +385,29 @@ class IamTokenProvider:
             self._fetch_lock.release()
 
     def renew(self, rejected: str) -> str:
-        """A token other than ``rejected`` (which the API refused): fetched again at most once."""
+        """A token to replace ``rejected``, which the API refused (401 APIGW.0301/0307).
+
+        Returns ``rejected`` itself when renewing cannot help: it was fetched moments ago to
+        replace a refused token, so the API refuses this identity's tokens (revoked user, wrong
+        project...) and a login per call would only hammer IAM, fleet-wide.
+        """
         if not self._fetch_lock.acquire(timeout=self._wait_s + self._lock_ttl_ms / 1000):
             raise AuthUnavailableError(self._wait_message())
         try:
             with self._state_lock:
                 current = self._current
-                if current is not None and current.value != rejected:
-                    return current.value  # another thread already replaced it
-                self._current = None
+            if current is not None and current.value != rejected:
+                return current.value  # another thread already replaced it
             shared = self._read_shared()
+            known = current if current is not None else shared if shared and shared.value == rejected else None
+            if known is not None and known.after_rejection and self._clock() - known.iat < self._rejection_cooldown_s:
+                log.warning(
+                    "the API refused a freshly renewed iam token; not logging in again",
+                    fetched_s_ago=round(self._clock() - known.iat, 1),
+                )
+                return rejected
+            with self._state_lock:
+                self._current = None
             if shared is not None and shared.value == rejected and (blob := shared.blob) is not None:
                 # Only if it is still the token that failed: another worker may have stored a
                 # new one meanwhile, and deleting that would cost a second login.
@@ -441,7 +463,7 @@ class IamTokenProvider:
         if shared is not None and shared.fresh(now, self._renew_before_s):
             return shared
         try:
-            return self._fetch_and_store()
+            return self._fetch_and_store(after_rejection=rejected is not None)
         except AuthError as exc:
             if fallback is None or not fallback.valid(self._clock()):
                 raise
@@ -468,13 +490,13 @@ class IamTokenProvider:
 
     # --- Login ----------------------------------------------------------------------------
 
-    def _fetch_and_store(self) -> CachedToken:
+    def _fetch_and_store(self, *, after_rejection: bool) -> CachedToken:
         try:
-            token = self._fetch()
+            token = replace(self._fetch(), after_rejection=after_rejection)
         except AuthError as exc:
             self._remember_failure(exc)
             raise
-        token = CachedToken(token.value, token.exp, token.iat, token.iam_expires_at, self._encrypt(token))
+        token = replace(token, blob=self._encrypt(token))
         ttl_ms = max(1, int((token.exp - self._clock()) * 1000))
         self._redis_call(lambda r: r.set(self.cache_key, token.blob, px=ttl_ms))
         log.info("iam token fetched", expires_at=token.iam_expires_at)
@@ -594,7 +616,13 @@ class IamTokenProvider:
 
     def _encrypt(self, token: CachedToken) -> str:
         plain = json.dumps(
-            {"token": token.value, "exp": token.exp, "iat": token.iat, "iam_expires_at": token.iam_expires_at}
+            {
+                "token": token.value,
+                "exp": token.exp,
+                "iat": token.iat,
+                "iam_expires_at": token.iam_expires_at,
+                "rej": token.after_rejection,
+            }
         ).encode("utf-8")
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, plain, self.cache_key.encode("utf-8"))
@@ -610,7 +638,12 @@ class IamTokenProvider:
             plain = self._aead.decrypt(raw[:12], raw[12:], self.cache_key.encode("utf-8"))
             data = json.loads(plain)
             return CachedToken(
-                str(data["token"]), float(data["exp"]), float(data["iat"]), str(data["iam_expires_at"]), text
+                value=str(data["token"]),
+                exp=float(data["exp"]),
+                iat=float(data["iat"]),
+                iam_expires_at=str(data["iam_expires_at"]),
+                after_rejection=bool(data.get("rej", False)),
+                blob=text,
             )
         except (InvalidTag, ValueError, KeyError, TypeError) as exc:
             raise ValueError("the cached token cannot be decrypted with this password") from exc

@@ -17,8 +17,8 @@ import sys
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
 from celery.schedules import crontab
+from kombu import Queue
 
 from worker.settings import Settings, SettingsError, load_settings
 

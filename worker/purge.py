@@ -38,7 +38,7 @@ class JobResult:
         return {"run_id": self.run_id, "batch": self.batch, "state": self.state, "outcomes": dict(self.outcomes)}
 
 
-class _Stop(Exception):
+class _StopError(Exception):
     """The run is stopping: the task ends as aborted."""
 
 
@@ -83,7 +83,7 @@ class BatchJob:
         renew_every = max(1.0, self.settings.lease_s / 3)
         last_renew = time.monotonic()
         while not self.stop.wait(1.0):
-            if self.audit.status(self.run_id) == RunStatus.STOPPING:
+            if self._stopping():
                 self.stop.set()
                 return
             if time.monotonic() - last_renew >= renew_every:
@@ -125,17 +125,21 @@ class BatchJob:
         structlog.contextvars.bind_contextvars(run_id=self.run_id, batch=self.number)
         try:
             final = self._decide(batch, task_id)
-        except _Stop:
+        except _StopError:
             final = FinalOutcome(Outcome.ABORTED, time.time(), reason=self._stop_reason())
         self._final(batch, task_id, final)
         return final.outcome.value
+
+    def _stopping(self) -> bool:
+        """The run is no longer running (stopping, or already stopped): end tasks as aborted."""
+        return self.audit.status(self.run_id) is not RunStatus.RUNNING
 
     def _stop_reason(self) -> str:
         return self.audit.run(self.run_id).get("reason", "") or "the run was stopped"
 
     def _decide(self, batch: Batch, task_id: str) -> FinalOutcome:
-        if self.stop.is_set() and self.audit.status(self.run_id) == RunStatus.STOPPING:
-            raise _Stop
+        if self.stop.is_set() and self._stopping():
+            raise _StopError
         missing = self.audit.share_missing(self.run_id, batch.share_id)
         if missing:
             return FinalOutcome(Outcome.FAILED, time.time(), code="share_missing", msg=missing, reason="share_missing")
@@ -149,8 +153,8 @@ class BatchJob:
 
     def _call(self, batch: Batch, task_id: str, op: str, attempt_no: int) -> tuple[ApiAnswer, TaskInfo | None]:
         """One API call under the fleet limiter; waits for its slot without spending a retry."""
-        if self.stop.is_set() and self.audit.status(self.run_id) == RunStatus.STOPPING:
-            raise _Stop
+        if self.stop.is_set() and self._stopping():
+            raise _StopError
         self.rt.limiter.acquire()
         task: TaskInfo | None = None
         try:
@@ -210,10 +214,6 @@ class BatchJob:
                 attempt -= 1
                 continue
             verdict = answer.verdict
-            if verdict is Verdict.OK:
-                return self._final_from(Outcome.DELETED, attempt, answer)
-            if verdict is Verdict.GONE:
-                return self._final_from(Outcome.ALREADY_GONE, attempt, answer)
             if verdict is Verdict.THROTTLED:
                 self.rt.limiter.throttled(answer.retry_after_s)
                 throttled += 1
@@ -224,21 +224,31 @@ class BatchJob:
                 retries += 1
                 if retries > policy.max_retries:
                     return self._failed(attempt, answer, "retries exhausted")
-                if self.stop.wait(policy.delay(retries)) and self.audit.status(self.run_id) == RunStatus.STOPPING:
-                    raise _Stop
+                if self.stop.wait(policy.delay(retries)) and self._stopping():
+                    raise _StopError
                 continue
-            if verdict is Verdict.SHARE_MISSING:
-                self.audit.mark_share_missing(self.run_id, batch.share_id, answer.describe())
-                return self._failed(attempt, answer, "share_missing")
-            if verdict in (Verdict.FATAL, Verdict.AUTH_RENEW):
-                # Credentials or configuration that no retry can fix: stop the whole run with
-                # one line that says what to fix, instead of failing every task the same way.
-                reason = f"stopped: {answer.describe()}"
-                if self.audit.request_stop(self.run_id, RunStatus.ABORTED, reason):
-                    log.error("run stopped", reason=reason)
-                self.stop.set()
-                return self._failed(attempt, answer, "fatal")
-            return self._failed(attempt, answer, "permanent")
+            return self._settle(batch, attempt, answer)
+
+    def _settle(self, batch: Batch, attempt: int, answer: ApiAnswer) -> FinalOutcome:
+        """The final outcome of an answer that no retry can change."""
+        verdict = answer.verdict
+        if verdict is Verdict.OK:
+            return self._final_from(Outcome.DELETED, attempt, answer)
+        if verdict is Verdict.GONE:
+            return self._final_from(Outcome.ALREADY_GONE, attempt, answer)
+        if verdict is Verdict.SHARE_MISSING:
+            self.audit.mark_share_missing(self.run_id, batch.share_id, answer.describe())
+            return self._failed(attempt, answer, "share_missing")
+        if verdict in (Verdict.FATAL, Verdict.AUTH_RENEW):
+            # Credentials or configuration that no retry can fix (the auth layer has already
+            # renewed a token once): stop the whole run with one line that says what to fix,
+            # instead of failing every task the same way.
+            reason = f"stopped: {answer.describe()}"
+            if self.audit.request_stop(self.run_id, RunStatus.ABORTED, reason):
+                log.error("run stopped", reason=reason)
+            self.stop.set()
+            return self._failed(attempt, answer, "fatal")
+        return self._failed(attempt, answer, "permanent")
 
     @staticmethod
     def _final_from(outcome: Outcome, attempts: int, answer: ApiAnswer, reason: str | None = None) -> FinalOutcome:

@@ -168,7 +168,9 @@ def test_protection_added_after_planning_wins_at_delete_time(cluster: Cluster, f
     assert report["outcomes"]["deleted"] == 200 - skipped == fake.stats()["deletes_accepted"]
 
 
-def test_bad_manifest_lines_are_refused_with_their_line_numbers(cluster: Cluster, fake: FakeApi, tmp_path: Path) -> None:
+def test_bad_manifest_lines_are_refused_with_their_line_numbers(
+    cluster: Cluster, fake: FakeApi, tmp_path: Path
+) -> None:
     good = sorted(eligible_tasks(fake))[:20]
     lines = [json.dumps({"project_id": fake.project_id, "share_id": s, "task_id": t}) for s, t in good[:10]]
     lines.append(json.dumps({"project_id": fake.project_id, "share_id": "../etc", "task_id": "x"}))  # line 11

@@ -8,6 +8,7 @@ circuit was open. Timestamps are taken with ``time.time()`` in each process righ
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import pickle
 import threading
@@ -38,18 +39,27 @@ def _limiter(url: str, **params: Any) -> FleetLimiter:
 
 def _hammer(url: str, plan: tuple[float, int, float], barrier: Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     rate, burst, seconds = plan
-    limiter = _limiter(url, rate=rate, burst=burst)
-    limiter.state()  # load the scripts before the clock starts
+    late = [0.0]
+
+    def sleep(wanted: float) -> None:
+        # How late the kernel woke us: the limiter cannot help that, so it is measured apart.
+        before = time.perf_counter()
+        time.sleep(wanted)
+        late[0] += max(0.0, time.perf_counter() - before - wanted)
+
+    limiter = _limiter(url, rate=rate, burst=burst, sleep=sleep)
+    limiter.state()  # connect before the clock starts
     barrier.wait()
     end = time.time() + seconds
-    stamps: list[float] = []
+    sent: list[tuple[float, float]] = []
     for _ in range(int(rate * seconds) + burst + 1):  # bounded: no process can get more
+        late[0] = 0.0
         limiter.acquire()
         now = time.time()
         if now >= end:
             break
-        stamps.append(now)
-    out.put(stamps)
+        sent.append((now, late[0]))
+    out.put(sent)
 
 
 def _report_429(url: str, retry_after: float, params: dict[str, float], out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -75,7 +85,8 @@ def _run_child(target: Callable[..., None], *args: object) -> object:
         assert proc.exitcode == 0
 
 
-def _fleet(url: str, *, processes: int, rate: float, burst: int, seconds: float) -> list[float]:
+def _fleet(url: str, *, processes: int, rate: float, burst: int, seconds: float) -> list[tuple[float, float]]:
+    """Each request's send time and how late its process woke from the limiter's sleep."""
     barrier = _SPAWN.Barrier(processes)
     out = _SPAWN.Queue()
     procs = [_SPAWN.Process(target=_hammer, args=(url, (rate, burst, seconds), barrier, out)) for _ in range(processes)]
@@ -88,46 +99,57 @@ def _fleet(url: str, *, processes: int, rate: float, burst: int, seconds: float)
             proc.join(timeout=10)
     assert all(proc.exitcode == 0 for proc in procs)
     assert all(per_process), "every process got slots"
-    return sorted(t for stamps in per_process for t in stamps)
+    return sorted(item for sent in per_process for item in sent)
 
 
 def busiest_window(stamps: list[float], width: float = 1.0) -> int:
     """Most timestamps in any half-open window [t, t + width) (the maximum starts at a stamp)."""
+    stamps = sorted(stamps)
     return max(bisect_left(stamps, t + width) - i for i, t in enumerate(stamps))
 
 
-def _check_fleet(stamps: list[float], rate: float, burst: int) -> tuple[int, float]:
-    busiest = busiest_window(stamps)
+def _check_fleet(sent: list[tuple[float, float]], rate: float, burst: int) -> None:
+    """The bounds an operator checks: no second above rate + burst, and the rate achieved.
+
+    Two views of the same requests. ``due``: when each process was entitled to send, i.e. its
+    send time minus how late the kernel woke it from the limiter's sleep; the limiter must hold
+    rate + burst there exactly. ``sent``: the raw send times, where a process woken d seconds
+    late can push up to d x rate more requests into one second (on an idle machine d is well
+    under a millisecond, so both views agree; on a loaded two-CPU box it reaches milliseconds).
+    """
+    stamps = [t for t, _ in sent]
+    due = [t - late for t, late in sent]
+    worst_late = max(late for _, late in sent)
+    busiest_sent, busiest_due = busiest_window(stamps), busiest_window(due)
     # After the initial burst the GCRA allows exactly one request per interval, so the steady
     # rate is measured without the burst: (n - burst) requests over the span.
     achieved = (len(stamps) - burst) / (stamps[-1] - stamps[0])
     print(
-        f"\n  {len(stamps)} requests, busiest second {busiest} (bound {rate + burst:g}), "
+        f"\n  {len(stamps)} requests; busiest second {busiest_sent} sent, {busiest_due} due "
+        f"(bound {rate + burst:g}); latest wake-up {worst_late * 1000:.2f} ms; "
         f"achieved {achieved:.2f}/s = {achieved / rate:.3f} x rate"
     )
-    assert busiest <= rate + burst
+    assert busiest_due <= rate + burst
+    assert busiest_sent <= rate + burst + math.floor(worst_late * rate)
     assert achieved >= 0.95 * rate
     assert achieved <= 1.02 * rate
-    return busiest, achieved
 
 
 # --- (a), (b) Many processes, one budget ----------------------------------------------------
 def test_six_processes_share_20_per_second(redis_url: str) -> None:
-    stamps = _fleet(redis_url, processes=6, rate=20.0, burst=5, seconds=3.0)
-    _check_fleet(stamps, rate=20.0, burst=5)
+    _check_fleet(_fleet(redis_url, processes=6, rate=20.0, burst=5, seconds=3.0), rate=20.0, burst=5)
 
 
 def test_four_processes_share_500_per_second(redis_url: str) -> None:
-    stamps = _fleet(redis_url, processes=4, rate=500.0, burst=10, seconds=2.0)
-    _check_fleet(stamps, rate=500.0, burst=10)
+    _check_fleet(_fleet(redis_url, processes=4, rate=500.0, burst=10, seconds=2.0), rate=500.0, burst=10)
 
 
 # --- (c) The wait bound ---------------------------------------------------------------------
 def test_wait_beyond_bound_raises_before_sleeping(redis_url: str) -> None:
-    sleeps: list[float] = []
+    sleeps: list[tuple[float, float]] = []  # (when, how long)
 
     def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
+        sleeps.append((time.monotonic(), seconds))
         time.sleep(seconds)
 
     impatient = FleetLimiter(
@@ -137,7 +159,8 @@ def test_wait_beyond_bound_raises_before_sleeping(redis_url: str) -> None:
     started = time.monotonic()
     with pytest.raises(RateLimitWaitTooLong) as caught:
         impatient.acquire()
-    elapsed = time.monotonic() - started
+    refused_at = time.monotonic()
+    elapsed = refused_at - started
     print(f"\n  raised after {elapsed * 1000:.1f} ms, needed {caught.value.needed:.3f} s")
     assert elapsed < 0.05
     assert sleeps == []
@@ -153,8 +176,11 @@ def test_wait_beyond_bound_raises_before_sleeping(redis_url: str) -> None:
     waited = patient.acquire()
     print(f"  patient caller waited {waited:.3f} s in {len(sleeps)} sleep(s)")
     assert len(sleeps) == 1
-    assert 0.85 < waited < 1.02
-    assert abs(waited - sleeps[0]) < 0.01
+    assert 0.85 < waited < 1.05
+    # The one sleep ends exactly where the refused caller was told its slot was.
+    (slept_from, slept), slot = sleeps[0], refused_at + caught.value.needed
+    print(f"  its sleep ended {(slept_from + slept - slot) * 1000:+.1f} ms from the slot named in the refusal")
+    assert abs(slept_from + slept - slot) < 0.01
 
 
 # --- (d) A 429 slows the whole fleet, then the rate recovers ---------------------------------

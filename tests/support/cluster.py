@@ -56,8 +56,10 @@ class Cluster:
         self.workers.append(worker.start())
         return worker.wait_ready()
 
-    def cli(self, *args: str, check: bool = False, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(  # noqa: S603
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 300, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
             [sys.executable, "-m", "scheduler.cli", *args],
             env=self.env(**env),
             capture_output=True,
@@ -66,7 +68,9 @@ class Cluster:
             check=False,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"sfs-cleanup {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"sfs-cleanup {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def purge_json(self, *args: str, **env: str) -> tuple[int, dict[str, Any]]:

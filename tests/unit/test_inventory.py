@@ -186,6 +186,13 @@ def test_line_length_bound_is_exact_and_ignores_the_line_ending(tmp_path: Path) 
     assert rejected[0].raw.endswith("...")
 
 
+def test_an_over_long_first_line_after_a_bom_is_one_line(tmp_path: Path) -> None:
+    data = b"\xef\xbb\xbf" + jline(message="m" * (2 * MAX_LINE_BYTES)) + b"\n" + jline("after")
+    tasks, rejected = read(write(tmp_path, "m.jsonl", data))
+    assert [t.task_id for t in tasks] == ["after"]
+    assert [r.line for r in rejected] == [1]
+
+
 def test_a_huge_line_is_skipped_without_holding_it(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     with path.open("wb") as out:

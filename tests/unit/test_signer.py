@@ -223,7 +223,7 @@ def _check_against_sdk(case: dict[str, Any]) -> None:
         assert "x-security-token" in request.headers["Authorization"]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(api_requests())
 def test_same_authorization_as_the_sdk(case: dict[str, Any]) -> None:
     _check_against_sdk(case)
