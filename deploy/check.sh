@@ -62,6 +62,4 @@ if command -v kubectl >/dev/null 2>&1; then
 else
     step "kubectl not installed: rendering is checked by the test's own kustomization loader"
 fi
-
-step "tests/unit/test_deploy_files.py (settings coverage, commands, probes, README paths)"
-"$VENV_BIN/python" -m pytest -q tests/unit/test_deploy_files.py
+# tests/unit/test_deploy_files.py runs with the rest of the test suite (make test).

@@ -32,7 +32,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(protect_app, name="protect")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per problem, for logs and grep
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USAGE = 2

@@ -12,8 +12,9 @@ logs in once, not once per task or per process:
 
 * Key ``{prefix}:auth:token:{h}``, ``h`` = first 16 hex digits of
   ``sha256(user|domain|project|endpoint)``. Value: ``v1.`` + base64 of a 12-byte nonce and the
-  AES-GCM ciphertext of ``{"token", "exp", "iat", "iam_expires_at"}``; its Redis TTL ends when
-  the token does.
+  AES-GCM ciphertext of ``{"token", "exp", "iat", "iam_expires_at", "rej"}`` (``exp``/``iat``:
+  epoch seconds on the writer's clock; ``rej``: fetched to replace a refused token); its Redis
+  TTL ends when the token does.
 * ``{key}:lock`` (``SET NX PX``, a random owner, compare-and-delete on release): only the holder
   logs in. The others poll the shared value (bounded) and meanwhile keep using a token that is
   still valid, so a renewal never makes anybody wait.
@@ -39,7 +40,9 @@ at login, so a skewed clock cannot make a fresh token look expired (or the rever
 A 401 with ``APIGW.0301``/``APIGW.0307`` (tokens can be revoked early) makes the flow fetch a
 new token once and retry once; the shared token is dropped only if it is still the one that
 failed, so two workers seeing the same 401 cause one login, not two. A second 401 passes
-through to the caller.
+through to the caller. If the API refuses that renewed token too, the identity itself is
+refused (revoked, wrong project): for ``rejection_cooldown_s`` no worker logs in again for a
+401, the 401 simply passes through, so a fleet cannot turn it into a login per call.
 
 No secret (token, password, SK, security token, derived key) is put in any repr, exception
 or log line.

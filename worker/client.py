@@ -185,15 +185,23 @@ class SfsTurboClient:
         ]
         return answer, tasks
 
-    def list_tasks(self, share_id: str, *, status: str | None = None, type: str | None = None) -> Iterator[TaskInfo]:
+    def list_tasks(
+        self, share_id: str, *, status: str | None = None, type: str | None = None, retries: int = 6
+    ) -> Iterator[TaskInfo]:
         """Every task of a share: pages of ``offset += limit`` until a short or empty page.
 
         ``count`` is not used to stop, because whether it is the total or the page size is not
-        documented (Huawei's Terraform provider pages the same way). Raises :class:`ApiError`.
+        documented (Huawei's Terraform provider pages the same way). A page that answers 5xx,
+        429 or nothing is asked again with backoff (honouring ``Retry-After``), up to ``retries``
+        times; then, and for any other error, :class:`ApiError` is raised.
         """
         offset, limit = 0, self.config.page_size
         while True:
-            answer, page = self.list_page(share_id, offset=offset, limit=limit, status=status, type=type)
+            for retry in range(retries + 1):
+                answer, page = self.list_page(share_id, offset=offset, limit=limit, status=status, type=type)
+                if answer.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED) or retry == retries:
+                    break
+                time.sleep(answer.retry_after_s or min(30.0, 0.25 * 2**retry))
             if not answer.ok:
                 error = ShareMissingError if answer.verdict is Verdict.SHARE_MISSING else ApiError
                 raise error(answer)

@@ -38,6 +38,9 @@ class JobResult:
         return {"run_id": self.run_id, "batch": self.batch, "state": self.state, "outcomes": dict(self.outcomes)}
 
 
+_BUMP = {Verdict.THROTTLED.value: "throttled", Verdict.RETRYABLE.value: "retries"}
+
+
 class _StopError(Exception):
     """The run is stopping: the task ends as aborted."""
 
@@ -52,6 +55,7 @@ class BatchJob:
         self.holder = holder
         self.stop = threading.Event()
         self.meta: dict[str, str] = {}
+        self.share_missing: str | None = None
 
     # --- the job ---------------------------------------------------------------------------
     def run(self) -> JobResult:
@@ -95,6 +99,7 @@ class BatchJob:
         pending = [t for t in batch.task_ids if t not in done]
         if not pending:
             return
+        self.share_missing = self.audit.share_missing(self.run_id, batch.share_id)
         # Protection lists are read live, not copied into the plan: a hold placed after
         # planning still wins. The run's own policy protections are in its metadata.
         protected = self.audit.protected(batch.share_id, pending)
@@ -123,11 +128,12 @@ class BatchJob:
     # --- one task ---------------------------------------------------------------------------
     def _one(self, batch: Batch, task_id: str) -> str:
         structlog.contextvars.bind_contextvars(run_id=self.run_id, batch=self.number)
+        last: Attempt | None = None
         try:
-            final = self._decide(batch, task_id)
+            final, last = self._decide(batch, task_id)
         except _StopError:
             final = FinalOutcome(Outcome.ABORTED, time.time(), reason=self._stop_reason())
-        self._final(batch, task_id, final)
+        self._final(batch, task_id, final, last)
         return final.outcome.value
 
     def _stopping(self) -> bool:
@@ -137,22 +143,29 @@ class BatchJob:
     def _stop_reason(self) -> str:
         return self.audit.run(self.run_id).get("reason", "") or "the run was stopped"
 
-    def _decide(self, batch: Batch, task_id: str) -> FinalOutcome:
+    def _decide(self, batch: Batch, task_id: str) -> tuple[FinalOutcome, Attempt | None]:
+        """The task's final outcome, and its last attempt (recorded together with it)."""
         if self.stop.is_set() and self._stopping():
             raise _StopError
-        missing = self.audit.share_missing(self.run_id, batch.share_id)
-        if missing:
-            return FinalOutcome(Outcome.FAILED, time.time(), code="share_missing", msg=missing, reason="share_missing")
+        if self.share_missing is not None:
+            failed = FinalOutcome(
+                Outcome.FAILED, time.time(), code="share_missing", msg=self.share_missing, reason="share_missing"
+            )
+            return failed, None
         if self.meta.get("dry_run") == "1":
-            return FinalOutcome(Outcome.WOULD_DELETE, time.time())
+            return FinalOutcome(Outcome.WOULD_DELETE, time.time()), None
         if self.settings.recheck_status or self.meta.get("recheck") == "1":
             recheck = self._recheck(batch, task_id)
             if recheck is not None:
                 return recheck
         return self._delete(batch, task_id)
 
-    def _call(self, batch: Batch, task_id: str, op: str, attempt_no: int) -> tuple[ApiAnswer, TaskInfo | None]:
-        """One API call under the fleet limiter; waits for its slot without spending a retry."""
+    def _call(self, batch: Batch, task_id: str, op: str, attempt_no: int) -> tuple[ApiAnswer, TaskInfo | None, Attempt]:
+        """One API call under the fleet limiter; waits for its slot without spending a retry.
+
+        The attempt is returned, not recorded: the caller records it, together with the final
+        outcome when there is one (one Redis round trip for the common single-attempt case).
+        """
         if self.stop.is_set() and self._stopping():
             raise _StopError
         self.rt.limiter.acquire()
@@ -165,52 +178,51 @@ class BatchJob:
         except AuthError as exc:
             answer = ApiAnswer(op.upper(), "", 0, Verdict.FATAL, error_code="auth", error_msg=str(exc))
         self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status >= 500)
-        bump = {Verdict.THROTTLED: "throttled", Verdict.RETRYABLE: "retries"}.get(answer.verdict, "")
-        self.audit.record(
-            batch,
-            task_id,
-            attempt=Attempt(
-                n=attempt_no,
-                at=time.time(),
-                status=answer.status,
-                verdict=answer.verdict.value,
-                request_id=answer.request_id,
-                code=answer.error_code,
-                msg=answer.error_msg,
-                latency_ms=answer.latency_ms,
-                worker=self.holder,
-                op=op,
-            ),
-            bump=bump,
+        attempt = Attempt(
+            n=attempt_no,
+            at=time.time(),
+            status=answer.status,
+            verdict=answer.verdict.value,
+            request_id=answer.request_id,
+            code=answer.error_code,
+            msg=answer.error_msg,
+            latency_ms=answer.latency_ms,
+            worker=self.holder,
+            op=op,
         )
-        return answer, task
+        return answer, task, attempt
 
-    def _recheck(self, batch: Batch, task_id: str) -> FinalOutcome | None:
+    def _note(self, batch: Batch, task_id: str, attempt: Attempt) -> None:
+        """Record an attempt that did not settle the task (it will be retried)."""
+        self.audit.record(batch, task_id, attempt=attempt, bump=_BUMP.get(attempt.verdict, ""))
+
+    def _recheck(self, batch: Batch, task_id: str) -> tuple[FinalOutcome, Attempt] | None:
         """Show the task just before deleting it: skip it if it is no longer finished.
 
         When the show call itself fails, the delete goes ahead and its own answer decides.
         """
         try:
-            answer, task = self._call(batch, task_id, "show", 0)
+            answer, task, attempt = self._call(batch, task_id, "show", 0)
         except RateLimitWaitTooLong:
             return None
         if answer.verdict is Verdict.GONE:
-            return self._final_from(Outcome.ALREADY_GONE, 0, answer)
+            return self._final_from(Outcome.ALREADY_GONE, 0, answer), attempt
         if answer.ok and task is not None and not is_finished_status(task.status):
-            return FinalOutcome(Outcome.SKIPPED, time.time(), reason=f"status_changed:{task.status}")
+            return FinalOutcome(Outcome.SKIPPED, time.time(), reason=f"status_changed:{task.status}"), attempt
+        self._note(batch, task_id, attempt)
         return None
 
-    def _delete(self, batch: Batch, task_id: str) -> FinalOutcome:
+    def _delete(self, batch: Batch, task_id: str) -> tuple[FinalOutcome, Attempt | None]:
         policy = self.rt.retry
         attempt = retries = throttled = 0
         while True:
             attempt += 1
             try:
-                answer, _ = self._call(batch, task_id, "delete", attempt)
+                answer, _, record = self._call(batch, task_id, "delete", attempt)
             except RateLimitWaitTooLong:
                 throttled += 1
                 if throttled > policy.max_throttled:
-                    return self._failed(attempt - 1, None, "rate limit wait exceeded its bound too often")
+                    return self._failed(attempt - 1, None, "rate limit wait exceeded its bound too often"), None
                 attempt -= 1
                 continue
             verdict = answer.verdict
@@ -218,16 +230,18 @@ class BatchJob:
                 self.rt.limiter.throttled(answer.retry_after_s)
                 throttled += 1
                 if throttled > policy.max_throttled:
-                    return self._failed(attempt, answer, "throttled too many times")
+                    return self._failed(attempt, answer, "throttled too many times"), record
+                self._note(batch, task_id, record)
                 continue
             if verdict is Verdict.RETRYABLE:
                 retries += 1
                 if retries > policy.max_retries:
-                    return self._failed(attempt, answer, "retries exhausted")
+                    return self._failed(attempt, answer, "retries exhausted"), record
+                self._note(batch, task_id, record)
                 if self.stop.wait(policy.delay(retries)) and self._stopping():
                     raise _StopError
                 continue
-            return self._settle(batch, attempt, answer)
+            return self._settle(batch, attempt, answer), record
 
     def _settle(self, batch: Batch, attempt: int, answer: ApiAnswer) -> FinalOutcome:
         """The final outcome of an answer that no retry can change."""
@@ -237,7 +251,8 @@ class BatchJob:
         if verdict is Verdict.GONE:
             return self._final_from(Outcome.ALREADY_GONE, attempt, answer)
         if verdict is Verdict.SHARE_MISSING:
-            self.audit.mark_share_missing(self.run_id, batch.share_id, answer.describe())
+            self.share_missing = answer.describe()
+            self.audit.mark_share_missing(self.run_id, batch.share_id, self.share_missing)
             return self._failed(attempt, answer, "share_missing")
         if verdict in (Verdict.FATAL, Verdict.AUTH_RENEW):
             # Credentials or configuration that no retry can fix (the auth layer has already
@@ -268,12 +283,14 @@ class BatchJob:
             return FinalOutcome(Outcome.FAILED, time.time(), attempts, reason=reason)
         return self._final_from(Outcome.FAILED, attempts, answer, reason)
 
-    def _final(self, batch: Batch, task_id: str, final: FinalOutcome) -> None:
+    def _final(self, batch: Batch, task_id: str, final: FinalOutcome, attempt: Attempt | None = None) -> None:
         s = self.settings
         outcome = self.audit.record(
             batch,
             task_id,
+            attempt=attempt,
             final=final,
+            bump=_BUMP.get(attempt.verdict, "") if attempt else "",
             failure_ratio=s.failure_threshold_ratio,
             failure_min_attempts=s.failure_threshold_min_attempts,
         )

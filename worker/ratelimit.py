@@ -37,14 +37,17 @@ pause; from the floor (5 %) it takes 19 s. That is AIMD, as in TCP: halve on a s
 slowly. The 429s of requests already in flight cut the rate only once: one cut per
 ``max(pause, throttle_guard_s)``, later ones only extend the pause.
 
-**Circuit.** :meth:`FleetLimiter.record_result` feeds a 10 s window of results. With at least
-``circuit_min_calls`` results and at least ``circuit_error_ratio`` of them 5xx the circuit
-OPENS: every ``acquire`` waits out a cool-down of ``circuit_cooldown_s`` (doubling, up to
-``circuit_cooldown_max_s``, when it re-opens within that maximum of the last close). Then it is
-HALF-OPEN: one trial request per ``half_open_interval_s`` (still inside the rate) until a
-success closes it or a 5xx re-opens it with the doubled cool-down. Successes are sent in small
-batches (every ``result_flush_s``) while the circuit is closed; a 5xx, and any result while the
-circuit is not closed, is sent at once, with the successes pending before it.
+**Circuit.** :meth:`FleetLimiter.record_result` feeds a window of the last
+``circuit_window_s`` (10) seconds. With at least ``circuit_min_calls`` (20) results and at
+least ``circuit_error_ratio`` (50 %) of them server errors the circuit OPENS: every ``acquire``
+waits out a cool-down of ``circuit_cooldown_s`` (5 s), doubled (up to ``circuit_cooldown_max_s``,
+60 s) when it re-opens within that maximum of the last close or from half-open. Then it is
+HALF-OPEN: one trial request per ``half_open_interval_s`` (1 s, and still inside the rate) until
+a success closes it or a server error re-opens it. Opening voids reservations like a 429 does;
+results arriving while it is open are ignored (they describe requests sent before). Successes
+are sent in small batches (every ``result_flush_s``, 0.25 s) while the circuit is closed; a
+server error, and any result while the circuit is not closed, is sent at once, together with the
+successes pending before it.
 
 **Cost.** ``acquire`` is one ``EVALSHA`` when a slot is free. A reservation longer than
 ``recheck_after_s`` adds one ``HGET`` of the epoch after the sleep: a shorter one is treated
@@ -84,6 +87,7 @@ __all__ = [
     "FleetLimiter",
     "RateLimitWaitTooLong",
     "limiter_key",
+    "recovery_time_s",
 ]
 
 _US: Final = 1_000_000
@@ -309,7 +313,7 @@ class FleetLimiter:
             wait = int(wait_us) / _US
             if code == _TOO_LONG:
                 raise RateLimitWaitTooLong(round(waited, 6), wait)
-            self._sleep(wait)
+            self._sleep(wait)  # _RESERVED or _HELD
             if code == _RESERVED and (wait < self.recheck_after_s or self._epoch() == int(epoch)):
                 return self._clock() - start
             # Held by the circuit, or a 429 / an opening circuit voided the reservation: ask again.
@@ -343,9 +347,11 @@ class FleetLimiter:
         )
 
     def record_result(self, server_error: bool) -> None:
-        """Count one answer for the circuit: ``server_error`` for a 5xx, else a success.
+        """Count one request's outcome for the circuit.
 
-        429s, 4xx and transport errors are not results here (a 429 goes to :meth:`throttled`).
+        ``server_error``: a 5xx, or no answer at all (timeout, connection reset). Any other answer,
+        4xx included, shows the service is up: pass ``False``. A 429 is not a result: call
+        :meth:`throttled` instead.
         """
         with self._lock:
             if server_error:

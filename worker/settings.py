@@ -46,18 +46,18 @@ class Settings(BaseSettings):
     project_id: str | None = Field(None, description="The project (32 hex characters in the console).")
     share_ids: CommaList = Field(default_factory=list, description="File systems to purge, comma-separated.")
     list_page_size: int = Field(1000, ge=1, le=10000, description="`limit` of each listing page.")
-    http_connect_timeout_s: float = Field(5.0, gt=0, le=60)
-    http_read_timeout_s: float = Field(30.0, gt=0, le=300)
+    http_connect_timeout_s: float = Field(5.0, gt=0, le=60, description="Seconds to open a connection.")
+    http_read_timeout_s: float = Field(30.0, gt=0, le=300, description="Seconds to wait for an answer.")
 
     # --- Authentication (one of three modes) ----------------------------------------------
     auth_token: SecretStr | None = Field(None, description="A ready IAM token (X-Auth-Token).")
     iam_endpoint: str | None = Field(None, description="e.g. https://iam.ap-southeast-1.myhuaweicloud.com")
-    iam_user: str | None = None
-    iam_password: SecretStr | None = None
+    iam_user: str | None = Field(None, description="IAM user name for the password login.")
+    iam_password: SecretStr | None = Field(None, description="IAM user password (secret).")
     iam_domain: str | None = Field(None, description="The account (domain) name of the IAM user.")
     iam_token_renew_before_s: float = Field(3600.0, ge=0, description="Renew a token this long before expiry.")
     access_key: str | None = Field(None, description="AK for SDK-HMAC-SHA256 signing.")
-    secret_key: SecretStr | None = None
+    secret_key: SecretStr | None = Field(None, description="SK for SDK-HMAC-SHA256 signing (secret).")
     security_token: SecretStr | None = Field(None, description="For temporary AK/SK credentials.")
 
     # --- Rate limit and retries -----------------------------------------------------------
@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     rate_wait_max_s: float = Field(60.0, gt=0, description="Longest a request waits for its slot.")
     throttle_penalty_s: float = Field(3.0, ge=0, le=60, description="Fleet pause after a 429 with no Retry-After.")
     max_retries: int = Field(8, ge=0, le=50, description="Retries of one task after 5xx or no answer.")
-    retry_backoff_base_s: float = Field(1.0, gt=0, le=60)
-    retry_backoff_max_s: float = Field(60.0, gt=0, le=900)
+    retry_backoff_base_s: float = Field(1.0, gt=0, le=60, description="First backoff step; doubles per retry.")
+    retry_backoff_max_s: float = Field(60.0, gt=0, le=900, description="Longest backoff step.")
     max_throttled_retries: int = Field(50, ge=0, description="429s one task may absorb before it fails.")
 
     # --- Jobs -----------------------------------------------------------------------------
@@ -80,29 +80,29 @@ class Settings(BaseSettings):
     reconcile_after_s: int = Field(120, ge=10, description="Re-dispatch a batch with no progress for this long.")
 
     # --- Blast radius ---------------------------------------------------------------------
-    failure_threshold_ratio: float = Field(0.5, gt=0, le=1)
-    failure_threshold_min_attempts: int = Field(1000, ge=1)
+    failure_threshold_ratio: float = Field(0.5, gt=0, le=1, description="Stop a run above this failed share.")
+    failure_threshold_min_attempts: int = Field(1000, ge=1, description="... once this many tasks were tried.")
 
     # --- Selection defaults (flags and policy files override) -----------------------------
     policy_file: str | None = Field(None, description="A YAML or TOML policy file.")
     older_than: str = Field("7d", description="Only tasks that ended longer ago than this.")
-    statuses: CommaList = Field(default_factory=lambda: ["SUCCESS", "FAIL"])
+    statuses: CommaList = Field(default_factory=lambda: ["SUCCESS", "FAIL"], description="Never DOING/DELETING.")
     types: CommaList = Field(default_factory=list, description="Empty: every type.")
-    protected_task_ids: CommaList = Field(default_factory=list)
-    protected_share_ids: CommaList = Field(default_factory=list)
+    protected_task_ids: CommaList = Field(default_factory=list, description="Tasks no run may delete.")
+    protected_share_ids: CommaList = Field(default_factory=list, description="Shares no run may touch.")
     max_deletions: int | None = Field(None, ge=0, description="Cap on deletions per run.")
     recheck_status: bool = Field(False, description="Show each task just before deleting it.")
 
     # --- Schedule and monitoring ----------------------------------------------------------
     schedule_cron: str = Field("0 2 * * *", description="Nightly purge, as a cron expression.")
-    schedule_timezone: str = Field("UTC")
-    schedule_enabled: bool = True
+    schedule_timezone: str = Field("UTC", description="Time zone of the cron expression (UTC avoids DST).")
+    schedule_enabled: bool = Field(True, description="Let beat send the nightly purge.")
     flower_basic_auth: SecretStr | None = Field(None, description="user:password for Flower.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics here.")
 
     # --- Logs -----------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["json", "console"] = Field("json", description="json (for shippers) or console.")
 
     @field_validator("share_ids", "statuses", "types", "protected_task_ids", "protected_share_ids", mode="before")
     @classmethod
@@ -161,30 +161,31 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        P = ENV_PREFIX  # noqa: N806 - reads better in the messages below
         problems: list[str] = []
         if self.broker_url is None:
             self.broker_url = self.redis_url
         iam = [self.iam_endpoint, self.iam_user, self.iam_password, self.iam_domain]
         if any(v is not None for v in iam) and not all(v is not None for v in iam):
-            problems.append("IAM login needs all of IAM_ENDPOINT, IAM_USER, IAM_PASSWORD and IAM_DOMAIN")
+            problems.append(f"{P}IAM_*: the IAM login needs all of {P}IAM_ENDPOINT, {P}IAM_USER, {P}IAM_PASSWORD, {P}IAM_DOMAIN")
         if (self.access_key is None) != (self.secret_key is None):
-            problems.append("AK/SK signing needs both ACCESS_KEY and SECRET_KEY")
+            problems.append(f"{P}ACCESS_KEY: AK/SK signing needs both {P}ACCESS_KEY and {P}SECRET_KEY")
         modes = sum([self.auth_token is not None, all(v is not None for v in iam), self.access_key is not None])
         if modes > 1:
-            problems.append("set exactly one of AUTH_TOKEN, the IAM_* login, or ACCESS_KEY/SECRET_KEY")
+            problems.append(f"{P}AUTH_TOKEN: set exactly one of {P}AUTH_TOKEN, the {P}IAM_* login, or {P}ACCESS_KEY/SECRET_KEY")
         if self.retry_backoff_base_s > self.retry_backoff_max_s:
-            problems.append("RETRY_BACKOFF_BASE_S must not exceed RETRY_BACKOFF_MAX_S")
+            problems.append(f"{P}RETRY_BACKOFF_BASE_S: must not exceed {P}RETRY_BACKOFF_MAX_S")
         if self.rate_wait_max_s >= self.job_time_limit_s:
-            problems.append("RATE_WAIT_MAX_S must be shorter than JOB_TIME_LIMIT_S")
+            problems.append(f"{P}RATE_WAIT_MAX_S: must be shorter than {P}JOB_TIME_LIMIT_S")
         # A job still running when its message's visibility timeout passes is delivered again:
         # the timeout must outlast the longest job, or every long job runs twice.
         if self.job_time_limit_s + 60 > self.visibility_timeout_s:
             problems.append(
-                f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed JOB_TIME_LIMIT_S "
+                f"{P}VISIBILITY_TIMEOUT_S: {self.visibility_timeout_s} must exceed {P}JOB_TIME_LIMIT_S "
                 f"({self.job_time_limit_s}) by at least 60 s, or long jobs are delivered twice"
             )
         if self.reconcile_after_s < self.lease_s:
-            problems.append("RECONCILE_AFTER_S must be at least LEASE_S")
+            problems.append(f"{P}RECONCILE_AFTER_S: must be at least {P}LEASE_S")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -228,7 +229,7 @@ def _format(error: ValidationError) -> list[str]:
         name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
         msg = item["msg"].removeprefix("Value error, ")
         if not loc:
-            lines.extend(f"settings: {part}" for part in msg.split("; "))
+            lines.extend(msg.split("; "))  # cross-field problems name their variables themselves
         else:
             lines.append(f"{name}: {msg}")
     return lines

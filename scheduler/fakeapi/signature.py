@@ -132,8 +132,9 @@ def parse_sdk_date(value: str | None) -> datetime | None:
     match = _SDK_DATE.fullmatch(value or "")
     if match is None:
         return None
+    year, month, day, hour, minute, second = (int(part) for part in match.groups())
     try:
-        return datetime(*map(int, match.groups()), tzinfo=UTC)
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
         return None
 

@@ -38,7 +38,8 @@ def raw_header_names(response: httpx.Response) -> list[str]:
 
 def error_code(response: httpx.Response) -> str | None:
     body = response.json()
-    return body.get("errCode") or body.get("error_code")
+    code = body.get("errCode") or body.get("error_code")
+    return None if code is None else str(code)
 
 
 # --- Fixtures ----------------------------------------------------------------------------------
@@ -596,7 +597,7 @@ def list_then_delete_twice(url: str, api: FakeApi | FakeApiProcess) -> str:
     """What the brief asks a user to check: a listed task deletes once (202), then 400 0106."""
     with httpx.Client(base_url=url, headers={"X-Auth-Token": api.token}) as http:
         tasks = http.get(base(api) + "/tasks", params={"status": "SUCCESS"}).json()["tasks"]
-        task_id = tasks[0]["task_id"]
+        task_id = str(tasks[0]["task_id"])
         first = http.delete(f"{base(api)}/task/{task_id}")
         assert first.status_code == 202 and HEX32.fullmatch(first.headers["X-request-id"])
         second = http.delete(f"{base(api)}/task/{task_id}")

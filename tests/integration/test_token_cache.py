@@ -211,6 +211,12 @@ def test_rejected_token_replaced_only_if_still_the_same(iam: IamMock, redis_url:
     second = a.renew(rejected=first)
     assert b.renew(rejected=first) == second != first
     assert iam.logins == 2
+    # The API refuses the renewed token too: no worker logs in again for a while.
+    c = make_provider(iam.url, redis_url)
+    assert c.token() == second
+    assert c.renew(rejected=second) == second
+    assert b.renew(rejected=second) == second
+    assert iam.logins == 2
 
 
 def test_refused_login_is_remembered_by_the_fleet(iam: IamMock, redis_url: str, redis_client: redis.Redis) -> None:

@@ -235,6 +235,27 @@ def test_second_401_passes_through() -> None:
     assert api.seen == ["tok-1", "tok-2"]
 
 
+def test_refused_fresh_renewal_is_not_renewed_again_soon() -> None:
+    # The API refuses every token (a revoked user, say): after one renewal, calls do not each
+    # log in again, which would hammer IAM fleet-wide; after the cool-down, one more try.
+    clock = Clock()
+    iam = FakeIam(clock=clock)
+    auth = IamAuth(provider(iam, clock=clock, rejection_cooldown_s=60))
+    api = FakeApi()
+    api.reject_all = True
+    with api_client(auth, api) as client:
+        assert client.delete(DELETE_URL).status_code == 401
+        assert iam.logins == 2
+        for _ in range(5):
+            assert client.delete(DELETE_URL).status_code == 401
+        assert iam.logins == 2
+        assert api.seen == ["tok-1", "tok-2"] + ["tok-2"] * 5  # no pointless retries either
+        clock.now += 61
+        assert client.delete(DELETE_URL).status_code == 401
+        assert iam.logins == 3
+        assert api.seen[-2:] == ["tok-2", "tok-3"]
+
+
 def test_other_401_is_not_renewed() -> None:
     iam = FakeIam()
     auth = build_auth(iam_settings(), http=iam_client(iam))

@@ -42,9 +42,9 @@ class Recorder:
         return self.respond(request)
 
 
-def make_client(respond: Handler, *, page_size: int = 1000, pace: Callable[[], object] | None = None) -> tuple[
-    SfsTurboClient, Recorder
-]:
+def make_client(
+    respond: Handler, *, page_size: int = 1000, pace: Callable[[], object] | None = None
+) -> tuple[SfsTurboClient, Recorder]:
     recorder = Recorder(respond)
     client = SfsTurboClient(
         ClientConfig(endpoint=ENDPOINT, project_id=PROJECT, page_size=page_size),
@@ -363,7 +363,9 @@ def test_list_tasks_of_a_missing_share_raises_share_missing(status: int, code: s
 
 def test_a_bad_project_id_is_refused_when_the_client_is_made() -> None:
     with pytest.raises(InvalidIdError, match="project_id"):
-        SfsTurboClient(ClientConfig(endpoint=ENDPOINT, project_id="../admin"), transport=httpx.MockTransport(answer(200)))
+        SfsTurboClient(
+            ClientConfig(endpoint=ENDPOINT, project_id="../admin"), transport=httpx.MockTransport(answer(200))
+        )
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "%2F", "", "a b", "t\u00e2che"])

@@ -216,9 +216,7 @@ def test_visibility_timeout_must_exceed_the_job_time_limit_by_a_margin() -> None
 
 
 def test_consistency_problems_are_reported_together() -> None:
-    lines = problems(
-        auth_token="tok", access_key="AK", secret_key="SK", iam_user="alice", visibility_timeout_s="100"
-    )
+    lines = problems(auth_token="tok", access_key="AK", secret_key="SK", iam_user="alice", visibility_timeout_s="100")
     assert len(lines) == 3
     assert_one_line_each(lines)
     joined = "\n".join(lines)
@@ -241,9 +239,7 @@ def test_settings_error_prints_every_line() -> None:
 def _secret_settings() -> list[Settings]:
     return [
         load_settings(auth_token=SECRETS[0], flower_basic_auth=f"admin:{SECRETS[1]}", security_token=SECRETS[2]),
-        load_settings(
-            iam_endpoint="https://iam.example", iam_user="u", iam_password=SECRETS[3], iam_domain="d"
-        ),
+        load_settings(iam_endpoint="https://iam.example", iam_user="u", iam_password=SECRETS[3], iam_domain="d"),
         load_settings(access_key="AK", secret_key=SECRETS[4]),
     ]
 
