@@ -35,9 +35,9 @@ class RetryPolicy:
         Full jitter can draw 0 s and retry at once into an outage; half the exponential step
         fixed plus half random spreads the fleet and still backs off.
         """
-        step = min(self.cap_s, self.base_s * (2 ** (retry - 1)))
+        step = min(self.cap_s, self.base_s * (2.0 ** (retry - 1)))
         return step / 2 + (rng or random).uniform(0, step / 2)
 
     def budget_s(self) -> float:
         """The longest a task can spend in backoff sleeps (for time-limit checks)."""
-        return sum(min(self.cap_s, self.base_s * (2 ** (n - 1))) for n in range(1, self.max_retries + 1))
+        return sum(min(self.cap_s, self.base_s * (2.0 ** (n - 1))) for n in range(1, self.max_retries + 1))

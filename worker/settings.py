@@ -167,12 +167,16 @@ class Settings(BaseSettings):
             self.broker_url = self.redis_url
         iam = [self.iam_endpoint, self.iam_user, self.iam_password, self.iam_domain]
         if any(v is not None for v in iam) and not all(v is not None for v in iam):
-            problems.append(f"{P}IAM_*: the IAM login needs all of {P}IAM_ENDPOINT, {P}IAM_USER, {P}IAM_PASSWORD, {P}IAM_DOMAIN")
+            problems.append(
+                f"{P}IAM_*: the IAM login needs all of {P}IAM_ENDPOINT, {P}IAM_USER, {P}IAM_PASSWORD, {P}IAM_DOMAIN"
+            )
         if (self.access_key is None) != (self.secret_key is None):
             problems.append(f"{P}ACCESS_KEY: AK/SK signing needs both {P}ACCESS_KEY and {P}SECRET_KEY")
         modes = sum([self.auth_token is not None, all(v is not None for v in iam), self.access_key is not None])
         if modes > 1:
-            problems.append(f"{P}AUTH_TOKEN: set exactly one of {P}AUTH_TOKEN, the {P}IAM_* login, or {P}ACCESS_KEY/SECRET_KEY")
+            problems.append(
+                f"{P}AUTH_TOKEN: set exactly one of {P}AUTH_TOKEN, the {P}IAM_* login, or {P}ACCESS_KEY/SECRET_KEY"
+            )
         if self.retry_backoff_base_s > self.retry_backoff_max_s:
             problems.append(f"{P}RETRY_BACKOFF_BASE_S: must not exceed {P}RETRY_BACKOFF_MAX_S")
         if self.rate_wait_max_s >= self.job_time_limit_s:

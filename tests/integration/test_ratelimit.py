@@ -240,7 +240,7 @@ def test_429_in_one_process_pauses_and_slows_the_others(redis_url: str) -> None:
     # Linear recovery 20 -> 40 over 2 s: about 25 in the first second, 35 in the second.
     assert 22 <= first <= 27
     assert 32 <= second <= 37
-    assert after >= 0.95 * rate
+    assert after >= 0.9 * rate  # one process, also polling state(): allow for its own lag
     assert final["effective_rate"] == rate
     assert rates == sorted(rates), "the rate climbs steadily"
     assert final["throttled_count"] == 1

@@ -385,7 +385,9 @@ def test_env_example_commented_values_are_valid_too() -> None:
             settings_from({**active, name: value})
         except SettingsError as exc:
             # Cross-field problems (naming several variables) are expected with one line uncommented.
-            field_errors = [line for line in exc.lines if line.startswith(f"{name}:") and line.count("SFS_CLEANUP_") == 1]
+            field_errors = [
+                line for line in exc.lines if line.startswith(f"{name}:") and line.count("SFS_CLEANUP_") == 1
+            ]
             assert not field_errors, f"{name}={value}: {field_errors}"
 
 
