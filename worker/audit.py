@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -486,6 +487,79 @@ class Audit:
             if kind is None or row.get("kind") == kind:
                 rows.append(row)
         return rows[:count]
+
+
+class RecordBuffer:
+    """Ledger writes queued and sent in pipelines: one Redis round trip for many tasks.
+
+    Outcomes are flushed every ``flush_s`` seconds, when ``max_items`` are queued, and when
+    the job ends. The price is a window of at most ``flush_s``: if the worker dies inside it,
+    the tasks whose outcomes were not yet written are deleted again by the next delivery and
+    end as ``already_gone`` (the first DELETE's request ID is then missing from the audit).
+    ``flush_s=0`` writes each record at once, closing that window at the cost of throughput.
+    """
+
+    def __init__(self, audit: Audit, *, flush_s: float, max_items: int = 64, **record_args: Any) -> None:
+        self.audit = audit
+        self.flush_s = flush_s
+        self.max_items = max_items
+        self.record_args = record_args
+        self.duplicates = 0
+        self._items: list[tuple[Batch, str, Attempt | None, FinalOutcome | None, str]] = []
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if flush_s > 0:
+            self._thread = threading.Thread(target=self._loop, name="sfs-audit-flush", daemon=True)
+            self._thread.start()
+
+    def add(
+        self,
+        batch: Batch,
+        task_id: str,
+        *,
+        attempt: Attempt | None = None,
+        final: FinalOutcome | None = None,
+        bump: str = "",
+    ) -> None:
+        if self._thread is None:
+            result = self.audit.record(batch, task_id, attempt=attempt, final=final, bump=bump, **self.record_args)
+            self.duplicates += int(bool(result and result.duplicate))
+            return
+        with self._lock:
+            self._items.append((batch, task_id, attempt, final, bump))
+            full = len(self._items) >= self.max_items
+        if full:
+            self.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._send_lock:  # one pipeline at a time keeps each task's records in order
+            with self._lock:
+                items, self._items = self._items, []
+            if not items:
+                return
+            pipe = self.audit.redis.pipeline(transaction=False)
+            for batch, task_id, attempt, final, bump in items:
+                self.audit.record(
+                    batch, task_id, attempt=attempt, final=final, bump=bump, pipe=pipe, **self.record_args
+                )
+            results = pipe.execute()
+        for (batch, _, _, _, _), result in zip(items, results, strict=True):
+            if int(result) == 2:
+                self.audit.on_run_over(batch.run_id)
+            elif int(result) == -1:
+                self.duplicates += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
 
 
 def _field(value: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from worker.answers import ApiAnswer, Verdict
-from worker.audit import ACTIVE, Attempt, Batch, FinalOutcome, Outcome, RunStatus
+from worker.audit import ACTIVE, Attempt, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
 from worker.auth import AuthError
 from worker.models import FINISHED_STATUSES, TaskInfo
 from worker.ratelimit import RateLimitWaitTooLong
@@ -74,12 +74,22 @@ class BatchJob:
             return result
         keeper = threading.Thread(target=self._keep_lease, name="sfs-lease", daemon=True)
         keeper.start()
+        s = self.settings
+        self.records = RecordBuffer(
+            self.audit,
+            flush_s=s.audit_flush_ms / 1000,
+            failure_ratio=s.failure_threshold_ratio,
+            failure_min_attempts=s.failure_threshold_min_attempts,
+        )
         try:
             self._process(batch, result)
         finally:
+            self.records.close()  # every outcome is in Redis before the lease is let go
             self.stop.set()
             keeper.join(timeout=5)
             self.audit.release_lease(self.run_id, self.number, self.holder)
+        if self.records.duplicates:
+            log.info("outcomes already recorded by another delivery", count=self.records.duplicates)
         return result
 
     def _keep_lease(self) -> None:
@@ -194,7 +204,7 @@ class BatchJob:
 
     def _note(self, batch: Batch, task_id: str, attempt: Attempt) -> None:
         """Record an attempt that did not settle the task (it will be retried)."""
-        self.audit.record(batch, task_id, attempt=attempt, bump=_BUMP.get(attempt.verdict, ""))
+        self.records.add(batch, task_id, attempt=attempt, bump=_BUMP.get(attempt.verdict, ""))
 
     def _recheck(self, batch: Batch, task_id: str) -> tuple[FinalOutcome, Attempt] | None:
         """Show the task just before deleting it: skip it if it is no longer finished.
@@ -284,18 +294,8 @@ class BatchJob:
         return self._final_from(Outcome.FAILED, attempts, answer, reason)
 
     def _final(self, batch: Batch, task_id: str, final: FinalOutcome, attempt: Attempt | None = None) -> None:
-        s = self.settings
-        outcome = self.audit.record(
-            batch,
-            task_id,
-            attempt=attempt,
-            final=final,
-            bump=_BUMP.get(attempt.verdict, "") if attempt else "",
-            failure_ratio=s.failure_threshold_ratio,
-            failure_min_attempts=s.failure_threshold_min_attempts,
-        )
-        if outcome is not None and outcome.duplicate:
-            log.info("outcome already recorded", task_id=task_id, outcome=final.outcome.value)
+        bump = _BUMP.get(attempt.verdict, "") if attempt else ""
+        self.records.add(batch, task_id, attempt=attempt, final=final, bump=bump)
 
 
 def is_finished_status(status: str | None) -> bool:

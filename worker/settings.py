@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(1800, ge=30, description="Hard time limit of one deletion job.")
     visibility_timeout_s: int = Field(3600, ge=10, description="Redis broker redelivery of unacked jobs.")
     restore_interval_s: float = Field(10.0, gt=0, le=600, description="How often unacked jobs are swept.")
+    audit_flush_ms: int = Field(
+        50, ge=0, le=1000, description="Outcomes are written in pipelines this often; 0: each at once."
+    )
     lease_s: int = Field(60, ge=5, le=3600, description="A job's claim on its batch, renewed while it works.")
     reconcile_after_s: int = Field(120, ge=10, description="Re-dispatch a batch with no progress for this long.")
 
