@@ -187,7 +187,9 @@ class BatchJob:
                 answer = self.rt.client.delete_task(batch.share_id, task_id)
         except AuthError as exc:
             answer = ApiAnswer(op.upper(), "", 0, Verdict.FATAL, error_code="auth", error_msg=str(exc))
-        self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status >= 500)
+        if answer.verdict is not Verdict.THROTTLED:  # a 429 is the limiter's own signal, not a result
+            # No answer at all (timeout, reset) counts as a server error too: an outage often looks so.
+            self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status != 400)
         attempt = Attempt(
             n=attempt_no,
             at=time.time(),
