@@ -19,7 +19,7 @@ import structlog
 
 from worker.answers import ApiAnswer, Verdict
 from worker.audit import ACTIVE, Attempt, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
-from worker.auth import AuthError
+from worker.auth import AuthError, AuthUnavailableError
 from worker.models import FINISHED_STATUSES, TaskInfo
 from worker.ratelimit import RateLimitWaitTooLong
 from worker.runtime import Runtime
@@ -185,7 +185,9 @@ class BatchJob:
                 answer, task = self.rt.client.show_task(batch.share_id, task_id)
             else:
                 answer = self.rt.client.delete_task(batch.share_id, task_id)
-        except AuthError as exc:
+        except AuthUnavailableError as exc:  # IAM unreachable or busy: worth another try later
+            answer = ApiAnswer(op.upper(), "", 0, Verdict.RETRYABLE, error_code="auth.unavailable", error_msg=str(exc))
+        except AuthError as exc:  # the login itself was refused: no retry can fix it
             answer = ApiAnswer(op.upper(), "", 0, Verdict.FATAL, error_code="auth", error_msg=str(exc))
         if answer.verdict is not Verdict.THROTTLED:  # a 429 is the limiter's own signal, not a result
             # No answer at all (timeout, reset) counts as a server error too: an outage often looks so.
