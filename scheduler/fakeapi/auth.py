@@ -90,7 +90,7 @@ def authenticate(
                 body=body,
                 secret_for=config.aksk.get,
                 security_token_for=config.security_tokens.get,
-                now=datetime.fromtimestamp(now, UTC),
+                now=datetime.fromtimestamp(now + config.clock_offset_s, UTC),
                 max_skew_s=config.max_clock_skew_s,
             )
         except signature.SignatureError as failure:

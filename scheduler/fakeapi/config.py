@@ -57,6 +57,7 @@ class FakeConfig:
     aksk: dict[str, str] = field(default_factory=dict)  # AK -> SK
     security_tokens: dict[str, str] = field(default_factory=dict)  # AK -> the X-Security-Token it needs
     max_clock_skew_s: float = 900.0
+    clock_offset_s: float = 0.0  # added to the gateway's clock when it checks X-Sdk-Date (a skewed client)
 
     # --- Faults ---------------------------------------------------------------------------
     latency_ms: float = 0.0

@@ -1088,7 +1088,8 @@ def check_celery(argv: list[str]) -> None:
     from celery.worker.control import Panel
 
     top, name, params = parse_celery(argv)
-    assert top["app"] == "worker", "the Celery app is -A worker"
+    # -A worker: deletion workers, beat, Flower; -A scheduler: the control worker (triggers, nightly, reconciler).
+    assert top["app"] in ("worker", "scheduler"), "the Celery app is -A worker or -A scheduler"
     assert name in ("worker", "beat", "flower", "inspect"), name
     if name == "inspect":
         meta = Panel.meta.get(params["command"])
