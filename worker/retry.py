@@ -39,5 +39,5 @@ class RetryPolicy:
         return step / 2 + (rng or random).uniform(0, step / 2)
 
     def budget_s(self) -> float:
-        """The longest a task can spend in backoff sleeps (for time-limit checks)."""
-        return sum(min(self.cap_s, self.base_s * (2.0 ** (n - 1))) for n in range(1, self.max_retries + 1))
+        """The least total backoff before a task gives up: an outage shorter than this fails no task."""
+        return sum(min(self.cap_s, self.base_s * (2.0 ** (n - 1))) / 2 for n in range(1, self.max_retries + 1))
