@@ -7,10 +7,11 @@ each task is kept (to refuse duplicates), 8 bytes per task.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -190,6 +191,39 @@ def plan_run(
         decision = selector.decide(item)
         return None if decision.selected else decision.reason
 
+    try:
+        _plan_items(items, result, writer, fingerprints, not_selected_because, settings, source)
+    except BaseException as exc:
+        # Nothing was sent yet: close the run as aborted, with why, instead of leaving it planning.
+        # If Redis itself is what failed, the original error is the one worth raising.
+        with contextlib.suppress(Exception):
+            audit.abandon(run_id, f"planning failed: {type(exc).__name__}: {exc}"[:500])
+        raise
+    writer.finish()
+    result.selected = result.planned + result.rejected
+    result.status = audit.freeze(
+        run_id,
+        result.selected,
+        batches=result.batches,
+        planned=result.planned,
+        seen=result.seen,
+        not_selected=json.dumps(dict(result.not_selected)),
+        recheck=bool(explicit or settings.recheck_status or result.explicit),
+    )
+    if dry_run and result.status is RunStatus.RUNNING:
+        result.status = _record_dry_run(audit, run_id)
+    return result
+
+
+def _plan_items(
+    items: Iterable[InventoryItem],
+    result: PlanResult,
+    writer: _PlanWriter,
+    fingerprints: _Fingerprints,
+    not_selected_because: Callable[[TaskInfo], str | None],
+    settings: Settings,
+    source: str,
+) -> None:
     for item in items:
         result.seen += 1
         if isinstance(item, Rejected):
@@ -210,20 +244,6 @@ def plan_run(
         else:
             fingerprints.add(item.share_id, item.task_id)
             writer.add(item.share_id, item.task_id)
-    writer.finish()
-    result.selected = result.planned + result.rejected
-    result.status = audit.freeze(
-        run_id,
-        result.selected,
-        batches=result.batches,
-        planned=result.planned,
-        seen=result.seen,
-        not_selected=json.dumps(dict(result.not_selected)),
-        recheck=bool(explicit or settings.recheck_status or result.explicit),
-    )
-    if dry_run and result.status is RunStatus.RUNNING:
-        result.status = _record_dry_run(audit, run_id)
-    return result
 
 
 def _record_dry_run(audit: Audit, run_id: str) -> RunStatus:

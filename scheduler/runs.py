@@ -12,11 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from scheduler.context import Context
 from scheduler.dispatch import dispatch_run, reconcile_run
-from scheduler.inventory import InventoryItem, read_live, read_manifest
+from scheduler.inventory import InventoryItem, Rejected, read_live, read_manifest
 from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
 from scheduler.report import run_report
 from worker.audit import OVER, Outcome, RunStatus, new_run_id
+from worker.client import ApiError
 from worker.models import TaskInfo
 
 
@@ -33,8 +34,20 @@ def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iter
 
         raise SettingsError(["SFS_CLEANUP_SHARE_IDS: no share to list: set it, or pass --share or --manifest"])
     client = ctx.client()
-    items = read_live(client, s.project_id, shares, statuses=list(policy.statuses), types=list(policy.types))
-    return items, "live:" + ",".join(shares)
+    project_id = s.project_id
+
+    def listed() -> Iterator[InventoryItem]:
+        # One share that cannot be listed (missing, forbidden, an outage past the retries) is
+        # recorded as refused input and does not keep the other shares from being purged.
+        for share_id in shares:
+            try:
+                yield from read_live(
+                    client, project_id, [share_id], statuses=list(policy.statuses), types=list(policy.types)
+                )
+            except ApiError as exc:
+                yield Rejected(f"live:{share_id}", 0, f"listing failed: {exc.answer.describe()}", share_id)
+
+    return listed(), "live:" + ",".join(shares)
 
 
 def start_run(

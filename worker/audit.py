@@ -257,6 +257,21 @@ class Audit:
             self.on_run_over(run_id)
         return RunStatus(status)
 
+    def abandon(self, run_id: str, reason: str) -> None:
+        """End a run that failed while planning (no job was sent): aborted, with the reason."""
+        key = self.keys.run(run_id)
+        finals = int(self.redis.hget(key, "finals") or 0)
+        self.redis.hset(
+            key,
+            mapping={
+                "status": RunStatus.ABORTED.value,
+                "reason": reason,
+                "selected": finals,
+                "finished_at": time.time(),
+            },
+        )
+        self.on_run_over(run_id)
+
     def request_stop(self, run_id: str, final_status: RunStatus, reason: str) -> bool:
         """Stop a run: tasks without an outcome end as ``aborted``. False if it was not running."""
         changed = bool(self._stop(keys=[self.keys.run(run_id)], args=[final_status.value, reason]))

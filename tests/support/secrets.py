@@ -9,7 +9,6 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -269,12 +268,14 @@ def leak_forms(secret: str) -> dict[str, str]:
 def find_leaks(secrets: dict[str, str], places: dict[str, str]) -> list[str]:
     """One line per (secret, form, place) where the secret shows up; empty when none does."""
     found = []
+    lowered = {name: text.lower() for name, text in places.items()}
     for secret_name, secret in secrets.items():
         for form_name, form in leak_forms(secret).items():
-            for place_name, text in places.items():
-                if form in text or form.lower() in text.lower():
-                    at = text.lower().index(form.lower())
-                    context = text[max(0, at - 60) : at + len(form) + 20].replace("\n", " ")
+            needle = form.lower()  # hex and percent-encoding may come in either case
+            for place_name, text in lowered.items():
+                at = text.find(needle)
+                if at >= 0:
+                    context = places[place_name][max(0, at - 60) : at + len(form) + 20].replace("\n", " ")
                     found.append(f"{secret_name} ({form_name}) in {place_name}: ...{context}...")
     return found
 
@@ -306,13 +307,3 @@ def forget_tokens(fake: FakeApi) -> int:
 
     return fake._on_loop(clear)
 
-
-def chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
