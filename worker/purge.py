@@ -69,6 +69,8 @@ class BatchJob:
         if RunStatus(status) not in ACTIVE:
             result.state = "over"
             return result
+        if RunStatus(status) is RunStatus.STOPPING:
+            self.stop.set()  # a job of a stopping run only records its tasks as aborted
         if not self.audit.take_lease(self.run_id, self.number, self.holder, self.settings.lease_s):
             result.state = "busy"  # another delivery is working on it; the reconciler watches both
             return result

@@ -64,6 +64,9 @@ class FakeConfig:
     latency_jitter_ms: float = 0.0  # uniform extra in [0, jitter]
     error_ratio: float = 0.0  # DELETEs answered 500 SFS.TURBO.0005
     busy_ratio: float = 0.0  # DELETEs answered 400 SFS.TURBO.0011
+    # Tasks (a stable hash of task_id below this ratio) whose every DELETE is refused for good:
+    # 400 SFS.TURBO.0001, which no retry can fix (the failure-threshold tests need it).
+    permanent_error_ratio: float = 0.0
     fail_first_k: int = 0  # chosen tasks fail (500) their first K delete attempts
     fail_first_ratio: float = 0.0  # which tasks: a stable hash of task_id below this ratio
     fail_first_task_ids: list[str] = field(default_factory=list)  # ... and/or these
@@ -85,7 +88,7 @@ class FakeConfig:
 
     def _range_problems(self) -> list[str]:
         problems: list[str] = []
-        for name in ("error_ratio", "busy_ratio", "fail_first_ratio", "drop_ratio"):
+        for name in ("error_ratio", "busy_ratio", "fail_first_ratio", "drop_ratio", "permanent_error_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name} must be within [0, 1], not {value}")

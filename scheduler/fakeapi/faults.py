@@ -1,7 +1,8 @@
 """Which DELETE gets which injected fault, decided once per request in a fixed order.
 
 Order: a dropped connection (before the delete takes effect, unless ``drop_after_effect``),
-then the task's first-K failures, then the random 500s, then the random busy answers.
+then a permanent refusal of the task, then its first-K failures, then the random 500s, then the
+random busy answers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Fault(Enum):
     FAIL_FIRST = "fail_first"  # 500 SFS.TURBO.0005: one of the task's first K attempts
     ERROR = "error_ratio"  # 500 SFS.TURBO.0005 at random
     BUSY = "busy_ratio"  # 400 SFS.TURBO.0011 at random
+    PERMANENT = "permanent_error_ratio"  # 400 SFS.TURBO.0001 for the chosen tasks, every time
 
 
 def chosen_by_ratio(task_id: str, ratio: float) -> bool:
@@ -45,6 +47,10 @@ class FaultDice:
         rng = self.rng
         if config.drop_ratio > 0 and rng.random() < config.drop_ratio:
             return Fault.DROP_AFTER if config.drop_after_effect else Fault.DROP
+        # Stable per task (no dice): a permanent refusal is the same on every try and replay.
+        # Salted, so the chosen tasks are not the same ones as fail_first_ratio's.
+        if chosen_by_ratio(f"permanent:{task_id}", config.permanent_error_ratio):
+            return Fault.PERMANENT
         if config.fail_first_k > 0 and (
             task_id in config.fail_first_task_ids or chosen_by_ratio(task_id, config.fail_first_ratio)
         ):

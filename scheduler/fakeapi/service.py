@@ -275,6 +275,9 @@ class FakeService:
         if (share_id, task_id) in store.accepted:
             stats.duplicate_deletes += 1
             stats.duplicate_task_ids.append(task_id)
+            # When it came: a test can then tell a DELETE sent after the audit had recorded the
+            # task as deleted (a bug) from one whose outcome was not yet written (a crash window).
+            stats.duplicates.append(Deletion(share_id, task_id, time.time()))
         fault = self.dice.for_delete(config, share_id, task_id)
         if fault is not None:
             stats.injected[fault.value] += 1
@@ -284,6 +287,8 @@ class FakeService:
                 return sfs_error(500, _INTERNAL_ERROR, rid)
             if fault is Fault.BUSY:
                 return sfs_error(400, _BUSY, rid)
+            if fault is Fault.PERMANENT:
+                return sfs_error(400, _PARAMETER_ERROR, rid)
         task = store.get(share_id, task_id)
         was_doing = task is not None and task.status == "DOING"
         if was_doing and not config.delete_doing:

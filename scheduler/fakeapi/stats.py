@@ -35,6 +35,7 @@ class Stats:
     deletes_accepted: int = 0
     duplicate_deletes: int = 0
     duplicate_task_ids: list[str] = field(default_factory=list)
+    duplicates: list[Deletion] = field(default_factory=list)  # each duplicate DELETE, with its time
     doing_deletes: int = 0
     answered_429: int = 0
     auth_failures: int = 0
@@ -74,6 +75,7 @@ class Stats:
             "deleted_count": len(self.deleted),
             "duplicate_deletes": self.duplicate_deletes,
             "duplicate_task_ids": list(self.duplicate_task_ids),
+            "duplicates": [{"share_id": d.share_id, "task_id": d.task_id, "at": d.at} for d in self.duplicates],
             "doing_deletes": self.doing_deletes,
             "answered_429": self.answered_429,
             "dropped": sum(counts.get(DROPPED, 0) for counts in self.by_method_status.values()),

@@ -119,3 +119,87 @@ def test_purge_succeeds_in_each_auth_mode(make_cluster: Any, mode: str) -> None:
 def _auth_figures(stats: dict[str, Any]) -> dict[str, Any]:
     keys = ("requests_total", "deletes_accepted", "auth_failures", "iam_requests", "tokens_issued", "answered_429")
     return {k: stats[k] for k in keys}
+
+
+def test_iam_tokens_that_live_seconds_are_renewed_mid_run_by_a_few_logins(make_cluster: Any) -> None:
+    ttl = 3.0
+    workers = 2
+    cluster, fake = make_cluster(
+        lambda fake: iam_auth(fake, USER, PASSWORD, DOMAIN),
+        fake_config(shares=4, tasks_per_share=200, token_ttl_s=ttl, latency_ms=20),
+        SFS_CLEANUP_RATE_LIMIT="40",  # ~600 deletes at 40/s: a run of about 15 s, five token lifetimes
+        SFS_CLEANUP_RATE_BURST="5",
+        SFS_CLEANUP_BATCH_CONCURRENCY="8",
+    )
+    for n in range(workers):
+        cluster.start_worker(f"w{n}")
+
+    started = time.monotonic()
+    code, report = cluster.purge_json("--wait")
+    elapsed = time.monotonic() - started
+
+    stats = fake.stats()
+    lifetimes = elapsed / ttl
+    # A token is renewed when a third of its life is left (SFS_CLEANUP_IAM_TOKEN_RENEW_BEFORE_S
+    # is an hour, far above ttl / 3), so one login per two thirds of a lifetime is the steady state.
+    renewal_period = ttl - ttl / 3
+    expected_logins = math.ceil(elapsed / renewal_period)
+    print(
+        f"IAM ttl {ttl:g} s: run of {elapsed:.1f} s = {lifetimes:.1f} token lifetimes; "
+        f"tokens_issued {stats['tokens_issued']} (steady state ~{expected_logins}), iam_requests "
+        f"{stats['iam_requests']}, 401s {stats['auth_failures']}, deletes {stats['deletes_accepted']}"
+    )
+    assert report["status"] == "finished", report
+    assert code == 0, report
+    assert_adds_up(report)
+    assert report["outcomes"]["failed"] == 0
+    assert report["outcomes"]["deleted"] == stats["deletes_accepted"] == report["selected"] > 500
+    assert lifetimes >= 3, "the run must span several token lifetimes to prove anything"
+    # Renewals, shared by every process: neither a login per task nor one per process per renewal.
+    assert stats["tokens_issued"] >= math.floor(lifetimes)
+    assert stats["tokens_issued"] <= expected_logins + workers + 1  # + 1: the CLI's login for the listing
+    assert stats["iam_requests"] == stats["tokens_issued"]
+    # Proactive renewal: a token expiring in flight is rare, and every such 401 was absorbed.
+    assert stats["auth_failures"] <= stats["tokens_issued"] * 8 * workers
+
+
+@pytest.mark.parametrize("how", ["revoked-0307", "forgotten-0301"])
+def test_tokens_invalidated_mid_run_are_replaced_by_one_login(make_cluster: Any, how: str) -> None:
+    workers = 2
+    cluster, fake = make_cluster(
+        lambda fake: iam_auth(fake, USER, PASSWORD, DOMAIN),
+        fake_config(shares=4, tasks_per_share=100, latency_ms=10),
+        SFS_CLEANUP_RATE_LIMIT="60",
+        SFS_CLEANUP_BATCH_CONCURRENCY="8",
+    )
+    for n in range(workers):
+        cluster.start_worker(f"w{n}")
+    invalidated: dict[str, Any] = {}
+
+    def invalidate() -> None:
+        if poll(lambda: fake.stats()["deletes_accepted"] >= 60, timeout=120):
+            before = fake.stats()
+            invalidated["count"] = fake.revoke_tokens() if how.startswith("revoked") else forget_tokens(fake)
+            invalidated["deletes"] = before["deletes_accepted"]
+            invalidated["tokens"] = before["tokens_issued"]
+
+    thread = threading.Thread(target=invalidate, daemon=True)
+    thread.start()
+    code, report = cluster.purge_json("--wait")
+    thread.join(10)
+
+    stats = fake.stats()
+    print(
+        f"{how}: invalidated {invalidated} mid-run; after: tokens_issued {stats['tokens_issued']}, "
+        f"401s {stats['auth_failures']}, deletes {stats['deletes_accepted']}/{report['selected']}"
+    )
+    assert invalidated.get("count") == 1, invalidated  # one token was in use, by every process
+    assert invalidated["deletes"] < report["selected"] - 100, "invalidated well before the end"
+    assert report["status"] == "finished", report
+    assert code == 0, report
+    assert_adds_up(report)
+    assert report["outcomes"]["failed"] == 0
+    assert report["outcomes"]["deleted"] == stats["deletes_accepted"] == report["selected"]
+    assert stats["auth_failures"] >= 1  # the invalidation was really noticed ...
+    assert stats["auth_failures"] <= 8 * workers  # ... at most once per request in flight
+    assert stats["tokens_issued"] == invalidated["tokens"] + 1  # ... and one re-login, fleet-wide
