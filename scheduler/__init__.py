@@ -14,18 +14,10 @@ __all__ = ["app"]
 
 @functools.cache
 def _app() -> Any:
-    import sys
-
     from worker.celery_app import CONTROL_QUEUE, DELETE_QUEUE, create_app
-    from worker.settings import SettingsError, load_settings
+    from worker.settings import load_settings_or_exit
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        for line in exc.lines:
-            print(f"error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
-    app = create_app(settings, queues=(DELETE_QUEUE, CONTROL_QUEUE))
+    app = create_app(load_settings_or_exit(), queues=(DELETE_QUEUE, CONTROL_QUEUE))
     from scheduler import service
 
     service.register(app)

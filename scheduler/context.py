@@ -10,7 +10,7 @@ from celery import Celery
 
 from worker.audit import Audit
 from worker.client import ClientConfig, SfsTurboClient
-from worker.ratelimit import FleetLimiter, limiter_key
+from worker.ratelimit import FleetLimiter
 from worker.settings import Settings
 
 
@@ -34,17 +34,8 @@ class Context:
         return create_app(self.settings)
 
     def limiter(self) -> FleetLimiter:
-        s = self.settings
-        s.require_api()
-        assert s.project_id is not None and s.api_endpoint is not None
-        return FleetLimiter(
-            self.redis,
-            key=limiter_key(s.key_prefix, s.project_id, s.api_endpoint),
-            rate=s.rate_limit,
-            burst=s.rate_burst,
-            wait_max_s=s.rate_wait_max_s,
-            penalty_s=s.throttle_penalty_s,
-        )
+        self.settings.require_api()
+        return FleetLimiter.from_settings(self.redis, self.settings)
 
     def client(self) -> SfsTurboClient:
         """An API client for listing, paced by the fleet-wide limiter like the workers' deletes."""

@@ -13,14 +13,13 @@ Reliability choices (see the README's "How it works"):
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
 from kombu.entity import Queue
 
-from worker.settings import Settings, SettingsError, load_settings
+from worker.settings import Settings, load_settings_or_exit
 
 DELETE_QUEUE = "sfs.delete"
 CONTROL_QUEUE = "sfs.control"
@@ -103,13 +102,7 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
 @functools.cache
 def default_app() -> Celery:
     """The app for ``celery -A worker``: settings from the environment, or a clear exit."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        for line in exc.lines:
-            print(f"error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return create_app(settings)
+    return create_app(load_settings_or_exit())
 
 
 def settings_of(app: Celery) -> Settings:

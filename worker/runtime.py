@@ -17,7 +17,7 @@ import redis
 
 from worker.audit import Audit
 from worker.client import ClientConfig, SfsTurboClient
-from worker.ratelimit import FleetLimiter, limiter_key
+from worker.ratelimit import FleetLimiter
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 
@@ -45,17 +45,8 @@ class Runtime:
     @property
     def limiter(self) -> FleetLimiter:
         if self._limiter is None:
-            s = self.settings
-            s.require_api()
-            assert s.project_id is not None and s.api_endpoint is not None
-            self._limiter = FleetLimiter(
-                self.redis,
-                key=limiter_key(s.key_prefix, s.project_id, s.api_endpoint),
-                rate=s.rate_limit,
-                burst=s.rate_burst,
-                wait_max_s=s.rate_wait_max_s,
-                penalty_s=s.throttle_penalty_s,
-            )
+            self.settings.require_api()
+            self._limiter = FleetLimiter.from_settings(self.redis, self.settings)
         return self._limiter
 
     @property

@@ -248,3 +248,15 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_format(exc)) from None
+
+
+def load_settings_or_exit() -> Settings:
+    """For process entry points (``celery -A worker``): print every problem, one line each, and exit 2."""
+    import sys
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
