@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
+from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -83,6 +85,10 @@ def start_run(
     return plan
 
 
+#: How long ``follow`` keeps waiting for an unreachable Redis (or broker) before giving up.
+REDIS_OUTAGE_MAX_S = 300.0
+
+
 def follow(
     ctx: Context, run_id: str, *, console: Console | None = None, poll_s: float = 0.5, timeout_s: float | None = None
 ) -> dict[str, Any]:
@@ -103,14 +109,29 @@ def follow(
         transient=False,
     ) as progress:
         bar = progress.add_task(f"run {run_id}", total=max(report["selected"], 0), detail="")
+        unreachable_since: float | None = None
         while report["status"] not in OVER:
             if deadline is not None and time.monotonic() > deadline:
                 break
             time.sleep(poll_s)
-            if time.monotonic() - last_reconcile >= min(30.0, ctx.settings.reconcile_after_s / 2):
-                reconcile_run(ctx.app, audit, ctx.settings, run_id)
-                last_reconcile = time.monotonic()
-            report = run_report(audit, run_id)
+            try:
+                if time.monotonic() - last_reconcile >= min(30.0, ctx.settings.reconcile_after_s / 2):
+                    reconcile_run(ctx.app, audit, ctx.settings, run_id)
+                    last_reconcile = time.monotonic()
+                report = run_report(audit, run_id)
+            except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+                # Redis restarting (or failing over) is no reason to abandon the run: the workers
+                # reconnect on their own, and so does this loop. Give up only after a long outage.
+                now = time.monotonic()
+                if unreachable_since is None:
+                    unreachable_since = now
+                    if console is not None:
+                        console.print(f"Redis unreachable ({exc}); still following run {run_id}")
+                if now - unreachable_since > REDIS_OUTAGE_MAX_S:
+                    raise
+                time.sleep(min(2.0, poll_s * 2))
+                continue
+            unreachable_since = None
             o = report["outcomes"]
             detail = (
                 f"deleted {o[Outcome.DELETED]}  gone {o[Outcome.ALREADY_GONE]}  failed {o[Outcome.FAILED]}"

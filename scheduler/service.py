@@ -3,26 +3,35 @@
 ``celery -A scheduler worker`` runs these next to the deletion jobs: message triggers from
 other systems (``sfs.start_purge``, ``sfs.delete_tasks``), the nightly purge that beat sends
 (``sfs.nightly_purge``), and the reconciler (``sfs.reconcile``).
+
+A trigger is refused (event ``trigger_rejected`` in the audit, nothing deleted) when its
+arguments do not match :mod:`scheduler.triggers`, and also when the message itself is not a
+well-formed Celery protocol 2 message: such a message is checked before Celery builds a request
+from it (a JSON object as the body would otherwise stop the worker), acknowledged, and recorded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from celery import Celery, Task
+from celery import Celery, Task, signals
+from kombu.exceptions import DecodeError
 from pydantic import ValidationError
 
 from scheduler.context import Context
-from scheduler.triggers import DeleteTasks, StartPurge, explain_error
+from scheduler.triggers import DeleteTasks, NightlyPurge, StartPurge, explain_error
 from worker.celery_app import DELETE_TASKS, NIGHTLY, RECONCILE, START_PURGE, cron_schedule, settings_of
 from worker.models import TaskInfo
+from worker.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
 
 _TRIGGER_TTL_S = 7 * 86400
+_MAX_ID_CHARS = 255
 
 
 def last_slot(expression: str, tz: str, now: datetime) -> datetime:
@@ -46,110 +55,302 @@ def last_slot(expression: str, tz: str, now: datetime) -> datetime:
     raise ValueError(f"cron {expression!r} names no time in the past year")
 
 
-def _claim(ctx: Context, key: str) -> str | None:
-    """Claim an idempotency key for a new run; return the run that already holds it, if any."""
+def slot_key(slot: datetime) -> str:
+    """The idempotency key of a schedule slot: ``nightly-20261129T0200Z`` (always UTC)."""
+    return f"nightly-{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+
+
+def nightly_slot(settings: Settings, slot: str | None, now: datetime) -> datetime:
+    """The schedule slot a ``sfs.nightly_purge`` message stands for (see ``NightlyPurge``)."""
+    when = now
+    if slot:
+        when = datetime.fromisoformat(slot)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=ZoneInfo(settings.schedule_timezone))
+    return last_slot(settings.schedule_cron, settings.schedule_timezone, when)
+
+
+def _trigger_key(ctx: Context, key: str) -> str:
+    return f"{ctx.settings.key_prefix}:trigger:{key}"
+
+
+def _claim(ctx: Context, key: str) -> tuple[str, str | None]:
+    """Claim an idempotency key for a new run: (the new run's ID, the run that already holds it)."""
     from worker.audit import new_run_id
 
     run_id = new_run_id()
-    full = f"{ctx.settings.key_prefix}:trigger:{key}"
+    full = _trigger_key(ctx, key)
     if ctx.redis.set(full, run_id, nx=True, ex=_TRIGGER_TTL_S):
-        return None
+        return run_id, None
     existing = ctx.redis.get(full)
-    return existing.decode() if isinstance(existing, bytes) else str(existing)
+    return run_id, existing.decode() if isinstance(existing, bytes) else str(existing)
+
+
+def _release(ctx: Context, key: str, run_id: str) -> None:
+    """Give a claimed key back when its run was never created (compare-and-delete)."""
+    ctx.redis.eval(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        1,
+        _trigger_key(ctx, key),
+        run_id,
+    )
 
 
 def _reject(ctx: Context, name: str, message_id: str | None, error: str) -> dict[str, Any]:
-    ctx.audit.event("trigger_rejected", task=name, message_id=message_id or "", error=error[:2000])
-    log.warning("trigger rejected", task=name, error=error[:500])
+    ctx.audit.event("trigger_rejected", task=name, message_id=(message_id or "")[:_MAX_ID_CHARS], error=error[:2000])
+    log.warning("trigger rejected", task=name, message_id=message_id, error=error[:500])
     return {"accepted": False, "error": error}
 
 
-def start_purge(ctx: Context, trigger: StartPurge, *, source: str) -> dict[str, Any]:
+def _start_claimed(ctx: Context, key: str | None, start: Callable[[str | None], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``start(run_id)`` under an idempotency key: a key already held starts nothing."""
+    if not key:
+        return start(None)
+    run_id, existing = _claim(ctx, key)
+    if existing is not None:
+        ctx.audit.event("trigger_duplicate", key=key, run_id=existing)
+        return {"accepted": True, "run_id": existing, "duplicate": True}
+    try:
+        return start(run_id)
+    except BaseException:
+        if not ctx.audit.run(run_id):
+            _release(ctx, key, run_id)  # nothing was created: a redelivery may try again
+        raise
+
+
+def start_purge(
+    ctx: Context, trigger: StartPurge, *, source: str, extra_meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from scheduler.policy import policy_from_sources
     from scheduler.runs import inventory, start_run
 
-    if trigger.idempotency_key and (existing := _claim(ctx, trigger.idempotency_key)):
-        return {"accepted": True, "run_id": existing, "duplicate": True}
     overrides = trigger.policy.model_dump(exclude_none=True)
     policy = policy_from_sources(settings=ctx.settings, file=None, overrides=overrides)
-    items, inv_source = inventory(ctx, policy, None)
-    plan = start_run(
-        ctx,
-        policy,
-        items,
-        source=inv_source,
-        dry_run=trigger.dry_run,
-        trigger=source,
-        extra_meta={"requested_by": trigger.requested_by},
-    )
-    return {"accepted": True, "run_id": plan.run_id, "selected": plan.selected}
+
+    def start(run_id: str | None) -> dict[str, Any]:
+        items, inv_source = inventory(ctx, policy, None)
+        plan = start_run(
+            ctx,
+            policy,
+            items,
+            source=inv_source,
+            dry_run=trigger.dry_run,
+            trigger=source,
+            run_id=run_id,
+            extra_meta={"requested_by": trigger.requested_by, "idempotency_key": trigger.idempotency_key}
+            | (extra_meta or {}),
+        )
+        return {"accepted": True, "run_id": plan.run_id, "selected": plan.selected}
+
+    return _start_claimed(ctx, trigger.idempotency_key, start)
 
 
-def register(app: Celery) -> None:
+# --- The nightly purge's safety net ------------------------------------------------------------
+
+CATCH_UP_AFTER_S = 120
+CATCH_UP_WITHIN_S = 1800
+
+
+def catch_up_nightly(ctx: Context, now: datetime) -> str | None:
+    """Send ``sfs.nightly_purge`` for the latest slot if beat's message for it was lost.
+
+    Beat records a slot as sent *before* it publishes, so a beat killed (or a Redis error) at that
+    moment loses the night's run. The reconciler (every minute) therefore checks the latest slot
+    between ``CATCH_UP_AFTER_S`` and ``CATCH_UP_WITHIN_S`` after it: if no run has claimed it,
+    it sends the message once, naming the slot. A second message for a slot is harmless (the
+    slot key), so this can only fill a gap, never double a run. Returns the slot sent, if any.
+    """
+    from worker.celery_app import CONTROL_QUEUE
+
+    s = ctx.settings
+    if not s.schedule_enabled:
+        return None
+    slot = last_slot(s.schedule_cron, s.schedule_timezone, now)
+    age = (now - slot).total_seconds()
+    if not CATCH_UP_AFTER_S <= age <= CATCH_UP_WITHIN_S:
+        return None
+    key = _trigger_key(ctx, slot_key(slot))
+    if ctx.redis.exists(key) or not ctx.redis.set(f"{key}:catch-up", "1", nx=True, ex=CATCH_UP_WITHIN_S):
+        return None
+    slot_iso = slot.isoformat().replace("+00:00", "Z")
+    ctx.app.send_task(NIGHTLY, kwargs={"slot": slot_iso}, queue=CONTROL_QUEUE)
+    ctx.audit.event("nightly_catch_up", slot=slot_iso)
+    log.warning("no run claimed the latest schedule slot; sending the nightly purge again", slot=slot_iso)
+    return slot_iso
+
+
+# --- Messages that are not well-formed Celery messages ----------------------------------------
+
+
+def envelope_problem(message: Any, body: Any) -> str | None:
+    """Why a message cannot be a protocol 2 task message, or ``None`` if it can.
+
+    Checked before Celery builds a request from it: a body that is not ``[args, kwargs, embed]``
+    (a JSON object, a string) or a missing task ID would otherwise stop the whole worker.
+    """
+    headers = message.headers
+    if body is not None:
+        return "protocol 1 task messages are not accepted; send Celery protocol 2 (task name in the headers)"
+    task_id = headers.get("id")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > _MAX_ID_CHARS:
+        return "header 'id' must be a non-empty string (the message ID)"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits)
+    ):
+        return "header 'timelimit' must be [hard, soft] seconds or null"
+    if headers.get("eta") is not None:
+        # A held message is delivered again after every visibility timeout (Redis broker): a
+        # delayed trigger would start a run per redelivery. Triggers run now; schedule elsewhere.
+        return "delayed triggers (eta/countdown) are not accepted; send the message when the run should start"
+    if not isinstance(headers.get("retries", 0) or 0, int):
+        return "header 'retries' must be an integer"
+    if headers.get("shadow") is not None and not isinstance(headers.get("shadow"), str):
+        return "header 'shadow' must be a string or null"
+    try:
+        payload = message.payload
+    except DecodeError as exc:
+        return f"body is not valid {message.content_type or 'JSON'}: {exc}"
+    if not (isinstance(payload, list | tuple) and len(payload) == 3):
+        return "body must be a JSON array [args, kwargs, embed] (Celery protocol 2)"
+    args, kwargs, embed = payload
+    if not isinstance(args, list | tuple):
+        return "body[0] (positional arguments) must be an array"
+    if not isinstance(kwargs, dict):
+        return "body[1] (keyword arguments) must be an object"
+    if embed is not None and not isinstance(embed, dict):
+        return "body[2] (callbacks, chain, chord) must be an object or null"
+    return None
+
+
+def guarded_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
+    """Celery's default strategy behind :func:`envelope_problem`: a bad message is acked and recorded."""
+    from celery.worker.strategy import default
+
+    handle = default(task, app, consumer, **kwargs)
     settings = settings_of(app)
 
-    def ctx() -> Context:
-        return Context(settings)
+    def on_message(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
+        problem = envelope_problem(message, body)
+        if problem is None:
+            return handle(message, body, ack, reject, callbacks, **kw)
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        message_id = headers.get("id")
+        _reject(Context(settings), task.name, message_id if isinstance(message_id, str) else None, problem)
+        message.ack_log_error(log, consumer.connection_errors)
+        return None
 
-    @app.task(name=START_PURGE, bind=True, acks_late=True, time_limit=4 * 3600, soft_time_limit=4 * 3600 - 60)
-    def start_purge_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Start a purge by policy. Keyword arguments: see ``scheduler.triggers.StartPurge``."""
-        c = ctx()
-        if args:
-            return _reject(c, START_PURGE, self.request.id, "positional arguments are not accepted; send kwargs")
-        try:
-            trigger = StartPurge.model_validate(kwargs)
-        except ValidationError as exc:
-            return _reject(c, START_PURGE, self.request.id, explain_error(exc))
-        return start_purge(c, trigger, source="message")
+    return on_message
 
-    @app.task(name=DELETE_TASKS, bind=True, acks_late=True)
-    def delete_tasks_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Delete an explicit list of tasks. Keyword arguments: see ``scheduler.triggers.DeleteTasks``."""
-        from scheduler.policy import policy_from_sources
-        from scheduler.runs import start_run
 
-        c = ctx()
-        if args:
-            return _reject(c, DELETE_TASKS, self.request.id, "positional arguments are not accepted; send kwargs")
-        try:
-            trigger = DeleteTasks.model_validate(kwargs)
-        except ValidationError as exc:
-            return _reject(c, DELETE_TASKS, self.request.id, explain_error(exc))
-        if c.settings.project_id is None:
-            return _reject(c, DELETE_TASKS, self.request.id, "SFS_CLEANUP_PROJECT_ID is not set on the scheduler")
-        if trigger.idempotency_key and (existing := _claim(c, trigger.idempotency_key)):
-            return {"accepted": True, "run_id": existing, "duplicate": True}
-        items = (TaskInfo(c.settings.project_id, t.share_id, t.task_id) for t in trigger.tasks)
-        policy = policy_from_sources(settings=c.settings, file=None, overrides={})
+def _connect_refusal_signals(settings: Settings) -> None:
+    """Record messages Celery itself refuses (unknown task name, bad ETA, pickle) as rejected triggers."""
+
+    def headers_of(message: Any) -> dict[str, Any]:
+        headers = getattr(message, "headers", None)
+        return headers if isinstance(headers, dict) else {}
+
+    @signals.task_unknown.connect(weak=False, dispatch_uid="sfs-trigger-unknown")
+    def _unknown(message: Any = None, name: Any = None, id: Any = None, **_: Any) -> None:
+        _reject(Context(settings), str(name)[:200], str(id or ""), f"unknown task name {str(name)[:200]!r}")
+
+    @signals.task_rejected.connect(weak=False, dispatch_uid="sfs-trigger-invalid")
+    def _invalid(message: Any = None, exc: Any = None, **_: Any) -> None:
+        headers = headers_of(message)
+        name = str(headers.get("task") or "(none)")[:200]
+        why = f"invalid task message: {exc}" if exc is not None else "not a Celery task message"
+        _reject(Context(settings), name, str(headers.get("id") or ""), why)
+
+
+def delete_tasks(ctx: Context, trigger: DeleteTasks) -> dict[str, Any]:
+    """Plan an explicit list as a run (each task shown first, deleted only if finished)."""
+    from scheduler.policy import policy_from_sources
+    from scheduler.runs import start_run
+
+    project_id = ctx.settings.project_id
+    if project_id is None:
+        raise SettingsError(["SFS_CLEANUP_PROJECT_ID is not set on the scheduler"])
+
+    def start(run_id: str | None) -> dict[str, Any]:
+        items = (TaskInfo(project_id, t.share_id, t.task_id) for t in trigger.tasks)
+        policy = policy_from_sources(settings=ctx.settings, file=None, overrides={})
         plan = start_run(
-            c,
+            ctx,
             policy,
             items,
             source="message:delete_tasks",
             dry_run=trigger.dry_run,
             trigger="message",
             explicit=True,
-            extra_meta={"requested_by": trigger.requested_by, "request_reason": trigger.reason},
+            run_id=run_id,
+            extra_meta={
+                "requested_by": trigger.requested_by,
+                "request_reason": trigger.reason,
+                "idempotency_key": trigger.idempotency_key,
+            },
         )
         return {"accepted": True, "run_id": plan.run_id, "selected": plan.selected}
 
-    @app.task(name=NIGHTLY, bind=True, acks_late=True, time_limit=4 * 3600, soft_time_limit=4 * 3600 - 60)
-    def nightly_task(self: Task, slot: str | None = None) -> dict[str, Any]:
+    return _start_claimed(ctx, trigger.idempotency_key, start)
+
+
+def nightly_purge(ctx: Context, message: NightlyPurge, now: datetime) -> dict[str, Any]:
+    """The run of one schedule slot; every later message for the slot is a no-op."""
+    slot = nightly_slot(ctx.settings, message.slot, now)
+    slot_iso = slot.isoformat().replace("+00:00", "Z")
+    trigger = StartPurge(idempotency_key=slot_key(slot))
+    return start_purge(ctx, trigger, source="schedule", extra_meta={"schedule_slot": slot_iso}) | {"slot": slot_iso}
+
+
+def handle_trigger(ctx: Context, name: str, message_id: str | None, args: Any, kwargs: Any) -> dict[str, Any]:
+    """Validate a trigger's arguments and start it, or refuse it with the reason in the audit."""
+    from scheduler.policy import PolicyError
+
+    if args:
+        return _reject(ctx, name, message_id, "positional arguments are not accepted; send kwargs")
+    try:
+        if name == START_PURGE:
+            return start_purge(ctx, StartPurge.model_validate(kwargs), source="message")
+        if name == DELETE_TASKS:
+            return delete_tasks(ctx, DeleteTasks.model_validate(kwargs))
+        if name == NIGHTLY:
+            return nightly_purge(ctx, NightlyPurge.model_validate(kwargs), datetime.now(UTC))
+    except ValidationError as exc:
+        return _reject(ctx, name, message_id, explain_error(exc))
+    except (PolicyError, SettingsError) as exc:
+        return _reject(ctx, name, message_id, "; ".join(exc.lines))
+    raise ValueError(f"not a trigger: {name}")
+
+
+def register(app: Celery) -> None:
+    settings = settings_of(app)
+    _connect_refusal_signals(settings)
+    options: dict[str, Any] = {"bind": True, "acks_late": True, "Strategy": "scheduler.service:guarded_strategy"}
+    planning = {"time_limit": 4 * 3600, "soft_time_limit": 4 * 3600 - 60}
+
+    @app.task(name=START_PURGE, **options, **planning)
+    def start_purge_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Start a purge by policy. Keyword arguments: see ``scheduler.triggers.StartPurge``."""
+        return handle_trigger(Context(settings), START_PURGE, self.request.id, args, kwargs)
+
+    @app.task(name=DELETE_TASKS, **options, **planning)
+    def delete_tasks_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Delete an explicit list of tasks. Keyword arguments: see ``scheduler.triggers.DeleteTasks``."""
+        return handle_trigger(Context(settings), DELETE_TASKS, self.request.id, args, kwargs)
+
+    @app.task(name=NIGHTLY, **options, **planning)
+    def nightly_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The scheduled purge: exactly one run per schedule slot, however often it is sent."""
-        c = ctx()
-        when = (
-            datetime.fromisoformat(slot)
-            if slot
-            else last_slot(settings.schedule_cron, settings.schedule_timezone, datetime.now(UTC))
-        )
-        key = f"nightly-{when:%Y%m%dT%H%MZ}"
-        return start_purge(c, StartPurge(idempotency_key=key), source="schedule")
+        return handle_trigger(Context(settings), NIGHTLY, self.request.id, args, kwargs)
 
     @app.task(name=RECONCILE, acks_late=False, ignore_result=True)
     def reconcile_task() -> dict[str, int]:
-        """Re-send jobs of active runs that the queue lost (beat sends this every minute)."""
+        """Re-send jobs of active runs that the queue lost, and a lost nightly message (every minute)."""
         from scheduler.dispatch import reconcile_all
 
-        c = ctx()
-        return reconcile_all(c.app, c.audit, settings)
+        c = Context(settings)
+        done = reconcile_all(c.app, c.audit, settings)
+        catch_up_nightly(c, datetime.now(UTC))
+        return done

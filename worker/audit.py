@@ -9,6 +9,7 @@ layout is in :mod:`worker.keys`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -21,6 +22,7 @@ from importlib import resources
 from typing import Any, Final
 
 import redis
+import structlog
 
 from worker.keys import Keys
 
@@ -346,8 +348,26 @@ class Audit:
         self.redis.hset(self.keys.touch(run_id), str(number), str(int(time.time())))
 
     def take_lease(self, run_id: str, number: int, holder: str, ttl_s: int) -> bool:
+        """Claim a batch: free, or already held by this very holder (worker node + job ID).
+
+        Re-entry matters when a pool child is killed (OOM, SIGKILL): Celery requeues the same
+        message at once (``task_reject_on_worker_lost``), and its new delivery on the same node
+        has the same holder, while the dead child's lease has not yet expired. Refusing it as
+        "busy" would ack the job and strand the batch until the reconciler. Two live copies of
+        one holder cannot run at once: the child that held it is dead, and a visibility-timeout
+        redelivery comes only after the job's hard time limit (checked by the settings).
+        """
         key = self.keys.lease(run_id, number)
-        if self.redis.set(key, holder, nx=True, ex=ttl_s):
+        taken = self.redis.eval(
+            "local cur = redis.call('GET', KEYS[1]) "
+            "if cur == false or cur == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end "
+            "return false",
+            1,
+            key,
+            holder,
+            ttl_s,
+        )
+        if taken:
             self.touch(run_id, number)
             return True
         return False
@@ -512,12 +532,22 @@ class RecordBuffer:
     the tasks whose outcomes were not yet written are deleted again by the next delivery and
     end as ``already_gone`` (the first DELETE's request ID is then missing from the audit).
     ``flush_s=0`` writes each record at once, closing that window at the cost of throughput.
+
+    Redis going away for a while (a restart, a failover) loses nothing: records that could not
+    be written stay queued, in order, and are sent once it answers again; :meth:`close` waits
+    for that up to ``retry_s``. Each pipeline is a MULTI/EXEC, all or nothing, so a retried
+    one never appends an attempt twice.
     """
 
-    def __init__(self, audit: Audit, *, flush_s: float, max_items: int = 64, **record_args: Any) -> None:
+    _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+    def __init__(
+        self, audit: Audit, *, flush_s: float, max_items: int = 64, retry_s: float = 60.0, **record_args: Any
+    ) -> None:
         self.audit = audit
         self.flush_s = flush_s
         self.max_items = max_items
+        self.retry_s = retry_s
         self.record_args = record_args
         self.duplicates = 0
         self._items: list[tuple[Batch, str, Attempt | None, FinalOutcome | None, str]] = []
@@ -538,19 +568,21 @@ class RecordBuffer:
         final: FinalOutcome | None = None,
         bump: str = "",
     ) -> None:
-        if self._thread is None:
-            result = self.audit.record(batch, task_id, attempt=attempt, final=final, bump=bump, **self.record_args)
-            self.duplicates += int(bool(result and result.duplicate))
-            return
         with self._lock:
             self._items.append((batch, task_id, attempt, final, bump))
-            full = len(self._items) >= self.max_items
-        if full:
-            self.flush()
+            due = self._thread is None or len(self._items) >= self.max_items
+        if due:
+            with contextlib.suppress(*self._UNREACHABLE):
+                self.flush()  # if Redis is away, kept queued: the next flush (at the latest close) sends it
 
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_s):
-            self.flush()
+            try:
+                self.flush()
+            except self._UNREACHABLE:
+                pass  # kept queued; try again next tick
+            except Exception:  # the flusher must outlive any one bad pipeline
+                structlog.get_logger(__name__).exception("audit flush failed")
 
     def flush(self) -> None:
         with self._send_lock:  # one pipeline at a time keeps each task's records in order
@@ -558,12 +590,17 @@ class RecordBuffer:
                 items, self._items = self._items, []
             if not items:
                 return
-            pipe = self.audit.redis.pipeline(transaction=False)
+            pipe = self.audit.redis.pipeline(transaction=True)
             for batch, task_id, attempt, final, bump in items:
                 self.audit.record(
                     batch, task_id, attempt=attempt, final=final, bump=bump, pipe=pipe, **self.record_args
                 )
-            results = pipe.execute()
+            try:
+                results = pipe.execute()
+            except self._UNREACHABLE:
+                with self._lock:
+                    self._items[:0] = items  # back in front, in order, for the next try
+                raise
         for (batch, _, _, _, _), result in zip(items, results, strict=True):
             if int(result) == 2:
                 self.audit.on_run_over(batch.run_id)
@@ -571,10 +608,21 @@ class RecordBuffer:
                 self.duplicates += 1
 
     def close(self) -> None:
+        """Stop the flusher and write everything still queued (waiting up to ``retry_s`` for Redis)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.flush()
+        deadline = time.monotonic() + self.retry_s
+        pause = 0.2
+        while True:
+            try:
+                self.flush()
+                return
+            except self._UNREACHABLE:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2.0, pause * 2)
 
 
 def _field(value: Any) -> str:

@@ -79,6 +79,8 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
         beat_scheduler="redbeat.RedBeatScheduler",
         redbeat_redis_url=settings.redis_url,
         redbeat_key_prefix=f"{settings.key_prefix}:beat:",
+        # Explicit, so RedBeat does not fall back to the broker's transport options (deprecated).
+        redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 30, "health_check_interval": 25},
         redbeat_lock_timeout=90,
         beat_max_loop_interval=15,
     )
@@ -93,6 +95,9 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
         }
     app.conf.beat_schedule = schedule
     app.conf.sfs_settings = settings
+    from worker.flower import configure_flower
+
+    configure_flower(settings)  # `celery -A worker flower`: basic auth from SFS_CLEANUP_FLOWER_BASIC_AUTH
     from worker import tasks
 
     tasks.register(app)

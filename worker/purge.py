@@ -8,6 +8,7 @@ verdict of each answer. Every attempt and the one final outcome go to the audit.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import structlog
 
 from worker.answers import ApiAnswer, Verdict
@@ -71,7 +73,7 @@ class BatchJob:
             return result
         if RunStatus(status) is RunStatus.STOPPING:
             self.stop.set()  # a job of a stopping run only records its tasks as aborted
-        if not self.audit.take_lease(self.run_id, self.number, self.holder, self.settings.lease_s):
+        if not self._take_lease():
             result.state = "busy"  # another delivery is working on it; the reconciler watches both
             return result
         keeper = threading.Thread(target=self._keep_lease, name="sfs-lease", daemon=True)
@@ -86,25 +88,52 @@ class BatchJob:
         try:
             self._process(batch, result)
         finally:
-            self.records.close()  # every outcome is in Redis before the lease is let go
-            self.stop.set()
-            keeper.join(timeout=5)
-            self.audit.release_lease(self.run_id, self.number, self.holder)
+            try:
+                self.records.close()  # every outcome is in Redis before the lease is let go
+            finally:
+                self.stop.set()
+                keeper.join(timeout=5)
+                # Best effort: an unreleased lease expires by itself after lease_s.
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                    self.audit.release_lease(self.run_id, self.number, self.holder)
         if self.records.duplicates:
             log.info("outcomes already recorded by another delivery", count=self.records.duplicates)
         return result
+
+    def _take_lease(self) -> bool:
+        """Claim the batch, waiting out a lease that nobody renews any more.
+
+        A job whose pool child died (SIGKILL, OOM, or a SIGTERM sent to the worker's whole
+        process group) leaves its lease behind, and Celery hands its message straight back
+        (``task_reject_on_worker_lost``). Giving up at once as "busy" would ack that delivery and
+        strand the batch until the reconciler (``reconcile_after_s`` once the queue is empty).
+        A live holder renews its lease every ``lease_s / 3``, so waiting one lease period tells
+        a dead holder (its lease expires: take it) from a live one (still held: busy).
+        """
+        lease_s = self.settings.lease_s
+        deadline = time.monotonic() + lease_s + 1
+        while not self.audit.take_lease(self.run_id, self.number, self.holder, lease_s):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
     def _keep_lease(self) -> None:
         """Renew the lease and watch the run's status until the job ends."""
         renew_every = max(1.0, self.settings.lease_s / 3)
         last_renew = time.monotonic()
         while not self.stop.wait(1.0):
-            if self._stopping():
-                self.stop.set()
-                return
-            if time.monotonic() - last_renew >= renew_every:
-                self.audit.renew_lease(self.run_id, self.number, self.holder, self.settings.lease_s)
-                last_renew = time.monotonic()
+            try:
+                if self._stopping():
+                    self.stop.set()
+                    return
+                if time.monotonic() - last_renew >= renew_every:
+                    self.audit.renew_lease(self.run_id, self.number, self.holder, self.settings.lease_s)
+                    last_renew = time.monotonic()
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Redis restarting: keep going, or the lease would lapse for good once it is back
+                # and the reconciler would send a second job for a batch this one still works on.
+                continue
 
     def _process(self, batch: Batch, result: JobResult) -> None:
         done = self.audit.finished_tasks(self.run_id, self.number)
@@ -193,7 +222,10 @@ class BatchJob:
             answer = ApiAnswer(op.upper(), "", 0, Verdict.FATAL, error_code="auth", error_msg=str(exc))
         if answer.verdict is not Verdict.THROTTLED:  # a 429 is the limiter's own signal, not a result
             # No answer at all (timeout, reset) counts as a server error too: an outage often looks so.
-            self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status != 400)
+            # Best effort: the circuit can miss a sample, but a DELETE's answer must not be lost
+            # to a Redis hiccup here (it is recorded with the attempt below).
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status != 400)
         attempt = Attempt(
             n=attempt_no,
             at=time.time(),

@@ -67,13 +67,13 @@ def client() -> httpx.Client:
     return _client
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator,unused-ignore]
 def _fresh_client(**_: object) -> None:
     global _client  # noqa: PLW0603
     _client = None
 
 
-@app.task(name=TASK_NAME, rate_limit=f"{_rate():g}/s", acks_late=True)
+@app.task(name=TASK_NAME, rate_limit=f"{_rate():g}/s", acks_late=True)  # type: ignore[untyped-decorator,unused-ignore]
 def delete(share_id: str, task_id: str) -> int:
     """One DELETE of one HPC-cache task; the status code is the result (it is not stored)."""
     project = os.environ.get("BENCH_PROJECT_ID", "")

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.integration
 USER, PASSWORD, DOMAIN = "purge-robot", "Iam-Pass+word/42=", "acme-account"
 AK, SK = "AKMODESTEST0000000001", "SkModes+Secret/Key=0000000000000000000001"
 TEMP_AK, TEMP_SK, SECURITY_TOKEN = "AKTEMPORARY000000001", "TempSk+Secret/Key=01", "gQ5jbi1ub3J0aC00+securitytoken="
-TOKEN = "MIIstatic-token-for-the-modes-test"  # noqa: S105 - a fake's token
+TOKEN = "MIIstatic-token-for-the-modes-test"
 
 
 def fake_config(**overrides: Any) -> FakeConfig:
@@ -98,10 +98,12 @@ def test_purge_succeeds_in_each_auth_mode(make_cluster: Any, mode: str) -> None:
     expected = len(eligible_tasks(fake))
     cluster.start_worker("w1", concurrency=2)
 
-    code, report = cluster.purge_json("--wait")  # the live listing authenticates too
+    result = cluster.cli("purge", "--wait", "--json")  # the live listing authenticates too
 
-    stats = fake.stats()
-    print(f"{mode}: selected {report['selected']}, stats {_auth_figures(stats)}")
+    code, stats = result.returncode, fake.stats()
+    print(f"{mode}: selected {report_of(result)['selected']}, stats {_auth_figures(stats)}")
+    # --json: standard output is the report, one JSON object, nothing else (logs go to stderr).
+    report = json.loads(result.stdout)
     assert report["status"] == "finished", report
     assert code == 0, report
     assert_adds_up(report)
@@ -114,6 +116,11 @@ def test_purge_succeeds_in_each_auth_mode(make_cluster: Any, mode: str) -> None:
         assert stats["tokens_issued"] == 1, stats
     else:
         assert stats["iam_requests"] == 0
+
+
+def report_of(result: Any) -> dict[str, Any]:
+    """The report: the last line of standard output (lenient, for diagnostics)."""
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 def _auth_figures(stats: dict[str, Any]) -> dict[str, Any]:
@@ -172,8 +179,7 @@ def test_tokens_invalidated_mid_run_are_replaced_by_one_login(make_cluster: Any,
         SFS_CLEANUP_RATE_LIMIT="60",
         SFS_CLEANUP_BATCH_CONCURRENCY="8",
     )
-    for n in range(workers):
-        cluster.start_worker(f"w{n}")
+    cluster.start_worker("w1", concurrency=workers)  # two pool processes, each with its own token provider
     invalidated: dict[str, Any] = {}
 
     def invalidate() -> None:
@@ -203,3 +209,153 @@ def test_tokens_invalidated_mid_run_are_replaced_by_one_login(make_cluster: Any,
     assert stats["auth_failures"] >= 1  # the invalidation was really noticed ...
     assert stats["auth_failures"] <= 8 * workers  # ... at most once per request in flight
     assert stats["tokens_issued"] == invalidated["tokens"] + 1  # ... and one re-login, fleet-wide
+
+
+# --- 2. Credentials that cannot work: one clear line, no storm ---------------------------------
+
+BATCH_CONCURRENCY = 4
+ERROR_WORKERS = 2  # worker processes (one Celery worker, two pool processes)
+IN_FLIGHT_BOUND = 2 * BATCH_CONCURRENCY * ERROR_WORKERS  # deletes that may be in flight when the run stops
+
+# case -> (credentials, fake overrides, what the reason must name)
+BAD_CREDENTIALS: dict[str, tuple[Any, dict[str, Any], tuple[str, ...]]] = {
+    "wrong-iam-password": (
+        lambda fake: iam_auth(fake, USER, "Not-The-Password-1", DOMAIN),
+        {},
+        ("IAM refused the login", "SFS_CLEANUP_IAM_PASSWORD"),
+    ),
+    "unknown-ak": (
+        lambda fake: aksk_auth("AKUNKNOWN00000000000", SK),
+        {},
+        ("APIGW.0301", "ACCESS_KEY"),
+    ),
+    "wrong-sk": (
+        lambda fake: aksk_auth(AK, "Wrong+Secret/Key=000000000000000000000000"),
+        {},
+        ("APIGW.0301", "SECRET_KEY"),
+    ),
+    "clock-20-minutes-off": (
+        lambda fake: aksk_auth(AK, SK),
+        {"clock_offset_s": 1200.0},  # the gateway's clock runs 20 min ahead of ours: our X-Sdk-Date is stale
+        ("APIGW.0303", "clock", "NTP"),
+    ),
+    "unknown-token": (
+        lambda fake: token_auth("MIIunknown-token-of-another-region"),
+        {},
+        ("APIGW.0301", "SFS_CLEANUP_AUTH_TOKEN"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CREDENTIALS))
+def test_credentials_that_cannot_work_abort_the_run_with_one_line_and_no_storm(
+    make_cluster: Any, tmp_path: Path, case: str
+) -> None:
+    auth, overrides, must_name = BAD_CREDENTIALS[case]
+    cluster, fake = make_cluster(
+        auth,
+        fake_config(shares=4, tasks_per_share=150, latency_ms=5, **overrides),
+        SFS_CLEANUP_BATCH_CONCURRENCY=str(BATCH_CONCURRENCY),
+        SFS_CLEANUP_BATCH_SIZE="50",
+    )
+    manifest = tmp_path / f"{case}.jsonl"
+    planned = write_manifest(fake, manifest, limit=400)  # planning needs no API call: only workers authenticate
+    cluster.start_worker("w1", concurrency=ERROR_WORKERS)  # two pool processes, each with its own auth
+
+    result = cluster.cli("purge", "--manifest", str(manifest), "--wait", "--json", timeout=120)
+
+    stats = fake.stats()
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    reason = report["reason"] or ""
+    print(
+        f"{case}: exit {result.returncode}, status {report['status']}, API requests {stats['requests_total']} "
+        f"(401s {stats['auth_failures']}), IAM requests {stats['iam_requests']}, outcomes "
+        f"{ {k: v for k, v in report['outcomes'].items() if v} }\n  reason: {reason}"
+    )
+    assert report["status"] == "aborted", report
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert report["selected"] == planned == 400
+    assert_adds_up(report)
+    # One line, saying what to fix.
+    assert reason and "\n" not in reason
+    for words in must_name:
+        assert words.lower() in reason.lower(), f"the reason should name {words!r}: {reason}"
+    # No retry storm: only what was already in flight when the first refusal stopped the run.
+    assert stats["requests_total"] <= IN_FLIGHT_BOUND, stats
+    assert stats["deletes_accepted"] == 0
+    assert report["outcomes"]["aborted"] >= planned - IN_FLIGHT_BOUND
+    assert report["outcomes"]["failed"] <= IN_FLIGHT_BOUND
+    if case == "wrong-iam-password":
+        assert stats["requests_total"] == 0  # nothing reaches the API without a token
+        # The refusal is remembered fleet-wide (in Redis); one login per process at most here (the
+        # strict "one login" is test_a_refused_iam_login_is_tried_once_by_a_fleet_starting_together).
+        assert 1 <= stats["iam_requests"] <= ERROR_WORKERS
+        assert stats["tokens_issued"] == 0
+    else:
+        assert stats["iam_requests"] == 0
+        assert 1 <= stats["auth_failures"] == stats["requests_total"]
+
+
+@pytest.mark.parametrize("case", list(BAD_CREDENTIALS))
+def test_the_cli_listing_with_credentials_that_cannot_work_says_what_to_fix(make_cluster: Any, case: str) -> None:
+    auth, overrides, must_name = BAD_CREDENTIALS[case]
+    cluster, fake = make_cluster(auth, fake_config(**overrides))
+
+    result = cluster.cli("purge", "--wait", "--json", timeout=120)  # lists the shares itself: no run is planned
+
+    stats = fake.stats()
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    print(f"{case}: exit {result.returncode}, API requests {stats['requests_total']}, IAM {stats['iam_requests']}")
+    print("  " + "\n  ".join(errors))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    for words in must_name:
+        assert words.lower() in errors[0].lower(), f"the error should name {words!r}: {errors[0]}"
+    assert stats["requests_total"] <= 1
+    assert stats["iam_requests"] <= 1
+    assert stats["deletes_accepted"] == 0
+
+
+def test_a_refused_iam_login_is_tried_once_by_a_fleet_starting_together(redis_client: Any) -> None:
+    """Ten worker processes (ten providers, each with its own memory, one Redis) ask for a token
+    at the same moment with a wrong password: IAM must see one login, not one per process."""
+    import httpx
+    from pydantic import SecretStr
+
+    from worker.auth import AuthError, IamLogin, IamTokenProvider
+
+    fleet = 10
+    with FakeApi(fake_config(shares=1, tasks_per_share=5)) as fake:
+        login = IamLogin(
+            endpoint=fake.url,
+            user=USER,
+            password=SecretStr("Not-The-Password-1"),
+            domain=DOMAIN,
+            project_id=fake.project_id,
+        )
+        clients = [httpx.Client(timeout=10) for _ in range(fleet)]
+        providers = [IamTokenProvider(login, http=c, redis_client=redis_client) for c in clients]
+        barrier = threading.Barrier(fleet)
+        errors: list[str] = []
+
+        def ask(provider: IamTokenProvider) -> None:
+            barrier.wait()
+            try:
+                provider.token()
+            except AuthError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in providers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for c in clients:
+            c.close()
+        stats = fake.stats()
+
+    print(f"{fleet} processes, wrong password: IAM requests {stats['iam_requests']}")
+    assert len(errors) == fleet and all("SFS_CLEANUP_IAM_PASSWORD" in e for e in errors)
+    assert stats["iam_requests"] == 1, stats["iam_by_status"]

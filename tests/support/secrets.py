@@ -5,6 +5,7 @@ the encoded forms a leaked secret could take."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -124,10 +125,8 @@ def _kombu_bodies(text: str) -> list[str]:
         body = item["body"]
         props = item.get("properties") or {}
         if isinstance(body, str) and props.get("body_encoding") == "base64":
-            try:
+            with contextlib.suppress(ValueError):
                 found.append(base64.b64decode(body).decode("utf-8", errors="replace"))
-            except ValueError:
-                pass
         found.append(json.dumps(item.get("headers", {})))
     return found
 
@@ -306,4 +305,3 @@ def forget_tokens(fake: FakeApi) -> int:
         return count
 
     return fake._on_loop(clear)
-

@@ -1,0 +1,330 @@
+"""Prometheus metrics for dashboards, read from Redis on every scrape.
+
+The collector keeps no counters of its own: each scrape reads the runs' ledgers, the queues
+and the fleet limiter from Redis, so the figures are fleet-wide and the same whichever process
+serves them (run one exporter, or several behind one scrape job). ``sfs-cleanup metrics``
+serves them on ``127.0.0.1:9808/metrics`` by default.
+
+Exported runs are bounded: the ``recent_runs`` newest runs plus every active run among the
+``scan_runs`` newest, so the number of series stays small however long the history is.
+
+======================================================  =======  =============================
+metric                                                  type     labels
+======================================================  =======  =============================
+``sfs_cleanup_up``                                      gauge    (1: Redis answered the scrape)
+``sfs_cleanup_scrape_duration_seconds``                 gauge
+``sfs_cleanup_queue_messages``                          gauge    queue (waiting jobs, LLEN)
+``sfs_cleanup_unacked_messages``                        gauge    (delivered, not yet acked)
+``sfs_cleanup_runs_active``                             gauge
+``sfs_cleanup_run_info``                                gauge    run_id, status, trigger, dry_run
+``sfs_cleanup_run_selected_tasks``                      gauge    run_id
+``sfs_cleanup_run_done_tasks``                          gauge    run_id (tasks with an outcome)
+``sfs_cleanup_run_pending_tasks``                       gauge    run_id
+``sfs_cleanup_run_open_batches``                        gauge    run_id (active runs)
+``sfs_cleanup_run_outcomes_total``                      counter  run_id, outcome
+``sfs_cleanup_run_attempts_total``                      counter  run_id
+``sfs_cleanup_run_retries_total``                       counter  run_id
+``sfs_cleanup_run_throttled_total``                     counter  run_id (429 answers)
+``sfs_cleanup_run_created_timestamp_seconds``           gauge    run_id
+``sfs_cleanup_run_finished_timestamp_seconds``          gauge    run_id (runs that are over)
+``sfs_cleanup_last_run_finished_timestamp_seconds``     gauge    trigger (newest run over)
+``sfs_cleanup_ratelimit_configured_rps``                gauge
+``sfs_cleanup_ratelimit_effective_rps``                 gauge    (lower after 429s)
+``sfs_cleanup_ratelimit_penalty_remaining_seconds``     gauge    (fleet pause after a 429)
+``sfs_cleanup_ratelimit_backlog_seconds``               gauge    (how far the GCRA runs ahead)
+``sfs_cleanup_ratelimit_circuit_state``                 gauge    state (1 for the current one)
+``sfs_cleanup_ratelimit_throttled_total``               counter  (429s reported to the limiter)
+``sfs_cleanup_ratelimit_circuit_opened_total``          counter
+======================================================  =======  =============================
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any
+
+import redis
+import typer
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from worker.audit import ACTIVE, OVER, Outcome
+from worker.celery_app import CONTROL_QUEUE, DELETE_QUEUE
+from worker.keys import Keys
+from worker.settings import Settings, SettingsError, load_settings
+
+DEFAULT_PORT = 9808
+PREFIX = "sfs_cleanup_"
+_ACTIVE = {s.value for s in ACTIVE}
+_OVER = {s.value for s in OVER}
+# kombu's Redis transport keeps priorities 3, 6 and 9 in lists of their own next to the queue.
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = ("3", "6", "9")
+_UNACKED_KEY = "unacked"
+_CIRCUIT_STATES = ("closed", "open", "half-open")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _num(value: str | None, default: float = 0.0) -> float:
+    try:
+        return float(value) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+# Per-run families: name -> (counter?, help, labels after run_id).
+_RUN_FAMILIES: dict[str, tuple[bool, str, tuple[str, ...]]] = {
+    "run_info": (False, "A run (value 1) with its status, trigger and dry-run flag.", ("status", "trigger", "dry_run")),
+    "run_selected_tasks": (False, "Tasks selected by the run's frozen plan (-1 while planning).", ()),
+    "run_done_tasks": (False, "Selected tasks that have their final outcome.", ()),
+    "run_pending_tasks": (False, "Selected tasks still without an outcome.", ()),
+    "run_open_batches": (False, "Batches of an active run with tasks still to do.", ()),
+    "run_outcomes": (True, "Final outcomes of a run's tasks, by outcome.", ("outcome",)),
+    "run_attempts": (True, "Attempts recorded for a run's tasks (API calls and local verdicts).", ()),
+    "run_retries": (True, "Retries after 5xx answers, busy codes or lost connections.", ()),
+    "run_throttled": (True, "429 (throttled) answers during the run.", ()),
+    "run_created_timestamp_seconds": (False, "When the run was created (epoch seconds).", ()),
+    "run_finished_timestamp_seconds": (False, "When the run ended (epoch seconds).", ()),
+}
+
+
+def _run_families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+    for name, (is_counter, doc, labels) in _RUN_FAMILIES.items():
+        kind = CounterMetricFamily if is_counter else GaugeMetricFamily
+        families[name] = kind(PREFIX + name, doc, labels=["run_id", *labels])
+    return families
+
+
+class FleetCollector:
+    """A prometheus_client custom collector over the fleet's Redis state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        recent_runs: int = 20,
+        scan_runs: int = 200,
+        queues: Iterable[str] = (DELETE_QUEUE, CONTROL_QUEUE),
+        redis_client: redis.Redis | None = None,
+        broker_client: redis.Redis | None = None,
+    ) -> None:
+        self.settings = settings
+        self.recent_runs = recent_runs
+        self.scan_runs = max(scan_runs, recent_runs)
+        self.queues = tuple(queues)
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis_client or redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=3, socket_timeout=5
+        )
+        broker_url = settings.broker_url or settings.redis_url
+        if broker_client is not None:
+            self.broker = broker_client
+        elif broker_url == settings.redis_url:
+            self.broker = self.redis
+        else:
+            self.broker = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=5)
+        self._limiter: Any = None
+
+    def describe(self) -> list[Metric]:
+        return []  # names are not registered up front: registration must not touch Redis
+
+    def collect(self) -> Iterator[Metric]:
+        start = time.perf_counter()
+        try:
+            families = [*self._queues(), *self._runs(), *self._ratelimit()]
+            up = 1.0
+        except redis.RedisError:
+            families, up = [], 0.0
+        yield GaugeMetricFamily(PREFIX + "up", "1 if Redis answered this scrape, else 0.", value=up)
+        yield from families
+        yield GaugeMetricFamily(
+            PREFIX + "scrape_duration_seconds",
+            "Seconds this scrape took to read Redis.",
+            value=time.perf_counter() - start,
+        )
+
+    # --- queues ---------------------------------------------------------------------------
+    def _queues(self) -> list[Metric]:
+        pipe = self.broker.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.llen(queue)
+            for step in _PRIORITY_STEPS:
+                pipe.llen(f"{queue}{_PRIORITY_SEP}{step}")
+        pipe.hlen(_UNACKED_KEY)
+        answers = [int(a) for a in pipe.execute()]
+        depth = GaugeMetricFamily(PREFIX + "queue_messages", "Jobs waiting in a Celery queue.", labels=["queue"])
+        width = 1 + len(_PRIORITY_STEPS)
+        for index, queue in enumerate(self.queues):
+            depth.add_metric([queue], sum(answers[index * width : (index + 1) * width]))
+        unacked = GaugeMetricFamily(
+            PREFIX + "unacked_messages",
+            "Jobs delivered to a worker and not yet acknowledged (all queues).",
+            value=answers[-1],
+        )
+        return [depth, unacked]
+
+    # --- runs -----------------------------------------------------------------------------
+    def _chosen_runs(self) -> list[str]:
+        ids = [_text(r) for r in self.redis.zrevrange(self.keys.runs, 0, self.scan_runs - 1)]
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hget(self.keys.run(run_id), "status")
+        statuses = [_text(s) if s is not None else "" for s in pipe.execute()]
+        return [
+            run_id
+            for n, (run_id, s) in enumerate(zip(ids, statuses, strict=True))
+            if n < self.recent_runs or s in _ACTIVE
+        ]
+
+    def _runs(self) -> list[Metric]:
+        run_ids = self._chosen_runs()
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hgetall(self.keys.run(run_id))
+            pipe.scard(self.keys.open_batches(run_id))
+        answers = pipe.execute()
+        f = _run_families()
+        active = 0
+        newest_end: dict[str, float] = {}
+        for n, run_id in enumerate(run_ids):
+            raw, batches_open = answers[2 * n], int(answers[2 * n + 1])
+            meta = {_text(k): _text(v) for k, v in raw.items()}
+            if not meta:
+                continue  # expired between the two reads
+            status, trigger = meta.get("status", ""), meta.get("trigger", "")
+            one = [run_id]
+            f["run_info"].add_metric([run_id, status, trigger, "true" if meta.get("dry_run") == "1" else "false"], 1)
+            total, finals = _num(meta.get("selected"), -1.0), _num(meta.get("finals"))
+            f["run_selected_tasks"].add_metric(one, total)
+            f["run_done_tasks"].add_metric(one, finals)
+            f["run_pending_tasks"].add_metric(one, max(0.0, total - finals) if total >= 0 else 0.0)
+            for outcome in Outcome:
+                f["run_outcomes"].add_metric([run_id, outcome.value], _num(meta.get(f"n:{outcome.value}")))
+            for name, field in (
+                ("run_attempts", "attempts"),
+                ("run_retries", "retries"),
+                ("run_throttled", "throttled"),
+            ):
+                f[name].add_metric(one, _num(meta.get(field)))
+            f["run_created_timestamp_seconds"].add_metric(one, _num(meta.get("created_at")))
+            if status in _ACTIVE:
+                active += 1
+                f["run_open_batches"].add_metric(one, batches_open)
+            if status in _OVER and meta.get("finished_at"):
+                end = _num(meta.get("finished_at"))
+                f["run_finished_timestamp_seconds"].add_metric(one, end)
+                newest_end[trigger] = max(newest_end.get(trigger, 0.0), end)
+        last = GaugeMetricFamily(
+            PREFIX + "last_run_finished_timestamp_seconds",
+            "When the newest exported run of each trigger ended (epoch seconds).",
+            labels=["trigger"],
+        )
+        for trigger, end in sorted(newest_end.items()):
+            last.add_metric([trigger], end)
+        runs_active = GaugeMetricFamily(
+            PREFIX + "runs_active", "Runs running or stopping (among the newest scanned).", value=active
+        )
+        return [runs_active, *f.values(), last]
+
+    # --- the fleet limiter ----------------------------------------------------------------
+    def _ratelimit(self) -> list[Metric]:
+        s = self.settings
+        if s.project_id is None or s.api_endpoint is None:
+            return []
+        if self._limiter is None:
+            from worker.ratelimit import FleetLimiter
+
+            self._limiter = FleetLimiter.from_settings(self.redis, s)
+        state: dict[str, Any] = self._limiter.state()
+        families: list[Metric] = [
+            GaugeMetricFamily(
+                PREFIX + "ratelimit_configured_rps",
+                "Requests per second allowed to the whole fleet.",
+                value=state["configured_rate"],
+            ),
+            GaugeMetricFamily(
+                PREFIX + "ratelimit_effective_rps",
+                "Requests per second allowed now (cut after 429s, recovering).",
+                value=state["effective_rate"],
+            ),
+            GaugeMetricFamily(
+                PREFIX + "ratelimit_penalty_remaining_seconds",
+                "Seconds the fleet still pauses after a 429.",
+                value=state["penalty_remaining_s"],
+            ),
+            GaugeMetricFamily(
+                PREFIX + "ratelimit_backlog_seconds",
+                "How far the limiter's schedule runs ahead of now (the fleet's wait for a slot).",
+                value=state["tat_ahead_s"],
+            ),
+            CounterMetricFamily(
+                PREFIX + "ratelimit_throttled",
+                "429 answers reported to the fleet limiter.",
+                value=state["throttled_count"],
+            ),
+            CounterMetricFamily(
+                PREFIX + "ratelimit_circuit_opened",
+                "Times the 5xx circuit opened.",
+                value=state["opened_count"],
+            ),
+        ]
+        circuit = GaugeMetricFamily(
+            PREFIX + "ratelimit_circuit_state", "The 5xx circuit: 1 for its current state.", labels=["state"]
+        )
+        for name in _CIRCUIT_STATES:
+            circuit.add_metric([name], 1.0 if state["circuit"] == name else 0.0)
+        families.append(circuit)
+        return families
+
+
+def registry_for(settings: Settings, **collector_args: Any) -> CollectorRegistry:
+    """A registry holding only the fleet collector (no process metrics of the serving process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(settings, **collector_args))
+    return registry
+
+
+def serve_metrics(settings: Settings, port: int, addr: str = "127.0.0.1") -> tuple[Any, threading.Thread]:
+    """Serve ``/metrics`` on ``addr:port`` from a daemon thread; returns (server, thread).
+
+    ``port=0`` picks a free port: read it from ``server.server_port``.
+    """
+    server, thread = start_http_server(port, addr=addr, registry=registry_for(settings))
+    return server, thread
+
+
+def metrics(
+    port: Annotated[
+        int | None, typer.Option(help=f"Port to serve on (default: SFS_CLEANUP_METRICS_PORT, else {DEFAULT_PORT}).")
+    ] = None,
+    address: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
+) -> None:
+    """Serve Prometheus metrics (runs, outcomes, retries, 429s, queue depth, limiter) read from Redis."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for line in exc.lines:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+    chosen = port if port is not None else (settings.metrics_port or DEFAULT_PORT)
+    try:
+        server, _ = serve_metrics(settings, chosen, address)
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {address}:{chosen}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"serving metrics on http://{address}:{server.server_port}/metrics")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()

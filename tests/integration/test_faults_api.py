@@ -1,0 +1,197 @@
+"""The API goes down mid-run: the fleet backs off, resumes, and fails only what outlived its budget.
+
+Real Redis, real workers, the fake API answering 503 ``APIGW.0201`` during the outage. Figures
+are printed with ``[figure]`` (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler.fakeapi.config import FakeConfig
+from scheduler.fakeapi.server import FakeApi
+from tests.support.cluster import Cluster
+from tests.support.faults import (
+    FAST,
+    RunView,
+    assert_one_outcome_per_task,
+    background_cli,
+    explain_duplicates,
+    export_rows,
+    figure,
+    running,
+)
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_S = 60.0
+
+
+def deletes(fake: FakeApi) -> dict[str, int]:
+    return dict(fake.stats()["requests_by_method_status"].get("DELETE", {}))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeApi]:
+    config = FakeConfig(shares=4, tasks_per_share=700, seed=51, latency_ms=20, deleting_seconds=0)
+    with FakeApi(config).start() as api:
+        yield api
+
+
+@pytest.fixture
+def view(redis_url: str) -> Iterator[RunView]:
+    v = RunView(redis_url)
+    yield v
+    v.close()
+
+
+def make_cluster(redis_url: str, fake: FakeApi, tmp: Path, **settings: str) -> Cluster:
+    return Cluster(redis_url=redis_url, fake=fake, tmp=tmp, settings={**FAST, **settings})
+
+
+@pytest.mark.slow
+def test_a_60s_outage_inside_the_retry_budget_fails_nothing(
+    redis_url: str, fake: FakeApi, view: RunView, tmp_path: Path
+) -> None:
+    size = 2000
+    cluster = make_cluster(
+        redis_url,
+        fake,
+        tmp_path,
+        # The run lasts long enough for an outage in the middle: 100 requests/s for the fleet.
+        SFS_CLEANUP_RATE_LIMIT="100",
+        SFS_CLEANUP_RATE_BURST="10",
+        # The default retry budget: 8 retries, backoff from 1 s doubling to 60 s (at least
+        # about 92 s of backoff in all, with equal jitter), and the default 60 s longest wait
+        # for a limiter slot. A job may wait out the outage, so its time limit is long.
+        SFS_CLEANUP_MAX_RETRIES="8",
+        SFS_CLEANUP_RETRY_BACKOFF_BASE_S="1",
+        SFS_CLEANUP_RETRY_BACKOFF_MAX_S="60",
+        SFS_CLEANUP_RATE_WAIT_MAX_S="60",
+        SFS_CLEANUP_JOB_TIME_LIMIT_S="300",
+        SFS_CLEANUP_VISIBILITY_TIMEOUT_S="400",
+    )
+    try:
+        cluster.start_worker("w1", concurrency=2)
+        cluster.start_worker("w2", concurrency=2)
+        with running(background_cli(cluster, "purge", "purge", "--max-deletions", str(size), "--wait", "--json")) as bg:
+            run_id = view.wait_run()
+            view.wait_finals(run_id, size // 5, timeout=120)
+            before = sum(deletes(fake).values())
+            rate_before = view.audit.rate_profile(run_id)["average_rps"]
+            fake.configure(outage=True, outage_status=503)
+            start = time.monotonic()
+            finals_at_start = view.finals(run_id)
+            time.sleep(OUTAGE_S)
+            fake.configure(outage=False)
+            ended = time.monotonic()
+            during = sum(deletes(fake).values()) - before
+            finals_at_end = view.finals(run_id)
+            view.wait_finals(run_id, finals_at_end + 1, timeout=120)
+            resumed = time.monotonic() - ended
+            code = bg.wait(240)
+            finished = time.monotonic() - ended
+            report = bg.report()
+    finally:
+        cluster.stop()
+
+    stats = fake.stats()
+    figure("request rate before the outage (/s)", rate_before)
+    figure("outage (s)", round(ended - start, 1))
+    figure("DELETEs sent during the 60 s outage", during)
+    figure("  answered 503 in all", stats["injected_faults"].get("outage", 0))
+    figure("outcomes written during the outage", finals_at_end - finals_at_start)
+    figure("outage end -> first new outcome (s)", round(resumed, 1))
+    figure("outage end -> run finished (s)", round(finished, 1))
+    figure("retries recorded", report["retries"])
+    assert code == 0, report
+    assert report["status"] == "finished"
+    rows = export_rows(cluster, run_id)
+    counted = assert_one_outcome_per_task(report, rows)
+    # Nothing that would have succeeded after the outage ended as failed.
+    assert counted == {"deleted": size}, counted
+    assert stats["deletes_accepted"] == size and stats["duplicate_deletes"] == 0
+    # The fleet backed off: at the rate before the outage it would have sent ~6,000 DELETEs.
+    assert during < 300, during
+    retried = [r for r in rows if r["attempts"] > 1]
+    assert retried and all(len(r["request_ids"]) == r["attempts"] for r in retried)
+
+
+@pytest.mark.slow
+def test_an_outage_longer_than_the_budget_fails_the_rest_and_replay_deletes_them(
+    redis_url: str, fake: FakeApi, view: RunView, tmp_path: Path
+) -> None:
+    size = 600
+    cluster = make_cluster(
+        redis_url,
+        fake,
+        tmp_path,
+        SFS_CLEANUP_RATE_LIMIT="100",
+        SFS_CLEANUP_RATE_BURST="10",
+        # A small budget: 2 retries with short backoff, and a task may wait for a limiter slot
+        # (the circuit holds the fleet while the API is down) 3 s at a time, 3 times.
+        SFS_CLEANUP_MAX_RETRIES="2",
+        SFS_CLEANUP_RETRY_BACKOFF_BASE_S="0.2",
+        SFS_CLEANUP_RETRY_BACKOFF_MAX_S="0.5",
+        SFS_CLEANUP_RATE_WAIT_MAX_S="3",
+        SFS_CLEANUP_MAX_THROTTLED_RETRIES="2",
+        SFS_CLEANUP_FAILURE_THRESHOLD_RATIO="1",  # this test is about failed tasks, not aborting
+    )
+    try:
+        cluster.start_worker("w1", concurrency=2)
+        with running(background_cli(cluster, "purge", "purge", "--max-deletions", str(size), "--wait", "--json")) as bg:
+            run_id = view.wait_run()
+            view.wait_finals(run_id, size // 4, timeout=120)
+            fake.configure(outage=True, outage_status=503)
+            start = time.monotonic()
+            code = bg.wait(240)
+            failed_all_after = time.monotonic() - start
+            report = bg.report()
+        rows = export_rows(cluster, run_id)
+        stats = fake.stats()
+        counted = assert_one_outcome_per_task(report, rows)
+        failed = [r for r in rows if r["outcome"] == "failed"]
+        sent = [r for r in failed if r["attempts"] > 0]
+        figure("outage start -> every remaining task settled (s)", round(failed_all_after, 1))
+        figure("outcomes", dict(counted))
+        figure("failed tasks with requests / held by the circuit, never sent", f"{len(sent)} / {len(failed) - len(sent)}")
+        figure("reasons of failed tasks", dict(_count(r["reason"] for r in failed)))
+        assert report["status"] == "finished" and code == 3, report  # 3: finished with failed tasks
+        assert failed and counted["deleted"] + len(failed) == size
+        # Each failed task that was sent carries every request ID, the last one's status and code.
+        for r in sent:
+            assert len(r["request_ids"]) == r["attempts"], r
+            assert r["last_http_status"] == 503 and r["error_code"] == "APIGW.0201", r
+        # Every 503 the fake sent is an attempt in the audit (none unaccounted for).
+        answered_503 = stats["requests_by_method_status"]["DELETE"].get("503", 0)
+        assert answered_503 == sum(r["attempts"] for r in sent)
+
+        # The API is back: replay the failed tasks as a new run linked to the old one.
+        fake.configure(outage=False)
+        replay = cluster.cli("runs", "replay", run_id, "--wait", "--json", timeout=240)
+        replayed: dict[str, Any] = json.loads(replay.stdout.strip().splitlines()[-1])
+    finally:
+        cluster.stop()
+    figure("replay", {k: replayed[k] for k in ("run_id", "parent_run", "status", "selected", "elapsed_s")})
+    assert replay.returncode == 0, replay.stderr
+    assert replayed["parent_run"] == run_id
+    assert replayed["status"] == "finished"
+    assert replayed["selected"] == len(failed)
+    assert replayed["outcomes"]["deleted"] == len(failed)
+    stats = fake.stats()
+    assert stats["deletes_accepted"] == size  # every selected task deleted once, across both runs
+    dups = explain_duplicates(fake, view, [run_id, replayed["run_id"]])
+    assert dups.total == 0
+
+
+def _count(values: Iterator[str] | Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out

@@ -1,0 +1,224 @@
+"""The Prometheus exporter against a real Redis: a crafted run, queues and the limiter, as exposition text."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+
+from scheduler.metrics import FleetCollector, registry_for, serve_metrics
+from worker.audit import Attempt, Audit, Batch, FinalOutcome, Outcome, RunStatus
+from worker.ratelimit import FleetLimiter
+from worker.redis_server import free_port
+from worker.settings import Settings, load_settings
+
+PROJECT = "0123456789abcdef0123456789abcdef"
+
+
+def settings_for(url: str, **extra: object) -> Settings:
+    return load_settings(redis_url=url, **extra)
+
+
+def scrape(settings: Settings, **collector_args: object) -> str:
+    return generate_latest(registry_for(settings, **collector_args)).decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in exposition text (labels must match exactly), or None."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
+        if found == labels:
+            return float(match.group(4))
+    return None
+
+
+def final(outcome: Outcome) -> FinalOutcome:
+    return FinalOutcome(outcome, time.time(), attempts=1, status=202, request_id="rid")
+
+
+def crafted_run(audit: Audit, run_id: str, *, trigger: str = "schedule") -> list[Batch]:
+    """A running run of 5 tasks in 2 batches: 2 deleted, 1 already gone, 1 failed, 1 to do."""
+    audit.create_run(run_id, {"trigger": trigger, "dry_run": False})
+    audit.add_batches(run_id, [(0, "share-a", ["t1", "t2", "t3"]), (1, "share-b", ["t4", "t5"])])
+    assert audit.freeze(run_id, 5, batches=2) is RunStatus.RUNNING
+    b0, b1 = (audit.batch(run_id, n) for n in (0, 1))
+    assert b0 is not None and b1 is not None
+    now = time.time()
+    audit.record(b0, "t1", attempt=Attempt(1, now, 500, "retryable"), bump="retries")
+    audit.record(b0, "t1", attempt=Attempt(2, now, 429, "throttled"), bump="throttled")
+    audit.record(b0, "t1", attempt=Attempt(3, now, 202, "deleted", "r3"), final=final(Outcome.DELETED))
+    audit.record(b0, "t2", attempt=Attempt(1, now, 202, "deleted", "r4"), final=final(Outcome.DELETED))
+    audit.record(b0, "t3", attempt=Attempt(1, now, 400, "gone", "r5"), final=final(Outcome.ALREADY_GONE))
+    audit.record(b1, "t4", attempt=Attempt(1, now, 403, "failed", "r6"), final=final(Outcome.FAILED))
+    return [b0, b1]
+
+
+def test_a_running_run_is_exported_with_its_progress_outcomes_retries_and_429s(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    settings = settings_for(redis_url)
+    crafted_run(Audit(redis_client), "20261129-020000-aaaaaa")
+
+    text = scrape(settings)
+
+    run = {"run_id": "20261129-020000-aaaaaa"}
+    assert sample(text, "sfs_cleanup_up") == 1.0
+    assert sample(text, "sfs_cleanup_runs_active") == 1.0
+    assert sample(text, "sfs_cleanup_run_info", **run, status="running", trigger="schedule", dry_run="false") == 1.0
+    assert sample(text, "sfs_cleanup_run_selected_tasks", **run) == 5.0
+    assert sample(text, "sfs_cleanup_run_done_tasks", **run) == 4.0
+    assert sample(text, "sfs_cleanup_run_pending_tasks", **run) == 1.0
+    assert sample(text, "sfs_cleanup_run_open_batches", **run) == 1.0  # batch 0 is complete
+    assert sample(text, "sfs_cleanup_run_outcomes_total", **run, outcome="deleted") == 2.0
+    assert sample(text, "sfs_cleanup_run_outcomes_total", **run, outcome="already_gone") == 1.0
+    assert sample(text, "sfs_cleanup_run_outcomes_total", **run, outcome="failed") == 1.0
+    assert sample(text, "sfs_cleanup_run_outcomes_total", **run, outcome="aborted") == 0.0
+    assert sample(text, "sfs_cleanup_run_attempts_total", **run) == 6.0
+    assert sample(text, "sfs_cleanup_run_retries_total", **run) == 1.0
+    assert sample(text, "sfs_cleanup_run_throttled_total", **run) == 1.0
+    created = sample(text, "sfs_cleanup_run_created_timestamp_seconds", **run)
+    assert created is not None and abs(created - time.time()) < 60
+    assert sample(text, "sfs_cleanup_run_finished_timestamp_seconds", **run) is None  # still running
+    assert "# TYPE sfs_cleanup_run_outcomes_total counter" in text
+    assert "# TYPE sfs_cleanup_run_done_tasks gauge" in text
+
+
+def test_a_finished_run_stops_being_active_and_sets_the_last_run_time(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    audit = Audit(redis_client)
+    _, b1 = crafted_run(audit, "r-done", trigger="message")
+    audit.record(b1, "t5", final=final(Outcome.SKIPPED))
+
+    text = scrape(settings_for(redis_url))
+
+    assert sample(text, "sfs_cleanup_runs_active") == 0.0
+    assert sample(text, "sfs_cleanup_run_info", run_id="r-done", status="finished", trigger="message", dry_run="false")
+    assert sample(text, "sfs_cleanup_run_pending_tasks", run_id="r-done") == 0.0
+    assert sample(text, "sfs_cleanup_run_open_batches", run_id="r-done") is None
+    ended = sample(text, "sfs_cleanup_run_finished_timestamp_seconds", run_id="r-done")
+    assert (
+        ended is not None
+        and sample(text, "sfs_cleanup_last_run_finished_timestamp_seconds", trigger="message") == ended
+    )
+    outcomes = [sample(text, "sfs_cleanup_run_outcomes_total", run_id="r-done", outcome=o.value) for o in Outcome]
+    assert sum(v or 0 for v in outcomes) == sample(text, "sfs_cleanup_run_selected_tasks", run_id="r-done") == 5.0
+
+
+def test_runs_are_bounded_to_the_newest_plus_every_active_one(redis_url: str, redis_client: redis.Redis) -> None:
+    audit = Audit(redis_client)
+    crafted_run(audit, "old-active")  # the oldest run, still running
+    for n in range(5):
+        run_id = f"done-{n}"
+        audit.create_run(run_id, {"trigger": "cli"})
+        audit.freeze(run_id, 0)  # nothing selected: over at once
+    # Scores are creation times; make the order explicit.
+    redis_client.zadd(audit.keys.runs, {"old-active": 1, **{f"done-{n}": 10 + n for n in range(5)}})
+
+    text = scrape(settings_for(redis_url), recent_runs=2, scan_runs=50)
+
+    exported = set(re.findall(r'sfs_cleanup_run_selected_tasks\{run_id="([^"]+)"\}', text))
+    assert exported == {"done-4", "done-3", "old-active"}
+
+
+def test_queue_depth_counts_every_priority_list_and_unacked_jobs(redis_url: str, redis_client: redis.Redis) -> None:
+    redis_client.lpush("sfs.delete", "a", "b", "c")
+    redis_client.lpush("sfs.delete\x06\x169", "d")
+    redis_client.lpush("sfs.control", "e")
+    redis_client.hset("unacked", mapping={"tag1": "x", "tag2": "y"})
+
+    text = scrape(settings_for(redis_url))
+
+    assert sample(text, "sfs_cleanup_queue_messages", queue="sfs.delete") == 4.0
+    assert sample(text, "sfs_cleanup_queue_messages", queue="sfs.control") == 1.0
+    assert sample(text, "sfs_cleanup_unacked_messages") == 2.0
+
+
+def test_the_fleet_limiter_state_is_exported_when_the_api_is_configured(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    settings = settings_for(redis_url, project_id=PROJECT, api_endpoint="https://sfs.example.com", rate_limit=20.0)
+    text = scrape(settings)
+    assert sample(text, "sfs_cleanup_ratelimit_configured_rps") == 20.0
+    assert sample(text, "sfs_cleanup_ratelimit_throttled_total") == 0.0
+    assert sample(text, "sfs_cleanup_ratelimit_circuit_state", state="closed") == 1.0
+
+    FleetLimiter.from_settings(redis_client, settings).throttled(5.0)  # one 429 with Retry-After: 5
+    text = scrape(settings)
+
+    assert sample(text, "sfs_cleanup_ratelimit_throttled_total") == 1.0
+    effective = sample(text, "sfs_cleanup_ratelimit_effective_rps")
+    assert effective is not None and effective < 20.0
+    penalty = sample(text, "sfs_cleanup_ratelimit_penalty_remaining_seconds")
+    assert penalty is not None and 3.0 < penalty <= 5.0
+    assert sample(text, "sfs_cleanup_ratelimit_circuit_state", state="open") == 0.0
+
+    no_api = scrape(settings_for(redis_url))
+    assert "sfs_cleanup_ratelimit_" not in no_api
+
+
+def test_an_unreachable_redis_gives_up_0_and_no_stale_figures() -> None:
+    settings = settings_for(f"redis://127.0.0.1:{free_port()}/0")
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+
+    text = generate_latest(_registry(FleetCollector(settings, redis_client=client))).decode()
+
+    assert sample(text, "sfs_cleanup_up") == 0.0
+    assert "sfs_cleanup_queue_messages" not in text and "sfs_cleanup_run_" not in text
+
+
+def test_serve_metrics_answers_on_loopback(redis_url: str, redis_client: redis.Redis) -> None:
+    crafted_run(Audit(redis_client), "served")
+    server, _thread = serve_metrics(settings_for(redis_url), 0)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=10) as answer:
+            assert answer.status == 200
+            text = answer.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sample(text, "sfs_cleanup_run_done_tasks", run_id="served") == 4.0
+    assert server.server_address[0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("port", [None, 9999])
+def test_the_metrics_command_parses_its_options(port: int | None) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from scheduler import metrics as module
+
+    calls: list[tuple[int, str]] = []
+
+    def fake_serve(settings: Settings, port: int, addr: str = "127.0.0.1") -> tuple[object, object]:
+        calls.append((port, addr))
+        raise OSError(98, "Address already in use")
+
+    app = typer.Typer()
+    app.command()(module.metrics)
+    app.command("other")(lambda: None)  # two commands: typer keeps "metrics" as a subcommand
+    original = module.serve_metrics
+    module.serve_metrics = fake_serve  # type: ignore[assignment]
+    try:
+        args = ["metrics"] + (["--port", str(port)] if port else [])
+        result = CliRunner().invoke(app, args, env={"SFS_CLEANUP_METRICS_PORT": "9100"})
+    finally:
+        module.serve_metrics = original
+    assert result.exit_code == 2, result.output
+    assert calls == [(port or 9100, "127.0.0.1")]
+    assert "cannot listen on 127.0.0.1" in result.output
+
+
+def _registry(collector: FleetCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
