@@ -83,7 +83,11 @@ def friendly(func: F) -> F:
 
 
 def context() -> Context:
-    return Context(load_settings())
+    from worker.logging import setup_process_logging
+
+    settings = load_settings()
+    setup_process_logging(settings)  # logs to stderr: stdout stays for reports and --json
+    return Context(settings)
 
 
 def _print_json(data: Any) -> None:

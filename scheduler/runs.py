@@ -18,6 +18,7 @@ from scheduler.inventory import InventoryItem, Rejected, read_live, read_manifes
 from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
 from scheduler.report import run_report
+from worker.answers import Verdict
 from worker.audit import OVER, Outcome, RunStatus, new_run_id
 from worker.client import ApiError
 from worker.models import TaskInfo
@@ -47,6 +48,8 @@ def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iter
                     client, project_id, [share_id], statuses=list(policy.statuses), types=list(policy.types)
                 )
             except ApiError as exc:
+                if exc.answer.verdict in (Verdict.FATAL, Verdict.AUTH_RENEW):
+                    raise  # credentials or endpoint that no share can get past: stop, say what to fix
                 yield Rejected(f"live:{share_id}", 0, f"listing failed: {exc.answer.describe()}", share_id)
 
     return listed(), "live:" + ",".join(shares)

@@ -123,7 +123,8 @@ class ApiAnswer:
             parts.append(repr(self.error_msg))
         if self.request_id:
             parts.append(f"request_id={self.request_id}")
-        hint = AUTH_HINTS.get(self.error_code or "") if self.verdict is Verdict.FATAL else None
+        # AUTH_RENEW reaches a person only when renewing could not help (a given token, AK/SK).
+        hint = AUTH_HINTS.get(self.error_code or "") if self.verdict in (Verdict.FATAL, Verdict.AUTH_RENEW) else None
         if hint:
             parts.append(f"({hint})")
         return " ".join(parts)

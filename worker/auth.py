@@ -465,6 +465,11 @@ class IamTokenProvider:
         shared = self._usable(self._read_shared(), rejected, now)
         if shared is not None and shared.fresh(now, self._renew_before_s):
             return shared
+        # ... or refused a login just before releasing it: one refusal is enough for the fleet.
+        if (failure := self._remembered_failure()) is not None:
+            if fallback is not None:
+                return fallback
+            raise failure
         try:
             return self._fetch_and_store(after_rejection=rejected is not None)
         except AuthError as exc:

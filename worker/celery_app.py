@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from celery import Celery
 from celery.schedules import crontab
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
     the control queue (message triggers, the nightly purge, the reconciler).
     """
     app = Celery("sfs_cleanup", broker=settings.broker_url, set_as_current=False)
+    beat_url, beat_auth = split_credentials(settings.redis_url)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -77,10 +79,13 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
         # RedBeat: the schedule and its lock live in Redis, so two beat processes can run for
         # high availability; only the lock holder sends. Failover takes redbeat_lock_timeout.
         beat_scheduler="redbeat.RedBeatScheduler",
-        redbeat_redis_url=settings.redis_url,
+        # The password goes in the options, not the URL: `celery inspect conf` (Flower's worker page)
+        # masks keys named like a password, not a URL under an unusual key.
+        redbeat_redis_url=beat_url,
         redbeat_key_prefix=f"{settings.key_prefix}:beat:",
         # Explicit, so RedBeat does not fall back to the broker's transport options (deprecated).
-        redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 30, "health_check_interval": 25},
+        redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 30, "health_check_interval": 25}
+        | beat_auth,
         redbeat_lock_timeout=90,
         beat_max_loop_interval=15,
     )
@@ -94,7 +99,8 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
             "options": {"queue": CONTROL_QUEUE},
         }
     app.conf.beat_schedule = schedule
-    app.conf.sfs_settings = settings
+    app.conf.result_expires = None  # no result backend: beat adds no daily celery.backend_cleanup job
+    app.sfs_settings = settings  # not in app.conf: workers show their conf to Flower (Redis URLs and all)
     from worker.flower import configure_flower
 
     configure_flower(settings)  # `celery -A worker flower`: basic auth from SFS_CLEANUP_FLOWER_BASIC_AUTH
@@ -111,5 +117,19 @@ def default_app() -> Celery:
 
 
 def settings_of(app: Celery) -> Settings:
-    settings: Settings = app.conf.sfs_settings
+    settings: Settings = app.sfs_settings
     return settings
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """A Redis URL without its user name and password, and those as client options."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    options = {"username": unquote(parts.username)} if parts.username else {}
+    if parts.password is not None:
+        options["password"] = unquote(parts.password)
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}", options

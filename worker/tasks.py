@@ -12,7 +12,7 @@ import structlog
 from celery import Celery, Task, signals
 
 from worker.celery_app import PURGE_BATCH, settings_of
-from worker.logging import configure_logging, register_secret
+from worker.logging import setup_process_logging
 from worker.purge import BatchJob
 from worker.runtime import close_runtime, get_runtime
 
@@ -35,10 +35,7 @@ def register(app: Celery) -> None:
 
     @signals.setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
-        configure_logging(settings.log_level, settings.log_format)
-        for secret in (settings.auth_token, settings.iam_password, settings.secret_key, settings.security_token):
-            if secret is not None:
-                register_secret(secret.get_secret_value())
+        setup_process_logging(settings)
 
     @signals.task_prerun.connect(weak=False)
     def _bind(task_id: str | None = None, task: Any = None, **_: Any) -> None:

@@ -6,8 +6,13 @@ IAM issues short-lived tokens on demand).
    (with and without a security token); IAM tokens that live seconds are renewed mid-run by a
    handful of logins, and tokens revoked mid-run are replaced by one re-login.
 2. Credentials that cannot work (a wrong IAM password, an unknown AK, a wrong SK, a client
-   clock 20 minutes off) end the run as ``aborted`` (exit code 4) with one reason line that
-   names what to fix, after a handful of requests: no retry storm, no login storm.
+   clock 20 minutes off, a token the gateway does not know) end the run as ``aborted`` (exit
+   code 4) with one reason line that names what to fix, after a handful of requests: no retry
+   storm, no login storm (a fleet starting together tries a refused password once). When the
+   CLI's own listing meets them, it prints one ``error:`` line and exits 2.
+
+The client clock is skewed with the fake's ``clock_offset_s`` (its gateway's clock is moved,
+which is the same thing as seen from the signature check).
 """
 
 from __future__ import annotations
@@ -100,10 +105,8 @@ def test_purge_succeeds_in_each_auth_mode(make_cluster: Any, mode: str) -> None:
 
     result = cluster.cli("purge", "--wait", "--json")  # the live listing authenticates too
 
-    code, stats = result.returncode, fake.stats()
-    print(f"{mode}: selected {report_of(result)['selected']}, stats {_auth_figures(stats)}")
-    # --json: standard output is the report, one JSON object, nothing else (logs go to stderr).
-    report = json.loads(result.stdout)
+    code, stats, report = result.returncode, fake.stats(), report_of(result)
+    print(f"{mode}: selected {report['selected']}, stats {_auth_figures(stats)}")
     assert report["status"] == "finished", report
     assert code == 0, report
     assert_adds_up(report)
@@ -116,6 +119,16 @@ def test_purge_succeeds_in_each_auth_mode(make_cluster: Any, mode: str) -> None:
         assert stats["tokens_issued"] == 1, stats
     else:
         assert stats["iam_requests"] == 0
+    # --json: standard output is the report, one JSON object, nothing else (logs belong on stderr).
+    others = result.stdout.strip().splitlines()[:-1]
+    assert not others, f"--json printed more than the report on stdout: {others}"
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def report_of(result: Any) -> dict[str, Any]:
@@ -305,12 +318,15 @@ def test_the_cli_listing_with_credentials_that_cannot_work_says_what_to_fix(make
     result = cluster.cli("purge", "--wait", "--json", timeout=120)  # lists the shares itself: no run is planned
 
     stats = fake.stats()
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    # Anything else on stderr must be a structured log record (JSON), not a stack or free text.
+    assert all(_is_json_object(line) for line in lines if not line.startswith("error:")), lines
     print(f"{case}: exit {result.returncode}, API requests {stats['requests_total']}, IAM {stats['iam_requests']}")
-    print("  " + "\n  ".join(errors))
+    print("  " + "\n  ".join(lines))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
-    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert len(errors) == 1, lines
     for words in must_name:
         assert words.lower() in errors[0].lower(), f"the error should name {words!r}: {errors[0]}"
     assert stats["requests_total"] <= 1

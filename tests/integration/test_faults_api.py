@@ -135,12 +135,14 @@ def test_an_outage_longer_than_the_budget_fails_the_rest_and_replay_deletes_them
         SFS_CLEANUP_RATE_LIMIT="100",
         SFS_CLEANUP_RATE_BURST="10",
         # A small budget: 2 retries with short backoff, and a task may wait for a limiter slot
-        # (the circuit holds the fleet while the API is down) 3 s at a time, 3 times.
+        # (the circuit holds the fleet while the API is down) 1 s at a time, twice. Wide jobs,
+        # so the waiting tasks use up their budget side by side.
         SFS_CLEANUP_MAX_RETRIES="2",
         SFS_CLEANUP_RETRY_BACKOFF_BASE_S="0.2",
         SFS_CLEANUP_RETRY_BACKOFF_MAX_S="0.5",
-        SFS_CLEANUP_RATE_WAIT_MAX_S="3",
-        SFS_CLEANUP_MAX_THROTTLED_RETRIES="2",
+        SFS_CLEANUP_RATE_WAIT_MAX_S="1",
+        SFS_CLEANUP_MAX_THROTTLED_RETRIES="1",
+        SFS_CLEANUP_BATCH_CONCURRENCY="32",
         SFS_CLEANUP_FAILURE_THRESHOLD_RATIO="1",  # this test is about failed tasks, not aborting
     )
     try:
@@ -160,7 +162,7 @@ def test_an_outage_longer_than_the_budget_fails_the_rest_and_replay_deletes_them
         sent = [r for r in failed if r["attempts"] > 0]
         figure("outage start -> every remaining task settled (s)", round(failed_all_after, 1))
         figure("outcomes", dict(counted))
-        figure("failed tasks with requests / held by the circuit, never sent", f"{len(sent)} / {len(failed) - len(sent)}")
+        figure("failed tasks sent / held by the circuit, never sent", f"{len(sent)} / {len(failed) - len(sent)}")
         figure("reasons of failed tasks", dict(_count(r["reason"] for r in failed)))
         assert report["status"] == "finished" and code == 3, report  # 3: finished with failed tasks
         assert failed and counted["deleted"] + len(failed) == size
@@ -195,3 +197,101 @@ def _count(values: Iterator[str] | Any) -> dict[str, int]:
     for v in values:
         out[v] = out.get(v, 0) + 1
     return out
+
+
+# --- blast radius: the failure threshold and cancel ------------------------------------------------
+def test_the_fakes_permanent_error_ratio_refuses_the_same_tasks_every_time(fake: FakeApi) -> None:
+    import httpx
+
+    fake.configure(permanent_error_ratio=0.5)
+    share = fake.share_ids[0]
+    tasks = [t["task_id"] for t in fake.tasks(share) if t["status"] == "SUCCESS"][:200]
+    url = f"{fake.url}/v1/{fake.project_id}/sfs-turbo/{share}/hpc-cache/task"
+    headers = {"X-Auth-Token": fake.token}
+    with httpx.Client(headers=headers) as client:
+        first = {t: client.delete(f"{url}/{t}") for t in tasks}
+        refused = {t for t, r in first.items() if r.status_code == 400}
+        again = {t: client.delete(f"{url}/{t}").status_code for t in refused}
+    assert 60 < len(refused) < 140  # about half, chosen by a stable hash of the task ID
+    assert all(first[t].json() == {"errCode": "SFS.TURBO.0001", "errMsg": "parameter error"} for t in refused)
+    assert set(again.values()) == {400}  # permanent: the same answer on every try
+    assert all(first[t].status_code == 202 for t in set(tasks) - refused)
+    assert fake.stats()["injected_faults"]["permanent_error_ratio"] == 2 * len(refused)
+
+
+@pytest.mark.slow
+def test_failure_threshold_stops_the_run_and_the_rest_end_aborted(
+    redis_url: str, fake: FakeApi, view: RunView, tmp_path: Path
+) -> None:
+    size = 2000
+    fake.configure(permanent_error_ratio=0.8)  # 4 in 5 deletes refused for good (400 SFS.TURBO.0001)
+    cluster = make_cluster(
+        redis_url,
+        fake,
+        tmp_path,
+        SFS_CLEANUP_RATE_LIMIT="200",
+        SFS_CLEANUP_FAILURE_THRESHOLD_RATIO="0.5",
+        SFS_CLEANUP_FAILURE_THRESHOLD_MIN_ATTEMPTS="50",
+    )
+    try:
+        cluster.start_worker("w1", concurrency=2)
+        code, report = cluster.purge_json("--max-deletions", str(size), "--wait", timeout=240)
+        run_id = report["run_id"]
+        rows = export_rows(cluster, run_id)
+    finally:
+        cluster.stop()
+    stats = fake.stats()
+    counted = assert_one_outcome_per_task(report, rows)
+    sent = sum(deletes(fake).values())
+    figure("threshold", "50% failed after 50 attempted")
+    figure("outcomes", dict(counted))
+    figure("DELETEs sent before the run stopped itself", f"{sent} of {size} tasks")
+    figure("reason", report["reason"])
+    assert code == 4 and report["status"] == "aborted", report
+    assert report["reason"].startswith("failure threshold reached:"), report["reason"]
+    assert counted["failed"] >= 26 and counted["aborted"] > size // 2, counted
+    assert set(counted) <= {"deleted", "failed", "aborted"}
+    # Aborted tasks were never sent; every DELETE that was sent is an attempt in the audit.
+    aborted = [r for r in rows if r["outcome"] == "aborted"]
+    assert all(r["attempts"] == 0 and r["reason"] == report["reason"] for r in aborted)
+    assert sent == sum(r["attempts"] for r in rows) == report["attempts"]
+    assert counted["deleted"] == stats["deletes_accepted"]
+    failed = [r for r in rows if r["outcome"] == "failed"]
+    assert all(r["last_http_status"] == 400 and r["error_code"] == "SFS.TURBO.0001" for r in failed)
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_run_on_demand(redis_url: str, fake: FakeApi, view: RunView, tmp_path: Path) -> None:
+    size = 2000
+    cluster = make_cluster(redis_url, fake, tmp_path, SFS_CLEANUP_RATE_LIMIT="100")
+    try:
+        cluster.start_worker("w1", concurrency=2)
+        with running(background_cli(cluster, "purge", "purge", "--max-deletions", str(size), "--wait", "--json")) as bg:
+            run_id = view.wait_run()
+            view.wait_finals(run_id, 300, timeout=120)
+            cancelled = cluster.cli("runs", "cancel", run_id, "--reason", "fault test", check=True)
+            at_cancel = sum(deletes(fake).values())
+            cancel_at = time.monotonic()
+            view.wait_over(run_id, timeout=60)
+            stopped_after = time.monotonic() - cancel_at
+            code = bg.wait(60)
+            report = bg.report()
+        shown = cluster.cli("runs", "show", run_id, "--json", check=True)
+        again = cluster.cli("runs", "cancel", run_id, check=True)
+        rows = export_rows(cluster, run_id)
+    finally:
+        cluster.stop()
+    after = sum(deletes(fake).values()) - at_cancel
+    counted = assert_one_outcome_per_task(report, rows)
+    figure("cancel -> run over (s)", round(stopped_after, 1))
+    figure("DELETEs sent after the cancel returned", after)
+    figure("outcomes", dict(counted))
+    assert "stopping" in cancelled.stdout
+    assert code == 4, report  # purge --wait: 4 = aborted or cancelled
+    assert report["status"] == "cancelled" and report["reason"] == "cancelled by operator: fault test"
+    assert json.loads(shown.stdout)["status"] == "cancelled"
+    assert "is not running" in again.stdout
+    assert set(counted) == {"deleted", "aborted"} and counted["aborted"] > size // 2, counted
+    assert all(r["attempts"] == 0 for r in rows if r["outcome"] == "aborted")
+    assert counted["deleted"] == fake.stats()["deletes_accepted"]
+    assert after < 100  # only what was in flight

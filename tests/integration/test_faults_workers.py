@@ -78,9 +78,7 @@ def _check_final(cluster: Cluster, fake: FakeApi, view: RunView, report: dict[st
 
 
 @pytest.mark.slow
-def test_whole_worker_sigkill_mid_run_the_run_still_finishes(
-    cluster: Cluster, fake: FakeApi, view: RunView
-) -> None:
+def test_whole_worker_sigkill_mid_run_the_run_still_finishes(cluster: Cluster, fake: FakeApi, view: RunView) -> None:
     cluster.start_worker("w1", concurrency=2)
     # The operator's `purge --wait` plans, dispatches and follows (its loop is the reconciler).
     with running(background_cli(cluster, "purge", "purge", "--max-deletions", str(RUN_SIZE), "--wait", "--json")) as bg:

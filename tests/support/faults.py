@@ -140,7 +140,7 @@ class Background:
 def background_cli(cluster: Cluster, name: str, *args: str, **env: str) -> Background:
     out, err = cluster.tmp / f"{name}.out", cluster.tmp / f"{name}.err"
     with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+        proc = subprocess.Popen(
             [sys.executable, "-m", "scheduler.cli", *args], env=cluster.env(**env), stdout=o, stderr=e
         )
     return Background(proc, out, err)
