@@ -435,12 +435,22 @@ def reconcile() -> None:
     out.print(json.dumps(done))
 
 
+@app.command("trigger-schemas")
+def trigger_schemas() -> None:
+    """Print the JSON Schemas of the queue-message triggers (sfs.start_purge, sfs.delete_tasks, ...)."""
+    from scheduler.triggers import schemas
+
+    _print_json(schemas())
+
+
 def _register_optional() -> None:
     from scheduler.demo import demo
     from scheduler.fakeapi.cli import fake_api
+    from scheduler.metrics import metrics
 
     app.command("fake-api", help="Run the local fake SFS Turbo API (tests, demos).")(fake_api)
     app.command("demo")(demo)
+    app.command("metrics", help="Serve Prometheus metrics read from Redis (fleet-wide figures).")(metrics)
 
 
 _register_optional()

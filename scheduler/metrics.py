@@ -27,7 +27,7 @@ metric                                                  type     labels
 ``sfs_cleanup_run_throttled_total``                     counter  run_id (429 answers)
 ``sfs_cleanup_run_created_timestamp_seconds``           gauge    run_id
 ``sfs_cleanup_run_finished_timestamp_seconds``          gauge    run_id (runs that are over)
-``sfs_cleanup_last_run_finished_timestamp_seconds``     gauge    trigger (newest run over)
+``sfs_cleanup_last_run_finished_timestamp_seconds``     gauge    trigger (newest run over, of all scanned)
 ``sfs_cleanup_ratelimit_configured_rps``                gauge
 ``sfs_cleanup_ratelimit_effective_rps``                 gauge    (lower after 429s)
 ``sfs_cleanup_ratelimit_penalty_remaining_seconds``     gauge    (fleet pause after a 429)
@@ -171,20 +171,24 @@ class FleetCollector:
         return [depth, unacked]
 
     # --- runs -----------------------------------------------------------------------------
-    def _chosen_runs(self) -> list[str]:
+    def _scan(self) -> tuple[list[str], dict[str, float]]:
+        """The runs to export, and when the newest run of each trigger ended (over all scanned runs)."""
         ids = [_text(r) for r in self.redis.zrevrange(self.keys.runs, 0, self.scan_runs - 1)]
         pipe = self.redis.pipeline(transaction=False)
         for run_id in ids:
-            pipe.hget(self.keys.run(run_id), "status")
-        statuses = [_text(s) if s is not None else "" for s in pipe.execute()]
-        return [
-            run_id
-            for n, (run_id, s) in enumerate(zip(ids, statuses, strict=True))
-            if n < self.recent_runs or s in _ACTIVE
-        ]
+            pipe.hmget(self.keys.run(run_id), "status", "trigger", "finished_at")
+        chosen: list[str] = []
+        newest_end: dict[str, float] = {}
+        for n, (run_id, fields) in enumerate(zip(ids, pipe.execute(), strict=True)):
+            status, trigger, finished_at = (_text(v) if v is not None else "" for v in fields)
+            if n < self.recent_runs or status in _ACTIVE:
+                chosen.append(run_id)
+            if status in _OVER and finished_at:
+                newest_end[trigger] = max(newest_end.get(trigger, 0.0), _num(finished_at))
+        return chosen, newest_end
 
     def _runs(self) -> list[Metric]:
-        run_ids = self._chosen_runs()
+        run_ids, newest_end = self._scan()
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:
             pipe.hgetall(self.keys.run(run_id))
@@ -192,7 +196,6 @@ class FleetCollector:
         answers = pipe.execute()
         f = _run_families()
         active = 0
-        newest_end: dict[str, float] = {}
         for n, run_id in enumerate(run_ids):
             raw, batches_open = answers[2 * n], int(answers[2 * n + 1])
             meta = {_text(k): _text(v) for k, v in raw.items()}
@@ -220,10 +223,9 @@ class FleetCollector:
             if status in _OVER and meta.get("finished_at"):
                 end = _num(meta.get("finished_at"))
                 f["run_finished_timestamp_seconds"].add_metric(one, end)
-                newest_end[trigger] = max(newest_end.get(trigger, 0.0), end)
         last = GaugeMetricFamily(
             PREFIX + "last_run_finished_timestamp_seconds",
-            "When the newest exported run of each trigger ended (epoch seconds).",
+            "When the newest run of each trigger ended (epoch seconds; among the newest scanned).",
             labels=["trigger"],
         )
         for trigger, end in sorted(newest_end.items()):

@@ -141,7 +141,7 @@ def explain_error(error: ValidationError) -> str:
 
 
 def schemas() -> dict[str, Any]:
-    """JSON Schemas of the trigger messages (printed by ``sfs-cleanup triggers schema``)."""
+    """JSON Schemas of the trigger messages (printed by ``sfs-cleanup trigger-schemas``)."""
     return {
         "sfs.start_purge": StartPurge.model_json_schema(),
         "sfs.delete_tasks": DeleteTasks.model_json_schema(),

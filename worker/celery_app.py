@@ -86,8 +86,8 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
         # Explicit, so RedBeat does not fall back to the broker's transport options (deprecated).
         redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 30, "health_check_interval": 25}
         | beat_auth,
-        redbeat_lock_timeout=90,
-        beat_max_loop_interval=15,
+        redbeat_lock_timeout=settings.beat_lock_timeout_s,
+        beat_max_loop_interval=settings.beat_max_loop_interval_s,
     )
     schedule: dict[str, Any] = {
         "reconcile": {"task": RECONCILE, "schedule": 60.0, "options": {"queue": CONTROL_QUEUE, "expires": 55}},

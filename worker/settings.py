@@ -100,8 +100,14 @@ class Settings(BaseSettings):
     schedule_cron: str = Field("0 2 * * *", description="Nightly purge, as a cron expression.")
     schedule_timezone: str = Field("UTC", description="Time zone of the cron expression (UTC avoids DST).")
     schedule_enabled: bool = Field(True, description="Let beat send the nightly purge.")
-    flower_basic_auth: SecretStr | None = Field(None, description="user:password for Flower.")
-    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics here.")
+    beat_lock_timeout_s: int = Field(
+        90, ge=5, le=3600, description="RedBeat lock: a standby beat takes over after this."
+    )
+    beat_max_loop_interval_s: int = Field(15, ge=1, le=300, description="Longest sleep of beat between ticks.")
+    flower_basic_auth: SecretStr | None = Field(
+        None, description="user:password for Flower (comma-separated for several users)."
+    )
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Port of `sfs-cleanup metrics` (default 9808).")
 
     # --- Logs -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
@@ -136,6 +142,15 @@ class Settings(BaseSettings):
         for item in value:
             if reason := explain(item):
                 raise ValueError(f"ID {item[:40]!r} {reason}")
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _flower_auth(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from worker.flower import parse_basic_auth
+
+            parse_basic_auth(value.get_secret_value())  # its errors never echo the value
         return value
 
     @field_validator("api_endpoint", "iam_endpoint")
@@ -191,6 +206,10 @@ class Settings(BaseSettings):
                 f"{P}VISIBILITY_TIMEOUT_S: {self.visibility_timeout_s} must exceed {P}JOB_TIME_LIMIT_S "
                 f"({self.job_time_limit_s}) by at least 60 s, or long jobs are delivered twice"
             )
+        if self.beat_lock_timeout_s < 2 * self.beat_max_loop_interval_s:
+            # The lock is refreshed once per tick: a lock shorter than two ticks can expire in
+            # between, and the running beat would then exit.
+            problems.append(f"{P}BEAT_LOCK_TIMEOUT_S: must be at least twice {P}BEAT_MAX_LOOP_INTERVAL_S")
         if self.reconcile_after_s < self.lease_s:
             problems.append(f"{P}RECONCILE_AFTER_S: must be at least {P}LEASE_S")
         if problems:

@@ -1,23 +1,26 @@
 """Benchmark: our fleet-wide limiter against Celery's built-in ``rate_limit``, measured by the server.
 
 ``python -m tests.benchmarks.bench_ratelimit [--quick]`` runs, for each R (50/s and 200/s) and
-each fleet size (1, 2 and 4 Celery worker processes), against the fake SFS Turbo API (20 ms
-latency, run as its own process):
+each fleet size (1, 2 and 4 Celery worker processes), ``sfs-cleanup purge --wait --json``
+against the fake SFS Turbo API (20 ms latency, its own process), in five configurations:
 
-* ``ours``: ``sfs-cleanup purge --wait --json`` with ``SFS_CLEANUP_RATE_LIMIT=R`` and the fake's
-  429 threshold also at R (a sliding second): the targets are an achieved rate >= 0.95 x R, a
-  busiest second <= R + burst, and no 429;
-* ``over``: the same with our limit 20 % above the server's: the run must still finish with no
+* ``free``: ``SFS_CLEANUP_RATE_LIMIT=R`` and a fake that never throttles: our pacing alone, as
+  the server sees it (targets: achieved rate >= 0.95 x R, busiest second <= R + burst);
+* ``ours``: the same with the fake's 429 threshold also at R (a sliding second), i.e. our limit
+  equal to the server's (targets as above, and no 429);
+* ``margin``: our limit at ``--margin`` (0.9) x the server's R;
+* ``over``: our limit ``--over`` (1.2) x the server's R: the run must still finish with no
   failed task, and only a few 429s;
 * ``builtin``: the baseline, Celery's per-task ``rate_limit=f"{R}/s"`` on N worker instances
-  (``tests/benchmarks/builtin_app.py``), against the same fake with no throttle, so the server
-  counts what Celery sends (expected: about N x R). The 429s a limit of R would have answered
-  are computed from the server's timestamps with the fake's own admission rule.
+  (``tests/benchmarks/builtin_app.py``, one DELETE per Celery task), against the same fake
+  with no throttle, so the server counts what Celery sends (expected: about N x R).
 
-Every figure comes from the fake (requests, 429s, the busiest sliding second of DELETE
-arrivals, the time of each accepted DELETE); our audit's busiest second is printed beside it for
-comparison. Results go to ``bench-results/ratelimit.json``. Each run deletes R x ``--seconds``
-tasks (at least 2,000; ``--quick``: at least 500 over 10 s).
+For the runs against a fake that does not throttle, the 429s a limit of R would have answered
+are computed from the server's timestamps with the fake's own admission rule. Every figure
+comes from the fake (requests, 429s, the busiest sliding second of DELETE arrivals, the time of
+each accepted DELETE); our audit's busiest second is printed beside it for comparison. Each run
+deletes max(2,000, R x 20 s) tasks (``--quick``: max(500, R x 5 s)). Results go to
+``bench-results/ratelimit.json``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from rich.table import Table
 
 from tests.benchmarks.common import RESULTS_DIR, Harness, RunSpec, deletions_for, machine_facts, write_results
 
-KINDS = ("ours", "margin", "over", "builtin")
+KINDS = ("free", "ours", "margin", "over", "builtin")
 
 
 def _floats(text: str) -> list[float]:
@@ -49,14 +52,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.benchmarks.bench_ratelimit", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="~500 deletions per run (10 s at R) instead of 2,000+")
+    parser.add_argument("--quick", action="store_true", help="~500 deletions per run instead of 2,000+")
     parser.add_argument("--rates", type=_floats, default=[50.0, 200.0], help="R values, comma-separated (50,200)")
     parser.add_argument("--workers", type=_ints, default=[1, 2, 4], help="worker processes, comma-separated (1,2,4)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"which configurations ({','.join(KINDS)})")
     parser.add_argument("--burst", type=int, default=1, help="SFS_CLEANUP_RATE_BURST of our runs (1)")
     parser.add_argument("--over", type=float, default=1.2, help="our limit / the server's in the 'over' runs (1.2)")
     parser.add_argument("--margin", type=float, default=0.9, help="our limit / the server's in the 'margin' runs (0.9)")
-    parser.add_argument("--seconds", type=float, default=None, help="deletions = R x this (40; --quick: 10)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="deletions = R x this, at least 2,000 (20; --quick: 5, at least 500)",
+    )
     parser.add_argument("--deletions", type=int, default=None, help="fixed deletions per run (overrides --seconds)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the fake's latency per call (20)")
     parser.add_argument(
@@ -77,13 +85,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
-    seconds = args.seconds if args.seconds is not None else (10.0 if args.quick else 40.0)
+    seconds = args.seconds if args.seconds is not None else (5.0 if args.quick else 20.0)
     floor = 500 if args.quick else 2000
     specs: list[RunSpec] = []
     for rate in args.rates:
-        deletions = args.deletions or deletions_for(rate, seconds if rate <= 50 else seconds / 2, floor)
+        deletions = args.deletions or deletions_for(rate, seconds, floor)
         for workers in args.workers:
             common: dict[str, Any] = {"workers": workers, "deletions": deletions, "latency_ms": args.latency_ms}
+            if "free" in args.kinds:
+                # Our pacing alone, as the server sees it: no throttle, like the builtin baseline.
+                specs.append(
+                    RunSpec(
+                        "ours",
+                        rate=rate,
+                        server_limit=0.0,
+                        burst=args.burst,
+                        label=f"free w{workers} R{rate:g}",
+                        **common,
+                    )
+                )
             if "ours" in args.kinds:
                 specs.append(
                     RunSpec(
@@ -165,8 +185,10 @@ def render(runs: list[dict[str, Any]], console: Console) -> None:
         targets = run["targets"]
         if spec["kind"] == "ours":
             audit_busiest = str((run["audit"].get("rate") or {}).get("busiest_second", "?"))
-            over = spec["rate"] > spec["server_limit"]
+            over = spec["server_limit"] and spec["rate"] > spec["server_limit"]
             checks = ["finished", "failed"] if over else ["achieved", "busiest", "429"]
+            if not spec["server_limit"]:
+                checks = ["achieved", "busiest"]
             marks = {
                 "achieved": targets["achieved_ge_0_95_limit"],
                 "busiest": targets["busiest_le_limit_plus_burst"],
@@ -178,6 +200,8 @@ def render(runs: list[dict[str, Any]], console: Console) -> None:
             verdict = verdict.replace("achieved:", "rate:").replace("busiest:", "peak:")
             burst = str(spec["burst"])
             four29 = str(server["answered_429"])
+            if not spec["server_limit"]:
+                four29 = f"0 (would be {run.get('would_429_at_r', '?')})"
         else:
             audit_busiest = "-"
             verdict = f"overshoot {run['ratios']['busiest_over_r']:.2f}x"

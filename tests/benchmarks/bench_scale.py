@@ -41,7 +41,8 @@ from scheduler.fakeapi.tasks import format_time
 from tests.benchmarks import procstat
 from tests.benchmarks.bench_throughput import (
     OurConfig,
-    _clean_env,
+    already_gone_records,
+    clean_env,
     purge_cli,
     service_env,
     share_ids_for,
@@ -144,8 +145,12 @@ def plan_once(
     client = redis.Redis.from_url(server.url)
     client.flushall()
     before = used_memory(client)
+    assert server.proc is not None
+    meter = procstat.CpuMeter({"redis": server.proc.pid}).start()
+    load_before = procstat.load_average()
     measured, report = purge_cli(env, *args, timeout_s=120 + expected / 2000, workdir=workdir)
     ended = time.time()
+    redis_cpu = meter.stop()["redis"]
     if measured.returncode != 0:
         raise RuntimeError(f"{label}: purge exited {measured.returncode}:\n{measured.stderr[-3000:]}")
     after = used_memory(client)
@@ -171,6 +176,11 @@ def plan_once(
         "tasks_per_s": round(planned / measured.wall_s) if measured.wall_s else None,
         "tasks_per_s_after_startup": round(planned / after_startup_s) if after_startup_s > 0 else None,
         "cpu_s": round(measured.cpu_s, 2),
+        "redis_cpu_s": round(redis_cpu, 2),
+        # Load-independent: tasks per CPU-second of the scheduler (its one thread's ceiling).
+        "tasks_per_cpu_s": round(planned / measured.cpu_s) if measured.cpu_s else None,
+        "load_before": load_before,
+        "load_after": procstat.load_average(),
         "peak_rss_mb": round(measured.maxrss_kb / 1024, 1),
         "redis": {
             "used_memory_before_mb": _mb(before),
@@ -196,7 +206,7 @@ def plan_once(
 
 
 def manifest_env(server: RedisServer, project_id: str) -> dict[str, str]:
-    env = _clean_env()
+    env = clean_env()
     env.update(
         {
             "SFS_CLEANUP_REDIS_URL": server.url,
@@ -302,9 +312,11 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
         seed_file.unlink()
     sizes = run_memory(client, report["run_id"])
     others = other_keys(client, report["run_id"])
+    gone_records = already_gone_records(client, report["run_id"], PREFIX)
     info = client.info("memory")
     client.close()
     deleted = int(report["outcomes"].get("deleted", 0))
+    gone = int(report["outcomes"].get("already_gone", 0))
     run_part = sum(v for k, v in sizes.items() if k not in ("keys", "queue", "queue_messages"))
     by_kind = {
         kind: _per_100k(sizes.get(kind, 0), count) for kind in ("plan", "out", "att", "run", "touch", "open", "rps")
@@ -312,8 +324,12 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
     result = {
         "tasks": count,
         "deleted": deleted,
+        "already_gone": gone,
+        "already_gone_audit": gone_records,
+        "duplicate_deletes": stats["duplicate_deletes"],
         "status": report["status"],
-        "agree": stats["deletes_accepted"] == deleted,
+        # Every task gone at the server and accounted for once (a lost answer ends already_gone).
+        "agree": deleted + gone == count == stats["deletes_accepted"],
         "wall_s": round(measured.wall_s, 1),
         "deletions_per_s": round(deleted / measured.wall_s, 1),
         "redis": {
@@ -412,6 +428,8 @@ def render(doc: dict[str, Any]) -> None:
         "tasks/s",
         "peak RSS MB",
         "CPU s",
+        "tasks/CPU s",
+        "load",
         "Redis +MB",
         "MB/100k: plan+queue",
         "plan",
@@ -427,6 +445,8 @@ def render(doc: dict[str, Any]) -> None:
             f"{run['tasks_per_s']:,}",
             f"{run['peak_rss_mb']:.0f}",
             f"{run['cpu_s']:.1f}",
+            f"{run['tasks_per_cpu_s']:,}",
+            f"{run['load_before'][0]:.1f}",
             f"{run['redis']['used_memory_delta_mb']:.1f}",
             f"{per['plan_plus_queue']:.2f}",
             f"{per['plan']:.2f}",

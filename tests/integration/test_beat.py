@@ -9,7 +9,7 @@ the production 90 s.
 * HA and failover (cron every minute): at a slot only the lock holder sends; a manual message for
   the same slot starts nothing; after ``kill -9`` of the holder the standby takes the lock within
   the lock timeout and sends the next slot; every slot has exactly one run.
-* A late start and restarts (the nightly cron, 02:00 UTC): a beat that was down over the slot
+* A late start and restarts (a nightly cron, UTC): a beat that was down over the slot
   sends it once when it comes back (only the lock holder of the two), a ``kill -9`` of the holder
   hands the lock over without a second send, and manual messages naming the slot (or any time
   inside it, or none) are no-ops.
@@ -203,7 +203,8 @@ def test_two_beats_send_each_slot_once_and_the_standby_takes_over(
 def test_a_late_start_runs_the_missed_slot_once_and_restarts_do_not_repeat_it(
     redis_url: str, fake: FakeApi, tmp_path: Path, beats: list[Beat]
 ) -> None:
-    cron = "0 2 * * *"  # the default nightly schedule, UTC
+    # A nightly cron whose slot is 12 hours from now, so no slot can pass while the test runs.
+    cron = f"0 {(datetime.now(UTC).hour + 12) % 24} * * *"
     cluster = start_cluster(redis_url, fake, tmp_path, cron)
     try:
         # First start on a fresh Redis: the entry is stored as run now, so nothing is sent at once.

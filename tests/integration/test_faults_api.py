@@ -174,8 +174,15 @@ def test_an_outage_longer_than_the_budget_fails_the_rest_and_replay_deletes_them
         answered_503 = stats["requests_by_method_status"]["DELETE"].get("503", 0)
         assert answered_503 == sum(r["attempts"] for r in sent)
 
-        # The API is back: replay the failed tasks as a new run linked to the old one.
+        # The API is back: replay the failed tasks as a new run linked to the old one, with the
+        # usual budget (the shrunken one above would fail them again while the fleet's circuit
+        # finishes the cool-down the outage left it in, up to a minute).
         fake.configure(outage=False)
+        cluster.stop()
+        for name in ("RATE_WAIT_MAX_S", "MAX_THROTTLED_RETRIES", "MAX_RETRIES"):
+            cluster.settings.pop(f"SFS_CLEANUP_{name}", None)
+        cluster.settings.update(FAST)
+        cluster.start_worker("w2", concurrency=2)
         replay = cluster.cli("runs", "replay", run_id, "--wait", "--json", timeout=240)
         replayed: dict[str, Any] = json.loads(replay.stdout.strip().splitlines()[-1])
     finally:

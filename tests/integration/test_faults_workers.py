@@ -112,8 +112,11 @@ def test_whole_worker_sigkill_mid_run_the_run_still_finishes(cluster: Cluster, f
     figure("kill -> the killed worker's batches finished (s)", round(held_done, 1))
     figure("kill -> run finished (s)", round(finished, 1))
     figure("run elapsed (s)", report["elapsed_s"])
+    redispatched = [e for e in view.audit.events(kind="batches_redispatched") if e.get("run_id") == run_id]
+    figure("batches re-sent by the reconciler", sum(int(e["count"]) for e in redispatched))
     assert code == 0, report
     _check_final(cluster, fake, view, report, RUN_SIZE)
+    assert redispatched  # the lost jobs came back through the reconciler, not the visibility timeout
     # Bounded: the reconciler re-sends a lost batch once the queue is empty and the batch has had
     # no lease and no progress for RECONCILE_AFTER_S, well before the visibility timeout (120 s).
     assert first_progress < 45
@@ -127,7 +130,8 @@ def test_one_pool_child_killed_its_job_is_requeued_at_once(cluster: Cluster, fak
     run_id = cluster.cli("purge", "--max-deletions", "2000", check=True).stdout.strip().splitlines()[-1]
     view.wait_finals(run_id, 300, timeout=120)
 
-    wait_for(lambda: len(view.leases(run_id)) >= 2, 30, 0.05, "both children busy")
+    running_jobs = wait_for(lambda: len(view.leases(run_id)) >= 2 and view.leases(run_id), 30, 0.05, "busy children")
+    job_ids = {holder.rsplit(":", 1)[1] for holder in running_jobs.values()}
     children = worker.children()
     assert len(children) == 2
     victim = children[0]
@@ -138,6 +142,9 @@ def test_one_pool_child_killed_its_job_is_requeued_at_once(cluster: Cluster, fak
         m = re.search(r"WorkerLostError.*?Job: \d+", worker.log())
         return m.group(0) if m else None
 
+    # Rejected with requeue: the lost job's message is back in the broker's queue straight away.
+    back = wait_for(lambda: job_ids & view.queued_job_ids(), 30, 0.02, "the lost job back in the queue")
+    in_queue = time.monotonic() - killed_at
     wait_for(lost_job, 30, 0.1, "the worker to report the lost child")
     lost_seen = time.monotonic() - killed_at
 
@@ -151,10 +158,12 @@ def test_one_pool_child_killed_its_job_is_requeued_at_once(cluster: Cluster, fak
     view.wait_over(run_id, timeout=100)
     finished = time.monotonic() - killed_at
     report = cli_json(cluster, "runs", "show", run_id, "--json")
+    figure("child kill -> lost job back in the queue (s)", round(in_queue, 2))
     figure("child kill -> worker reports WorkerLostError (s)", round(lost_seen, 1))
     figure("child kill -> lost job delivered again (s)", round(requeued_after, 1))
     figure("child kill -> run finished, no reconciler running (s)", round(finished, 1))
     figure("jobs delivered twice", requeued)
+    assert set(requeued) == back
     assert worker.running and len(worker.children()) == 2  # the pool replaced its child
     # The new delivery took over its own dead child's lease instead of giving up as "busy".
     assert '"state": "busy"' not in worker.log()

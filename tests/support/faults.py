@@ -6,6 +6,7 @@ The figures each test measures are printed with :func:`figure`, so ``pytest -s``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -91,6 +92,14 @@ class RunView:
             if holder is not None:
                 found[int(key.decode().rsplit(":", 1)[1])] = holder.decode()
         return found
+
+    def queued_job_ids(self, queue: str = "sfs.delete") -> set[str]:
+        """IDs of the job messages waiting in the broker's queue (kombu keeps a list per queue)."""
+        ids = set()
+        for raw in self.client.lrange(queue, 0, -1):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                ids.add(json.loads(raw)["headers"]["id"])
+        return ids
 
     def finals_by_task(self, run_id: str) -> dict[str, tuple[str, FinalOutcome | None, int]]:
         """task ID -> (share ID, final outcome or None, number of recorded attempts)."""

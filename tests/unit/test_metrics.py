@@ -121,13 +121,19 @@ def test_runs_are_bounded_to_the_newest_plus_every_active_one(redis_url: str, re
         run_id = f"done-{n}"
         audit.create_run(run_id, {"trigger": "cli"})
         audit.freeze(run_id, 0)  # nothing selected: over at once
+    audit.create_run("old-nightly", {"trigger": "schedule"})
+    audit.freeze("old-nightly", 0)
     # Scores are creation times; make the order explicit.
-    redis_client.zadd(audit.keys.runs, {"old-active": 1, **{f"done-{n}": 10 + n for n in range(5)}})
+    redis_client.zadd(audit.keys.runs, {"old-nightly": 0, "old-active": 1, **{f"done-{n}": 10 + n for n in range(5)}})
 
     text = scrape(settings_for(redis_url), recent_runs=2, scan_runs=50)
 
     exported = set(re.findall(r'sfs_cleanup_run_selected_tasks\{run_id="([^"]+)"\}', text))
     assert exported == {"done-4", "done-3", "old-active"}
+    # The newest end per trigger looks at every scanned run, exported or not (for "nightly ran" alerts).
+    nightly_end = float(audit.run("old-nightly")["finished_at"])
+    assert sample(text, "sfs_cleanup_last_run_finished_timestamp_seconds", trigger="schedule") == nightly_end
+    assert sample(text, "sfs_cleanup_last_run_finished_timestamp_seconds", trigger="cli") is not None
 
 
 def test_queue_depth_counts_every_priority_list_and_unacked_jobs(redis_url: str, redis_client: redis.Redis) -> None:
