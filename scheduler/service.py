@@ -19,12 +19,12 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from celery import Celery, Task, signals
-from kombu.exceptions import DecodeError
 from pydantic import ValidationError
 
 from scheduler.context import Context
 from scheduler.triggers import DeleteTasks, NightlyPurge, StartPurge, explain_error
 from worker.celery_app import DELETE_TASKS, NIGHTLY, RECONCILE, START_PURGE, cron_schedule, settings_of
+from worker.envelope import guarded
 from worker.models import TaskInfo
 from worker.settings import Settings, SettingsError
 
@@ -182,67 +182,15 @@ def catch_up_nightly(ctx: Context, now: datetime) -> str | None:
 # --- Messages that are not well-formed Celery messages ----------------------------------------
 
 
-def envelope_problem(message: Any, body: Any) -> str | None:
-    """Why a message cannot be a protocol 2 task message, or ``None`` if it can.
-
-    Checked before Celery builds a request from it: a body that is not ``[args, kwargs, embed]``
-    (a JSON object, a string) or a missing task ID would otherwise stop the whole worker.
-    """
-    headers = message.headers
-    if body is not None:
-        return "protocol 1 task messages are not accepted; send Celery protocol 2 (task name in the headers)"
-    task_id = headers.get("id")
-    if not isinstance(task_id, str) or not task_id or len(task_id) > _MAX_ID_CHARS:
-        return "header 'id' must be a non-empty string (the message ID)"
-    limits = headers.get("timelimit")
-    if limits is not None and not (
-        isinstance(limits, list | tuple)
-        and len(limits) == 2
-        and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits)
-    ):
-        return "header 'timelimit' must be [hard, soft] seconds or null"
-    if headers.get("eta") is not None:
-        # A held message is delivered again after every visibility timeout (Redis broker): a
-        # delayed trigger would start a run per redelivery. Triggers run now; schedule elsewhere.
-        return "delayed triggers (eta/countdown) are not accepted; send the message when the run should start"
-    if not isinstance(headers.get("retries", 0) or 0, int):
-        return "header 'retries' must be an integer"
-    if headers.get("shadow") is not None and not isinstance(headers.get("shadow"), str):
-        return "header 'shadow' must be a string or null"
-    try:
-        payload = message.payload
-    except DecodeError as exc:
-        return f"body is not valid {message.content_type or 'JSON'}: {exc}"
-    if not (isinstance(payload, list | tuple) and len(payload) == 3):
-        return "body must be a JSON array [args, kwargs, embed] (Celery protocol 2)"
-    args, kwargs, embed = payload
-    if not isinstance(args, list | tuple):
-        return "body[0] (positional arguments) must be an array"
-    if not isinstance(kwargs, dict):
-        return "body[1] (keyword arguments) must be an object"
-    if embed is not None and not isinstance(embed, dict):
-        return "body[2] (callbacks, chain, chord) must be an object or null"
-    return None
-
-
 def guarded_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Callable[..., Any]:
-    """Celery's default strategy behind :func:`envelope_problem`: a bad message is acked and recorded."""
-    from celery.worker.strategy import default
-
-    handle = default(task, app, consumer, **kwargs)
+    """Celery's default strategy behind :func:`worker.envelope.envelope_problem`: a bad trigger
+    message is acknowledged and recorded as a rejected trigger."""
     settings = settings_of(app)
 
-    def on_message(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
-        problem = envelope_problem(message, body)
-        if problem is None:
-            return handle(message, body, ack, reject, callbacks, **kw)
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        message_id = headers.get("id")
-        _reject(Context(settings), task.name, message_id if isinstance(message_id, str) else None, problem)
-        message.ack_log_error(log, consumer.connection_errors)
-        return None
+    def refused(name: str, message_id: str | None, problem: str) -> None:
+        _reject(Context(settings), name, message_id, problem)
 
-    return on_message
+    return guarded(refused)(task, app, consumer, **kwargs)
 
 
 def _connect_refusal_signals(settings: Settings) -> None:

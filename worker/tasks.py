@@ -22,7 +22,14 @@ log = structlog.get_logger(__name__)
 def register(app: Celery) -> None:
     settings = settings_of(app)
 
-    @app.task(name=PURGE_BATCH, bind=True, acks_late=True, max_retries=5, default_retry_delay=5)
+    @app.task(
+        name=PURGE_BATCH,
+        bind=True,
+        acks_late=True,
+        max_retries=5,
+        default_retry_delay=5,
+        Strategy="worker.tasks:guarded_batch_strategy",
+    )
     def purge_batch(self: Task, run_id: str, batch: int, share_id: str = "", tasks: int = 0) -> dict[str, Any]:
         """Delete the tasks of one plan batch (one share). Safe to deliver twice."""
         rt = get_runtime(settings)
@@ -49,3 +56,20 @@ def register(app: Celery) -> None:
     @signals.worker_process_shutdown.connect(weak=False)
     def _close(**_: Any) -> None:
         close_runtime()
+
+
+def guarded_batch_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
+    """A malformed message on the deletion queue is acknowledged and recorded, not fatal to the worker."""
+    from worker.audit import Audit
+    from worker.envelope import guarded
+    from worker.runtime import redis_client
+
+    settings = settings_of(app)
+
+    def refused(name: str, message_id: str | None, problem: str) -> None:
+        log.warning("job message refused", task=name, message_id=message_id, problem=problem)
+        Audit(redis_client(settings), prefix=settings.key_prefix).event(
+            "job_rejected", task=name, message_id=message_id or "", error=problem[:2000]
+        )
+
+    return guarded(refused, allow_eta=True)(task, app, consumer, **kwargs)

@@ -174,7 +174,7 @@ def render(runs: list[dict[str, Any]], console: Console) -> None:
         ("bound", "right"),
         ("429s", "right"),
         ("failed", "right"),
-        ("audit busiest s", "right"),
+        ("audit busiest s / sent", "right"),
         ("CPU s wrk/fake/redis", "right"),
         ("load / stall p99,max ms", "right"),
         ("targets", "left"),
@@ -184,7 +184,10 @@ def render(runs: list[dict[str, Any]], console: Console) -> None:
         spec, server, r = run["spec"], run["server"], run["r"]
         targets = run["targets"]
         if spec["kind"] == "ours":
-            audit_busiest = str((run["audit"].get("rate") or {}).get("busiest_second", "?"))
+            audit_busiest = (
+                f"{(run['audit'].get('rate') or {}).get('busiest_second', '?')} / "
+                f"{run['audit'].get('sent_busiest_second', '?')}"
+            )
             over = spec["server_limit"] and spec["rate"] > spec["server_limit"]
             checks = ["finished", "failed"] if over else ["achieved", "busiest", "429"]
             if not spec["server_limit"]:

@@ -141,6 +141,24 @@ class StallProbe:
         }
 
 
+def audit_send_times(redis_url: str) -> list[float]:
+    """Send time of every DELETE our workers recorded: each attempt's ``t - l`` (epoch seconds)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    sent: list[float] = []
+    try:
+        for key in client.scan_iter(match="*:att:*", count=1000):
+            for lines in client.hvals(key):
+                for line in lines.split("\n"):
+                    if not line:
+                        continue
+                    attempt = json.loads(line)
+                    if attempt.get("op") in (None, "delete"):
+                        sent.append(float(attempt["t"]) - float(attempt.get("l") or 0.0) / 1000)
+    finally:
+        client.close()
+    return sent
+
+
 # --- /proc ---------------------------------------------------------------------------------------
 def session_cpu_s(session_id: int) -> float:
     """CPU seconds (user + system, with reaped children) of every live process in a session.
@@ -281,6 +299,7 @@ class Harness:
                 else:
                     audit, cli_cpu = self._builtin(spec, fake), 0.0
             wall = time.monotonic() - started
+            sent = audit_send_times(self.redis_url) if spec.kind == "ours" else []
             stats = fake.stats()
             deleted = fake.deleted()
             # CPU spent during the measured part only (start-up and imports left out).
@@ -294,6 +313,12 @@ class Harness:
                 worker.stop(grace=20)
             fake.stop()
         result = figures(spec, stats, deleted, audit)
+        if sent:
+            # A diagnostic from our own audit, never a headline figure: when each DELETE left
+            # the worker (answer time minus latency). The fake sees these times plus network
+            # and scheduling delays; the gap between the two views is the box's jitter.
+            result["audit"]["sent_busiest_second"] = busiest_window(sent)
+            result["audit"]["sent_steady_rps"] = round(achieved_rate(sent, trim=0.05), 2)
         result["wall_s"] = round(wall, 2)
         result["cpu_s"] = cpu
         result["stall"] = probe.summary()

@@ -190,3 +190,34 @@ def test_bad_manifest_lines_are_refused_with_their_line_numbers(
     rows = [json.loads(x) for x in cluster.cli("audit", "export", report["run_id"], check=True).stdout.splitlines()]
     rejected = sorted(int(r["input_line"]) for r in rows if r["outcome"] == "rejected")
     assert rejected == [11, 12, 23]
+
+
+def test_a_malformed_job_message_is_refused_and_the_worker_keeps_working(cluster: Cluster, fake: FakeApi) -> None:
+    import base64
+    import uuid
+
+    r = cluster.redis()
+    message_id = str(uuid.uuid4())
+    body = base64.b64encode(json.dumps({"not": "a protocol 2 body"}).encode()).decode()
+    envelope = {
+        "body": body,
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": {"lang": "py", "task": "sfs.purge_batch", "id": message_id},
+        "properties": {
+            "delivery_tag": message_id,
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": "sfs.delete"},
+            "priority": 0,
+        },
+    }
+    r.lpush("sfs.delete", json.dumps(envelope))
+    worker = cluster.start_worker("w1", concurrency=1)
+
+    code, report = cluster.purge_json("--wait", "--max-deletions", "50")
+
+    assert worker.running
+    assert code == 0 and report["outcomes"]["deleted"] == 50 == fake.stats()["deletes_accepted"]
+    events = [v for _, v in r.xrange("sfs:events") if v.get("kind") == "job_rejected"]
+    assert [e["message_id"] for e in events] == [message_id]
+    assert "[args, kwargs, embed]" in events[0]["error"]

@@ -13,7 +13,7 @@ from kombu.exceptions import DecodeError
 from pydantic import ValidationError
 
 from scheduler.context import Context
-from scheduler.service import _start_claimed, envelope_problem, last_slot, nightly_slot, slot_key
+from scheduler.service import _start_claimed, last_slot, nightly_slot, slot_key
 from scheduler.triggers import (
     MAX_EXPLICIT_TASKS,
     DeleteTasks,
@@ -22,6 +22,7 @@ from scheduler.triggers import (
     explain_error,
     schemas,
 )
+from worker.envelope import envelope_problem
 from worker.settings import load_settings
 
 
