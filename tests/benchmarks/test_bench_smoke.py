@@ -66,6 +66,8 @@ def test_a_tiny_benchmark_writes_sane_figures(tmp_path: Path) -> None:
     assert ours["audit"]["attempts"] == ours["server"]["delete_requests"]
     assert ours["audit"]["throttled"] == ours["server"]["delete_statuses"].get("429", 0)
     assert ours["audit"]["rate"]["busiest_second"] >= 1
+    assert 1 <= ours["audit"]["sent_busiest_second"] <= DELETIONS
+    assert ours["stall"]["samples"] > 0 and ours["stall"]["max_ms"] >= ours["stall"]["p99_ms"] >= 0
     builtin = runs["builtin"]
     assert builtin["spec"]["server_limit"] == 0 and builtin["server"]["answered_429"] == 0
     assert builtin["audit"]["sent_tasks"] == DELETIONS
