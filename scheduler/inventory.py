@@ -113,8 +113,13 @@ def printable(data: bytes | str, limit: int = RAW_CHARS) -> str:
 # --- Manifests ----------------------------------------------------------------------------------
 
 
-def read_manifest(path: Path, *, default_project_id: str | None = None) -> Iterator[InventoryItem]:
+def read_manifest(
+    path: Path, *, default_project_id: str | None = None, only_default_project: bool = False
+) -> Iterator[InventoryItem]:
     """Stream the tasks of a JSON-lines or CSV manifest; see the module docstring for the rules.
+
+    With ``only_default_project``, a line naming another project than ``default_project_id`` is
+    refused with its line number (the service deletes in one configured project).
 
     Problems with the file as a whole raise :class:`ManifestError` when iteration starts, before
     any item is yielded; an invalid ``default_project_id`` raises
@@ -130,9 +135,9 @@ def read_manifest(path: Path, *, default_project_id: str | None = None) -> Itera
         kind = _manifest_kind(path, stream)
         lines = _physical_lines(stream)
         if kind == "jsonl":
-            yield from _read_jsonl(str(path), lines, default_project_id)
+            yield from _read_jsonl(str(path), lines, _Project(default_project_id, only_default_project))
         else:
-            yield from _read_csv(path, lines, default_project_id)
+            yield from _read_csv(path, lines, _Project(default_project_id, only_default_project))
 
 
 def _manifest_kind(path: Path, stream: BinaryIO) -> Literal["jsonl", "csv"]:
@@ -228,24 +233,20 @@ def _json_kind(value: object) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
-def _read_jsonl(
-    source: str, lines: Iterator[tuple[int, bytes, bool]], default_project_id: str | None
-) -> Iterator[InventoryItem]:
+def _read_jsonl(source: str, lines: Iterator[tuple[int, bytes, bool]], project: _Project) -> Iterator[InventoryItem]:
     for number, content, too_long in lines:
         if not too_long and not content.strip(_BLANK):
             continue
         text = _decode(content, too_long)
         fields = _parse_json_object(text) if isinstance(text, str) else text
-        result = fields if isinstance(fields, Rejection) else _task_from_fields(fields, default_project_id)
+        result = fields if isinstance(fields, Rejection) else _task_from_fields(fields, project)
         if isinstance(result, Rejection):
             yield Rejected(source, number, result.reason, printable(content))
         else:
             yield result
 
 
-def _read_csv(
-    path: Path, lines: Iterator[tuple[int, bytes, bool]], default_project_id: str | None
-) -> Iterator[InventoryItem]:
+def _read_csv(path: Path, lines: Iterator[tuple[int, bytes, bool]], project: _Project) -> Iterator[InventoryItem]:
     source = str(path)
     header: list[str] | None = None
     for number, content, too_long in lines:
@@ -256,7 +257,7 @@ def _read_csv(
         if header is None:
             if isinstance(row, Rejection):
                 raise ManifestError(path, f"line {number}: header: {row.reason}")
-            header = _check_header(path, number, row, default_project_id)
+            header = _check_header(path, number, row, project.default)
             continue
         result: TaskInfo | Rejection
         if isinstance(row, Rejection):
@@ -264,7 +265,7 @@ def _read_csv(
         elif len(row) != len(header):
             result = Rejection(f"has {len(row)} fields, the header has {len(header)}")
         else:
-            result = _task_from_fields(dict(zip(header, row, strict=True)), default_project_id)
+            result = _task_from_fields(dict(zip(header, row, strict=True)), project)
         if isinstance(result, Rejection):
             yield Rejected(source, number, result.reason, printable(content))
         else:
@@ -299,7 +300,13 @@ def _check_header(path: Path, number: int, row: list[str], default_project_id: s
     return names
 
 
-def _task_from_fields(fields: Mapping[str, object], default_project_id: str | None) -> TaskInfo | Rejection:
+@dataclass(frozen=True, slots=True)
+class _Project:
+    default: str | None  # used when a line has no project_id at all
+    only: bool  # refuse lines naming any other project
+
+
+def _task_from_fields(fields: Mapping[str, object], project: _Project) -> TaskInfo | Rejection:
     """Build a task from one line's fields, or say why the line is refused."""
     for name, value in fields.items():
         if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
@@ -308,13 +315,15 @@ def _task_from_fields(fields: Mapping[str, object], default_project_id: str | No
     for name in REQUIRED_FIELDS:
         if name in fields:
             value = fields[name]
-        elif name == "project_id" and default_project_id is not None:
-            value = default_project_id
+        elif name == "project_id" and project.default is not None:
+            value = project.default
         else:
             return Rejection(f"missing {name}")
         if (why := explain(value)) is not None:
             return Rejection(f"{name} {why}")
         ids[name] = str(value)
+    if project.only and ids["project_id"] != project.default:
+        return Rejection(f"project_id {ids['project_id']!r} is not the configured project {project.default!r}")
     status = _choice(fields, "status", _STATUSES)
     if isinstance(status, Rejection):
         return status

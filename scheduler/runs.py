@@ -28,7 +28,8 @@ def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iter
     """The manifest if one is given, else the live listing of the policy's (or configured) shares."""
     s = ctx.settings
     if manifest is not None:
-        return read_manifest(manifest, default_project_id=s.project_id), f"manifest:{manifest.name}"
+        items = read_manifest(manifest, default_project_id=s.project_id, only_default_project=s.project_id is not None)
+        return items, f"manifest:{manifest.name}"
     s.require_api()
     assert s.project_id is not None
     shares = list(policy.shares) or s.share_ids

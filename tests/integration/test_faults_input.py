@@ -292,9 +292,8 @@ def test_a_100k_line_manifest_with_10pct_bad_lines(
     assert left == {(r["share_id"], r["task_id"]) for r in spare}
 
 
-@pytest.mark.xfail(strict=True, reason="planner rejects a foreign project_id with line 0 (TaskInfo has no line)")
 def test_a_line_naming_another_project_is_refused_with_its_line_number(redis_url: str, tmp_path: Path) -> None:
-    """A well-formed line whose project is not the configured one: refused, but with line 0."""
+    """A well-formed line whose project is not the configured one: refused with its line number."""
     inventory, good, _spare = build_inventory()
     with FakeApi(FakeConfig(latency_ms=0), inventory=inventory).start() as fake:
         cluster = Cluster(redis_url=redis_url, fake=fake, tmp=tmp_path, settings=dict(FAST))

@@ -224,7 +224,9 @@ def test_describe_fatal_unknown_api_points_at_the_endpoint_setting() -> None:
     assert "SFS_CLEANUP_API_ENDPOINT" in text
 
 
-def test_describe_gives_no_fix_hint_for_a_renewable_token() -> None:
+def test_describe_says_what_to_fix_when_a_401_reaches_a_person() -> None:
+    # The auth layer has already renewed a token once when a 401 gets this far (or could not:
+    # a given token, AK/SK), so the line names what to fix.
     text = _answer(401, Verdict.AUTH_RENEW, error_code="APIGW.0307", error_msg="The token must be updated.").describe()
-    assert "renewing it did not help" not in text
-    assert text == "HTTP 401 APIGW.0307 'The token must be updated.'"
+    assert text.startswith("HTTP 401 APIGW.0307 'The token must be updated.'")
+    assert "renewing it did not help" in text
