@@ -85,7 +85,10 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     table.add_row("throttled answers (429)", str(report["throttled"]))
     table.add_row("elapsed", f"{report['elapsed_s']:.1f} s")
     table.add_row("achieved request rate", f"{report['rate']['average_rps']:.1f} /s")
-    table.add_row("busiest second", f"{report['rate']['busiest_second']} requests")
+    rate = report["rate"]
+    table.add_row("busiest second", f"{rate['busiest_second']} requests")
+    if rate.get("seconds"):
+        table.add_row("requests per second (median / p95)", f"{rate['median_rps']} / {rate['p95_rps']}")
     console.print(table)
     if report.get("reason"):
         console.print(f"[bold]reason:[/bold] {report['reason']}")

@@ -499,15 +499,28 @@ class Audit:
         raw = self.redis.hgetall(self.keys.rps(run_id))
         per_second = {int(_decode(k)): int(_decode(v)) for k, v in raw.items()}
         if not per_second:
-            return {"requests": 0, "busiest_second": 0, "average_rps": 0.0, "seconds": 0}
+            return {
+                "requests": 0,
+                "busiest_second": 0,
+                "average_rps": 0.0,
+                "median_rps": 0,
+                "p95_rps": 0,
+                "seconds": 0,
+                "per_second": [],
+            }
         first, last = min(per_second), max(per_second)
         seconds = last - first + 1
         total = sum(per_second.values())
+        ordered = sorted(per_second.get(t, 0) for t in range(first, last + 1))
         return {
             "requests": total,
-            "busiest_second": max(per_second.values()),
+            "busiest_second": ordered[-1],
             "average_rps": round(total / seconds, 2),
+            "median_rps": ordered[len(ordered) // 2],
+            "p95_rps": ordered[min(len(ordered) - 1, (len(ordered) * 95) // 100)],
             "seconds": seconds,
+            # The record itself: API requests sent in each second of the run (epoch second, count).
+            "per_second": [[t, per_second.get(t, 0)] for t in range(first, last + 1)],
         }
 
     # --- events -------------------------------------------------------------------------------

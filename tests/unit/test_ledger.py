@@ -151,3 +151,14 @@ def test_live_protection(redis_client: redis.Redis) -> None:
     assert audit.protected("s1", ["t1", "t2"]) == {"t2": "protected_task"}
     redis_client.sadd(audit.keys.protected_shares, "s1")
     assert audit.protected("s1", ["t1", "t2"]) == {"t1": "protected_share", "t2": "protected_share"}
+
+
+def test_rate_record_keeps_requests_per_second_over_the_run(redis_client: redis.Redis) -> None:
+    audit = Audit(redis_client)
+    planned_run(audit, "r10", [1])
+    rps = audit.keys.rps("r10")
+    redis_client.hset(rps, mapping={"1000": 5, "1001": 9, "1003": 2})  # second 1002 sent nothing
+    profile = audit.rate_profile("r10")
+    assert profile["per_second"] == [[1000, 5], [1001, 9], [1002, 0], [1003, 2]]
+    assert profile["busiest_second"] == 9
+    assert profile["seconds"] == 4 and profile["requests"] == 16 and profile["average_rps"] == 4.0
