@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -32,27 +32,35 @@ class Runtime:
     _client: SfsTurboClient | None = None
     _limiter: FleetLimiter | None = None
     _pool: ThreadPoolExecutor | None = None
+    # The first job's threads all ask for the client at once: build each part exactly once.
+    _build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def client(self) -> SfsTurboClient:
         if self._client is None:
-            from worker.auth import build_auth
+            with self._build_lock:
+                if self._client is None:
+                    from worker.auth import build_auth
 
-            config = ClientConfig.from_settings(self.settings)
-            self._client = SfsTurboClient(config, auth=build_auth(self.settings, self.redis))
+                    config = ClientConfig.from_settings(self.settings)
+                    self._client = SfsTurboClient(config, auth=build_auth(self.settings, self.redis))
         return self._client
 
     @property
     def limiter(self) -> FleetLimiter:
         if self._limiter is None:
-            self.settings.require_api()
-            self._limiter = FleetLimiter.from_settings(self.redis, self.settings)
+            with self._build_lock:
+                if self._limiter is None:
+                    self.settings.require_api()
+                    self._limiter = FleetLimiter.from_settings(self.redis, self.settings)
         return self._limiter
 
     @property
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.settings.batch_concurrency, thread_name_prefix="sfs-delete")
+            with self._build_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.settings.batch_concurrency, thread_name_prefix="sfs-delete")
         return self._pool
 
     def close(self) -> None:

@@ -545,6 +545,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--live-per-share", type=int, default=10_000, help="tasks per share in the fake (0: skip)")
     p.add_argument("--finished-tasks", type=int, default=100_000, help="tasks of the finished run (0: skip)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "scale.json")
+    p.add_argument("--workdir", type=Path, default=None, help="logs and inventories (default: a new temp dir)")
     args, unknown = p.parse_known_args(argv)
     if unknown:
         console.print(f"scale: ignoring options for other benchmarks: {' '.join(unknown)}")
@@ -558,7 +559,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    workdir = Path(tempfile.mkdtemp(prefix="sfs-bench-scale-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sfs-bench-scale-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     doc: dict[str, Any] = {
         "benchmark": "scale",
@@ -592,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         if sizes and (args.profile or slow_manifest):
             console.print("  profiling one manifest plan with cProfile ...")
             doc["profile"] = profile_manifest(server, max(sizes), args.shares, workdir)
+    for seed in workdir.rglob("*.jsonl"):  # inventories are big; logs stay for a look
+        seed.unlink()
     doc["machine"]["load_average_end"] = procstat.load_average()
     doc["duration_s"] = round(time.time() - started, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -902,6 +902,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--project-id", help=argparse.SUPPRESS)
     p.add_argument("--share-ids", default="", help=argparse.SUPPRESS)
     p.add_argument("--page", type=int, default=1000, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", type=Path, default=None, help="logs and inventories (default: a new temp dir)")
     args, unknown = p.parse_known_args(argv)
     if unknown:
         console.print(f"throughput: ignoring options for other benchmarks: {' '.join(unknown)}")
@@ -920,7 +921,8 @@ def main(argv: list[str] | None = None) -> int:
         result = baseline_child(args.endpoint, args.project_id, args.share_ids.split(","), args.page)
         sys.stdout.write(json.dumps(result) + "\n")
         return 0
-    workdir = Path(tempfile.mkdtemp(prefix="sfs-bench-throughput-"))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sfs-bench-throughput-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     doc: dict[str, Any] = {
         "benchmark": "throughput",
@@ -981,6 +983,8 @@ def main(argv: list[str] | None = None) -> int:
                 latency_ms=args.latency_ms,
                 concurrency=args.concurrency,
             )
+    for seed in workdir.rglob("*.jsonl"):  # inventories are big; logs stay for a look
+        seed.unlink()
     doc["targets"] = targets(doc, args)
     doc["machine"]["load_average_end"] = procstat.load_average()
     doc["duration_s"] = round(time.time() - started, 1)

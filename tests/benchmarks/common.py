@@ -420,6 +420,9 @@ def figures(
         "busiest_second_delete": busiest_delete,
         "busiest_second_all": int(stats["busiest_second"]),
         "busiest_second_accepted": busiest_window(stamps),
+        # The same after the first 2 s of deleting: the steady state, without the start of a run
+        # (workers whose first requests leave late use their reserved slots together).
+        "busiest_second_after_2s": busiest_window([t for t in stamps if t >= min(stamps) + 2.0]) if stamps else 0,
         "duplicate_deletes": int(stats["duplicate_deletes"]),
         "max_in_flight": int(stats["max_in_flight"]),
         "first_delete_at": min(stamps) if stamps else None,

@@ -50,6 +50,7 @@ def test_a_tiny_benchmark_writes_sane_figures(tmp_path: Path) -> None:
         assert server["delete_requests"] == sum(server["delete_statuses"].values()) >= DELETIONS
         assert 1 <= server["busiest_second_accepted"] <= DELETIONS
         assert server["busiest_second_accepted"] <= server["busiest_second_delete"] <= server["delete_requests"]
+        assert 0 <= server["busiest_second_after_2s"] <= server["busiest_second_accepted"]
         assert server["first_delete_at"] < server["last_delete_at"]
         assert server["achieved_rps"] > 0 and server["steady_rps"] > 0
         assert run["ratios"]["busiest_over_r"] == pytest.approx(server["busiest_second_delete"] / R, abs=1e-3)

@@ -21,7 +21,7 @@ def test_throughput_benchmark_writes_its_figures(tmp_path: Path) -> None:
     code = bench_throughput.main(
         [
             "--shares", "2", "--tasks-per-share", "30", "--baseline-tasks", "10",
-            "--auth", "aksk", "--latency-ms", "5", "--output", str(output),
+            "--auth", "aksk", "--latency-ms", "5", "--output", str(output), "--workdir", str(tmp_path / "work"),
         ]
     )  # fmt: skip
     assert code in (0, 1)  # 1: the ratio target is not met at these sizes, which is fine here
@@ -53,7 +53,7 @@ def test_scale_benchmark_writes_its_figures(tmp_path: Path) -> None:
     code = bench_scale.main(
         [
             "--sizes", "1000,4000", "--shares", "4", "--live-per-share", "500",
-            "--finished-tasks", "400", "--output", str(output),
+            "--finished-tasks", "400", "--output", str(output), "--workdir", str(tmp_path / "work"),
         ]
     )  # fmt: skip
     assert code in (0, 1)  # the speed target is not met at start-up-dominated sizes
