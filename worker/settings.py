@@ -62,7 +62,9 @@ class Settings(BaseSettings):
 
     # --- Rate limit and retries -----------------------------------------------------------
     rate_limit: float = Field(20.0, gt=0, le=100000, description="Requests per second for the whole fleet.")
-    rate_burst: int = Field(5, ge=1, le=1000, description="Requests allowed at once above the steady rate.")
+    rate_burst: int = Field(
+        1, ge=1, le=1000, description="Requests allowed at once; above 1, a strict gateway may answer 429."
+    )
     rate_wait_max_s: float = Field(60.0, gt=0, description="Longest a request waits for its slot.")
     throttle_penalty_s: float = Field(3.0, ge=0, le=60, description="Fleet pause after a 429 with no Retry-After.")
     max_retries: int = Field(8, ge=0, le=50, description="Retries of one task after 5xx or no answer.")
