@@ -129,7 +129,7 @@ def _start_services(
     env.setdefault("SFS_CLEANUP_LOG_LEVEL", "INFO")  # worker logs go to files; "ready" is INFO
     started_workers = []
     for i in range(o.workers):
-        worker = WorkerProcess(name=f"demo{i + 1}", env=env, log_path=workdir / f"worker{i + 1}.log")
+        worker = WorkerProcess(name=f"demo{i + 1}", env=env, log_path=workdir / f"worker{i + 1}.log", concurrency=2)
         stack.callback(worker.stop)
         started_workers.append(worker.start())
     for worker in started_workers:

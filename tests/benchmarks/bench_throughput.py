@@ -892,7 +892,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--auth", default="aksk,token", help="auth modes of our runs, comma-separated: aksk, token")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--worker-procs", type=int, default=1, help="Celery pool processes per worker")
+    p.add_argument(
+        "--worker-procs",
+        type=int,
+        default=2,
+        help="Celery pool processes per worker (-c); 2 overlaps one job's tail with the next",
+    )
     p.add_argument("--concurrency", type=int, default=16, help="SFS_CLEANUP_BATCH_CONCURRENCY")
     p.add_argument("--batch-size", type=int, default=100, help="SFS_CLEANUP_BATCH_SIZE")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "throughput.json")
