@@ -30,6 +30,7 @@ metric                                                  type     labels
 ``sfs_cleanup_last_run_finished_timestamp_seconds``     gauge    trigger (newest run over, of all scanned)
 ``sfs_cleanup_ratelimit_configured_rps``                gauge
 ``sfs_cleanup_ratelimit_effective_rps``                 gauge    (lower after 429s)
+``sfs_cleanup_ratelimit_ceiling_rps``                   gauge    (left by 429s, climbing back)
 ``sfs_cleanup_ratelimit_penalty_remaining_seconds``     gauge    (fleet pause after a 429)
 ``sfs_cleanup_ratelimit_backlog_seconds``               gauge    (how far the GCRA runs ahead)
 ``sfs_cleanup_ratelimit_circuit_state``                 gauge    state (1 for the current one)
@@ -255,6 +256,11 @@ class FleetCollector:
                 PREFIX + "ratelimit_effective_rps",
                 "Requests per second allowed now (cut after 429s, recovering).",
                 value=state["effective_rate"],
+            ),
+            GaugeMetricFamily(
+                PREFIX + "ratelimit_ceiling_rps",
+                "Highest rate allowed after 429s (0.9 x the rate that drew the last one, climbing back).",
+                value=state["ceiling_rate"],
             ),
             GaugeMetricFamily(
                 PREFIX + "ratelimit_penalty_remaining_seconds",

@@ -21,11 +21,12 @@ reserves nothing and raises :class:`RateLimitWaitTooLong` before sleeping.
 (:func:`limiter_key`): lists, shows and deletes of one project on one API host share a budget.
 Everything (GCRA state, throttle state, circuit and its 5xx window) is in that one hash, so each
 script touches one key (atomic, and a single slot should the Redis ever be a cluster). Fields:
-``tat`` (us), ``ep`` (epoch: bumped to void reservations), ``r0``/``rt`` (rate after the last
-429 and when its recovery starts), ``pu`` (pause until), ``ng`` (no rate cut before), ``tn``/
-``tc`` (429 reports, rate cuts), ``cs``/``cu``/``hn`` (circuit state, open until, next half-open
-trial), ``cn``/``ck``/``cc`` (openings, consecutive-opening streak, last close), ``w0..w9`` (the
-5xx window ring). The hash expires after ``key_ttl_s`` (default a day) without writes.
+``tat`` (us), ``ep`` (epoch: bumped to void reservations), ``r0``/``rt``/``rs`` (rate after the
+last 429 or idle spell, when its climb starts, and the climb's slope), ``pu`` (pause until),
+``ng`` (no rate cut before), ``tn``/``tc`` (429 reports, rate cuts), ``cs``/``cu``/``hn``
+(circuit state, open until, next half-open trial), ``cn``/``ck``/``cc`` (openings,
+consecutive-opening streak, last close), ``w0..w9`` (the 5xx window ring). The hash expires
+after ``key_ttl_s`` (default a day) without writes.
 
 **429 and the recovery curve.** :meth:`FleetLimiter.throttled` pauses the whole fleet until
 ``now + (Retry-After or penalty_s)`` (the burst allowance is spent, so the fleet resumes one
@@ -35,7 +36,23 @@ the rate climbs linearly, ``recovery_per_s * rate`` per second, back to the conf
 with the defaults (cut to 1/2, +5 % of the rate per second) full speed returns 10 s after the
 pause; from the floor (5 %) it takes 19 s. That is AIMD, as in TCP: halve on a signal, add
 slowly. The 429s of requests already in flight cut the rate only once: one cut per
-``max(pause, throttle_guard_s)``, later ones only extend the pause.
+``max(pause, throttle_guard_s)``, later ones only extend the pause. Each cut also leaves a
+*ceiling* at ``ceiling_cut`` (0.9) of the rate that drew the 429 (fields ``cl``/``ct``), which
+rises by ``ceiling_climb_per_s * rate`` per second (0.05 % of the rate: 200 s from 0.9 back to
+full): a limit set above the gateway's would otherwise climb back into a 429 every ten seconds
+(the rate benchmark, 20 % over: six 429s and 0.55 x the gateway's rate without it), and a
+gateway that allows more again is found again.
+
+**Slow start and headroom.** A request that reaches the gateway a little late, next to on-time
+ones, puts ``rate + 1`` requests into one of the gateway's sliding seconds: a 429 at a limit
+equal to the gateway's. Two defences. Slots are spaced ``spacing_margin`` (the service's
+``SFS_CLEANUP_RATE_HEADROOM``, 2 %) wider than ``1/rate``, which absorbs about 20 ms of lateness
+at any rate. And the first requests after an idle spell (no slot taken for ``idle_s``), which
+are the late ones (new connections and TLS handshakes, processes and threads starting their
+first job), go at ``start_fraction`` (1/2) of the rate, climbing back to it over ``start_ramp_s``
+(the service's ``SFS_CLEANUP_RATE_RAMP_S``, 2 s): the rate benchmark saw one 429 in the first
+second of most runs with four workers without it, and none with it. It costs a run about
+``start_ramp_s / 4`` seconds at the full rate, once.
 
 **Circuit.** :meth:`FleetLimiter.record_result` feeds a window of the last
 ``circuit_window_s`` (10) seconds. With at least ``circuit_min_calls`` (20) results and at
@@ -208,6 +225,11 @@ class FleetLimiter:
         result_flush_s: float = 0.25,
         key_ttl_s: float = 86400.0,
         spacing_margin: float = 0.0,
+        start_ramp_s: float = 0.0,
+        start_fraction: float = 0.5,
+        idle_s: float = 1.0,
+        ceiling_cut: float = 0.9,
+        ceiling_climb_per_s: float = 0.0005,
     ) -> None:
         for name, value in [
             ("rate", rate),
@@ -216,22 +238,25 @@ class FleetLimiter:
             ("circuit_cooldown_s", circuit_cooldown_s),
             ("half_open_interval_s", half_open_interval_s),
             ("key_ttl_s", key_ttl_s),
+            ("ceiling_climb_per_s", ceiling_climb_per_s),
+            ("idle_s", idle_s),
         ]:
             _positive(name, value)
         if not isinstance(burst, int) or burst < 1:
             raise ValueError(f"burst must be an integer >= 1, not {burst!r}")
-        if not (0 < throttle_cut <= 1 and 0 < min_rate_fraction <= 1 and 0 < circuit_error_ratio <= 1):
-            raise ValueError("throttle_cut, min_rate_fraction and circuit_error_ratio must be in (0, 1]")
-        if min(penalty_s, throttle_guard_s, max_penalty_s, recheck_after_s, result_flush_s) < 0:
-            raise ValueError("penalty, guard, recheck and flush times must not be negative")
+        fractions = (throttle_cut, min_rate_fraction, circuit_error_ratio, ceiling_cut, start_fraction)
+        if not all(0 < f <= 1 for f in fractions):
+            raise ValueError(
+                "throttle_cut, min_rate_fraction, circuit_error_ratio, ceiling_cut and start_fraction must be in (0, 1]"
+            )
+        if min(penalty_s, throttle_guard_s, max_penalty_s, recheck_after_s, result_flush_s, start_ramp_s) < 0:
+            raise ValueError("penalty, guard, recheck, flush and ramp times must not be negative")
         if circuit_window_s < 1 or circuit_min_calls < 1:
             raise ValueError("circuit_window_s and circuit_min_calls must be >= 1")
         if circuit_cooldown_max_s < circuit_cooldown_s:
             raise ValueError("circuit_cooldown_max_s must be at least circuit_cooldown_s")
-        if not key:
-            raise ValueError("key must not be empty")
-        if not 0 <= spacing_margin < 0.5:
-            raise ValueError("spacing_margin must be in [0, 0.5)")
+        if not key or not 0 <= spacing_margin < 0.5:
+            raise ValueError("key must not be empty and spacing_margin must be in [0, 0.5)")
 
         self.key = key
         self.rate = float(rate)
@@ -242,11 +267,19 @@ class FleetLimiter:
         # 429s at equal limits without it).
         self._paced_rate = self.rate * (1 - spacing_margin)
         self.burst = burst
+        # Slow start after an idle spell (see acquire.lua): off when start_ramp_s is 0.
+        self.start_ramp_s = start_ramp_s
+        self.start_fraction = start_fraction if start_ramp_s > 0 else 0.0
+        self._start_slope = self._paced_rate * (1 - start_fraction) / start_ramp_s if start_ramp_s > 0 else 0.0
+        # A spell is idle when no slot was taken for idle_s, or for two intervals at low rates.
+        self.idle_s = max(idle_s, 2 / self._paced_rate)
         self.wait_max_s = float(wait_max_s)
         self.penalty_s = float(penalty_s)
         self.throttle_cut = throttle_cut
         self.min_rate_fraction = min_rate_fraction
         self.recovery_per_s = recovery_per_s
+        self.ceiling_cut = ceiling_cut
+        self._climb = ceiling_climb_per_s * self.rate
         self.throttle_guard_s = throttle_guard_s
         self.max_penalty_s = max_penalty_s
         self.circuit_window_s = circuit_window_s
@@ -284,7 +317,8 @@ class FleetLimiter:
             "burst": settings.rate_burst,
             "wait_max_s": settings.rate_wait_max_s,
             "penalty_s": settings.throttle_penalty_s,
-            "spacing_margin": 0.02,
+            "spacing_margin": settings.rate_headroom,
+            "start_ramp_s": settings.rate_ramp_s,
         }
         params.update(overrides)
         return cls(redis_client, **params)
@@ -315,6 +349,10 @@ class FleetLimiter:
                     self.recovery_per_s * self.rate,
                     round(self.half_open_interval_s * _US),
                     round(self.key_ttl_s * 1000),
+                    self.start_fraction,
+                    self._start_slope,
+                    round(self.idle_s * _US),
+                    self._climb,
                 ],
             )
             self._circuit_seen = CircuitState(int(circuit))
@@ -353,6 +391,8 @@ class FleetLimiter:
                 self.recovery_per_s * self.rate,
                 round(self.throttle_guard_s * _US),
                 round(self.key_ttl_s * 1000),
+                self.ceiling_cut,
+                self._climb,
             ],
         )
 
@@ -410,9 +450,13 @@ class FleetLimiter:
 
         ``tat_ahead_s`` is how far the GCRA's theoretical arrival time runs ahead of now: above
         ``(burst - 1) / rate`` the next request waits, so it reads as the fleet's queue.
+        ``ceiling_rate`` is the ceiling the last 429 left (the configured rate when none is lower).
         """
         values = [
-            _text(v) for v in self._run("state", [self.rate, self.recovery_per_s * self.rate, self.circuit_window_s])
+            _text(v)
+            for v in self._run(
+                "state", [self.rate, self.recovery_per_s * self.rate, self.circuit_window_s, self._climb]
+            )
         ]
         circuit = CircuitState(int(values[2]))
         return {
@@ -430,6 +474,7 @@ class FleetLimiter:
             "window_ok": int(values[8]),
             "window_errors": int(values[9]),
             "tat_ahead_s": float(values[10]) / _US,
+            "ceiling_rate": float(values[11]),
         }
 
     def _run(self, name: str, args: Sequence[float | int]) -> list[Any]:

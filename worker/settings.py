@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     rate_burst: int = Field(
         1, ge=1, le=1000, description="Requests allowed at once; above 1, a strict gateway may answer 429."
     )
+    rate_headroom: float = Field(
+        0.02,
+        ge=0,
+        le=0.3,
+        description="Slots are spaced this fraction wider than 1/limit: absorbs requests that leave late.",
+    )
+    rate_ramp_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="After an idle spell the fleet starts at half the limit, full after this (0: off).",
+    )
     rate_wait_max_s: float = Field(60.0, gt=0, description="Longest a request waits for its slot.")
     throttle_penalty_s: float = Field(3.0, ge=0, le=60, description="Fleet pause after a 429 with no Retry-After.")
     max_retries: int = Field(8, ge=0, le=50, description="Retries of one task after 5xx or no answer.")

@@ -1,8 +1,9 @@
 """Benchmark: our fleet-wide limiter against Celery's built-in ``rate_limit``, measured by the server.
 
 ``python -m tests.benchmarks.bench_ratelimit [--quick]`` runs, for each R (50/s and 200/s) and
-each fleet size (1, 2 and 4 Celery worker processes), ``sfs-cleanup purge --wait --json``
-against the fake SFS Turbo API (20 ms latency, its own process), in five configurations:
+each fleet size (1, 2 and 4 Celery workers, ``-c 2`` each as deployed; ``--concurrency``),
+``sfs-cleanup purge --wait --json`` against the fake SFS Turbo API (20 ms latency, its own
+process), in five configurations:
 
 * ``free``: ``SFS_CLEANUP_RATE_LIMIT=R`` and a fake that never throttles: our pacing alone, as
   the server sees it (targets: achieved rate >= 0.95 x R, busiest second <= R + burst);
@@ -56,6 +57,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rates", type=_floats, default=[50.0, 200.0], help="R values, comma-separated (50,200)")
     parser.add_argument("--workers", type=_ints, default=[1, 2, 4], help="worker processes, comma-separated (1,2,4)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"which configurations ({','.join(KINDS)})")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="Celery pool processes per worker instance in our runs (2, as in the deployment files)",
+    )
+    parser.add_argument("--headroom", type=float, default=None, help="SFS_CLEANUP_RATE_HEADROOM (default: ours)")
+    parser.add_argument("--ramp", type=float, default=None, help="SFS_CLEANUP_RATE_RAMP_S (default: ours)")
     parser.add_argument("--burst", type=int, default=1, help="SFS_CLEANUP_RATE_BURST of our runs (1)")
     parser.add_argument("--over", type=float, default=1.2, help="our limit / the server's in the 'over' runs (1.2)")
     parser.add_argument("--margin", type=float, default=0.9, help="our limit / the server's in the 'margin' runs (0.9)")
@@ -92,6 +101,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
         deletions = args.deletions or deletions_for(rate, seconds, floor)
         for workers in args.workers:
             common: dict[str, Any] = {"workers": workers, "deletions": deletions, "latency_ms": args.latency_ms}
+            ours = {**common, "concurrency": args.concurrency, "headroom": args.headroom, "ramp_s": args.ramp}
             if "free" in args.kinds:
                 # Our pacing alone, as the server sees it: no throttle, like the builtin baseline.
                 specs.append(
@@ -101,7 +111,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         server_limit=0.0,
                         burst=args.burst,
                         label=f"free w{workers} R{rate:g}",
-                        **common,
+                        **ours,
                     )
                 )
             if "ours" in args.kinds:
@@ -112,7 +122,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         server_limit=rate,
                         burst=args.burst,
                         label=f"ours w{workers} R{rate:g}",
-                        **common,
+                        **ours,
                     )
                 )
             if "margin" in args.kinds:
@@ -124,7 +134,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         burst=args.burst,
                         reference=rate,
                         label=f"margin{args.margin:g} w{workers} R{rate:g}",
-                        **common,
+                        **ours,
                     )
                 )
             if "over" in args.kinds:
@@ -136,7 +146,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         burst=args.burst,
                         reference=rate,
                         label=f"over{args.over:g} w{workers} R{rate:g}",
-                        **common,
+                        **ours,
                     )
                 )
             if "builtin" in args.kinds:

@@ -62,6 +62,8 @@ class RunSpec:
     concurrency: int = 1  # Celery pool processes per worker instance
     batch_concurrency: int = 16  # ours only: deletes in flight inside one job
     reference: float = 0.0  # the R that ratios are taken against (default: rate)
+    headroom: float | None = None  # ours only: SFS_CLEANUP_RATE_HEADROOM (None: the default)
+    ramp_s: float | None = None  # ours only: SFS_CLEANUP_RATE_RAMP_S (None: the default)
 
     @property
     def r(self) -> float:
@@ -355,6 +357,10 @@ class Harness:
                 "SFS_CLEANUP_LOG_LEVEL": "INFO",  # the harness waits for Celery's " ready." line
             }
         )
+        if spec.headroom is not None:
+            env["SFS_CLEANUP_RATE_HEADROOM"] = f"{spec.headroom:g}"
+        if spec.ramp_s is not None:
+            env["SFS_CLEANUP_RATE_RAMP_S"] = f"{spec.ramp_s:g}"
         return env
 
     def _purge(self, spec: RunSpec, env: dict[str, str]) -> tuple[dict[str, Any], float]:

@@ -235,15 +235,45 @@ def test_429_in_one_process_pauses_and_slows_the_others(redis_url: str) -> None:
     final = limiter.state()
     print(
         f"  requests per second after the pause: {first}, {second}, then {after} "
-        f"(expected about 25, 35, 40); effective rate {final['effective_rate']:g}"
+        f"(expected about 25, 34, 36); effective rate {final['effective_rate']:g}"
     )
-    # Linear recovery 20 -> 40 over 2 s: about 25 in the first second, 35 in the second.
+    # Linear recovery from 20 at +10/s, up to the ceiling the 429 left (0.9 x 40 = 36, rising
+    # by 0.05 % of the rate per second): about 25 in the first second, 34 in the second.
     assert 22 <= first <= 27
-    assert 32 <= second <= 37
-    assert after >= 0.9 * rate  # one process, also polling state(): allow for its own lag
-    assert final["effective_rate"] == rate
+    assert 31 <= second <= 37
+    assert after >= 0.85 * rate  # one process, also polling state(): allow for its own lag
+    assert final["ceiling_rate"] == pytest.approx(0.9 * rate, rel=0.01)
+    assert final["effective_rate"] == final["ceiling_rate"]
     assert rates == sorted(rates), "the rate climbs steadily"
     assert final["throttled_count"] == 1
+
+
+def test_429s_lower_a_ceiling_that_climbs_back(redis_client: redis.Redis) -> None:
+    rate = 40.0
+    limiter = FleetLimiter(
+        redis_client,
+        key=KEY,
+        rate=rate,
+        burst=1,
+        wait_max_s=5.0,
+        penalty_s=0.0,
+        throttle_guard_s=0.0,
+        ceiling_climb_per_s=0.1,
+    )
+    limiter.throttled(None)  # drawn at the full 40/s: ceiling 36, climbing 4/s per second
+    first = limiter.state()
+    limiter.throttled(None)  # at once again, drawn at 20/s (the cut rate): ceiling 18
+    second = limiter.state()
+    print(f"\n  ceilings after two 429s: {first['ceiling_rate']:g}, then {second['ceiling_rate']:g}")
+    assert first["ceiling_rate"] == pytest.approx(36.0, abs=0.1)
+    assert second["ceiling_rate"] == pytest.approx(18.0, abs=0.1)
+    time.sleep(1.0)
+    climbed = limiter.state()["ceiling_rate"]
+    print(f"  one second later: {climbed:.2f}")
+    assert 21.5 < climbed < 23.0
+    # With no ceiling left below it (none set), the state reports the configured rate.
+    fresh = FleetLimiter(redis_client, key=KEY + ":other", rate=rate, burst=1, wait_max_s=5.0, penalty_s=0.0)
+    assert fresh.state()["ceiling_rate"] == rate
 
 
 def test_many_429s_at_once_cut_the_rate_once(redis_client: redis.Redis) -> None:
@@ -269,6 +299,77 @@ def test_429_voids_a_sleeping_reservation(redis_url: str) -> None:
     sleeper.join(timeout=5)
     print(f"\n  the reserved request went {time.time() - started:.3f} s after reserving (slot was 0.5 s)")
     assert went and went[0] >= 1.05  # the pause (0.1 + 1.0 s), not the reserved 0.5 s
+
+
+# --- Slow start after an idle spell ---------------------------------------------------------
+def _flat_out(limiter: FleetLimiter, seconds: float) -> list[float]:
+    """Send times of one caller taking every slot it can for ``seconds``."""
+    stamps: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        limiter.acquire()
+        stamps.append(time.monotonic())
+    return stamps
+
+
+def _per_second(stamps: list[float]) -> list[int]:
+    start = stamps[0]
+    counts = [0] * (int(stamps[-1] - start) + 1)
+    for t in stamps:
+        counts[int(t - start)] += 1
+    return counts
+
+
+def test_idle_limiter_starts_at_half_rate_and_climbs_back(redis_client: redis.Redis) -> None:
+    rate = 100.0
+    limiter = FleetLimiter(
+        redis_client, key=KEY, rate=rate, burst=1, wait_max_s=5.0, penalty_s=1.0, start_ramp_s=1.0, idle_s=0.5
+    )
+    counts = _per_second(_flat_out(limiter, 2.5))
+    print(f"\n  fresh limiter, 100/s with a 1 s ramp from 50/s: {counts[:2]} requests in its first two seconds")
+    # Linear 50 -> 100 over the first second: about 75 in it, then the full rate.
+    assert 70 <= counts[0] <= 78
+    assert counts[1] >= 97
+    assert limiter.state()["effective_rate"] == rate
+
+    # Flat out, the fleet never counts as idle: a second stretch right after runs at full rate.
+    again = _per_second(_flat_out(limiter, 1.2))
+    print(f"  saturated, continued: {again[0]} in the next second")
+    assert again[0] >= 97
+
+    # After an idle spell the ramp starts over.
+    time.sleep(0.7)
+    after_idle = _per_second(_flat_out(limiter, 1.2))
+    print(f"  after 0.7 s idle: {after_idle[0]} in the first second")
+    assert 70 <= after_idle[0] <= 78
+
+
+def test_slow_start_never_raises_a_rate_already_cut_by_a_429(redis_client: redis.Redis) -> None:
+    limiter = FleetLimiter(
+        redis_client,
+        key=KEY,
+        rate=40.0,
+        burst=1,
+        wait_max_s=5.0,
+        penalty_s=0.0,
+        throttle_cut=0.25,
+        recovery_per_s=0.01,
+        start_ramp_s=1.0,
+        idle_s=0.2,
+    )
+    limiter.throttled(None)  # cut to 10/s (a quarter), recovering slowly
+    time.sleep(0.3)  # idle long enough for a slow start, which would be at 20/s
+    stamps = _flat_out(limiter, 1.0)
+    print(f"\n  after a 429 cut to 10/s and an idle spell: {len(stamps)} requests in 1 s")
+    # 10/s and the first, free slot (a slow start from 20/s would have sent about 25).
+    assert len(stamps) <= 13
+    assert limiter.state()["effective_rate"] < 11
+
+
+def test_ramp_off_means_full_rate_from_the_first_request(redis_client: redis.Redis) -> None:
+    limiter = FleetLimiter(redis_client, key=KEY, rate=100.0, burst=1, wait_max_s=5.0, penalty_s=1.0)
+    counts = _per_second(_flat_out(limiter, 1.1))
+    assert counts[0] >= 97
 
 
 # --- (e) The circuit -------------------------------------------------------------------------

@@ -155,6 +155,7 @@ def test_the_fleet_limiter_state_is_exported_when_the_api_is_configured(
     settings = settings_for(redis_url, project_id=PROJECT, api_endpoint="https://sfs.example.com", rate_limit=20.0)
     text = scrape(settings)
     assert sample(text, "sfs_cleanup_ratelimit_configured_rps") == 20.0
+    assert sample(text, "sfs_cleanup_ratelimit_ceiling_rps") == 20.0
     assert sample(text, "sfs_cleanup_ratelimit_throttled_total") == 0.0
     assert sample(text, "sfs_cleanup_ratelimit_circuit_state", state="closed") == 1.0
 
@@ -166,6 +167,8 @@ def test_the_fleet_limiter_state_is_exported_when_the_api_is_configured(
     assert effective is not None and effective < 20.0
     penalty = sample(text, "sfs_cleanup_ratelimit_penalty_remaining_seconds")
     assert penalty is not None and 3.0 < penalty <= 5.0
+    # Drawn at the full rate (a fresh limiter): the ceiling sits at 0.9 x it until the pause ends.
+    assert sample(text, "sfs_cleanup_ratelimit_ceiling_rps") == pytest.approx(18.0)
     assert sample(text, "sfs_cleanup_ratelimit_circuit_state", state="open") == 0.0
 
     no_api = scrape(settings_for(redis_url))

@@ -186,6 +186,9 @@ def test_results_are_not_batched_while_the_circuit_is_not_closed() -> None:
         {"circuit_cooldown_s": 10.0, "circuit_cooldown_max_s": 5.0},
         {"circuit_min_calls": 0},
         {"penalty_s": -1.0},
+        {"start_ramp_s": -1.0},
+        {"start_ramp_s": 1.0, "start_fraction": 0.0},
+        {"spacing_margin": 0.5},
     ],
 )
 def test_bad_parameters_are_refused(params: dict[str, Any]) -> None:
@@ -200,3 +203,23 @@ def test_from_settings_uses_the_configured_scope_and_rate() -> None:
     assert (limiter.rate, limiter.burst, limiter.wait_max_s, limiter.penalty_s) == (7.5, 3, 60.0, 3.0)
     with pytest.raises(ValueError):
         FleetLimiter.from_settings(cast(redis.Redis, FakeRedis()), Settings())
+
+
+def test_from_settings_passes_headroom_and_ramp_to_the_script() -> None:
+    settings = Settings(
+        api_endpoint="https://sfs-turbo.example.com",
+        project_id=PROJECT,
+        rate_limit=100.0,
+        rate_headroom=0.05,
+        rate_ramp_s=2.0,
+    )
+    fake = FakeRedis(acquire=[[0, 0, 0, 0]])
+    FleetLimiter.from_settings(cast(redis.Redis, fake), settings).acquire()
+    ((name, args),) = fake.calls
+    assert name == "acquire"
+    # Slots at 95/s; after an idle spell from half of that, +23.75/s per second (full after 2 s).
+    assert float(args[0]) == pytest.approx(95.0)
+    assert (float(args[6]), float(args[7])) == pytest.approx((0.5, 23.75))
+    off = FakeRedis(acquire=[[0, 0, 0, 0]])
+    FleetLimiter.from_settings(cast(redis.Redis, off), settings.model_copy(update={"rate_ramp_s": 0.0})).acquire()
+    assert float(off.calls[0][1][6]) == 0.0

@@ -1,6 +1,9 @@
 -- Take (or reserve) one slot. KEYS[1]: the limiter hash.
 -- ARGV: rate (req/s), burst, budget_us (longest acceptable wait), recovery (req/s gained per
--- second after a 429), trial_us (half-open spacing), keep_ms (idle lifetime of the key).
+-- second after a 429), trial_us (half-open spacing), keep_ms (idle lifetime of the key),
+-- start_fraction and start_slope (req/s per s) of the ramp after an idle spell (0: no ramp),
+-- idle_us (how long without a request makes a spell idle), climb (req/s per s the ceiling a
+-- 429 leaves rises by).
 -- Answers {code, wait_us, epoch, circuit}:
 --   0  go now;
 --   1  a slot wait_us ahead is reserved for the caller: sleep, then go unless the epoch moved
@@ -10,8 +13,10 @@
 local key = KEYS[1]
 local rate, burst, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local recovery, trial, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local start_fraction, start_slope, idle = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local climb = tonumber(ARGV[10])
 local now = now_us()
-local f = redis.call('HMGET', key, 'tat', 'ep', 'r0', 'rt', 'cs', 'cu', 'hn')
+local f = redis.call('HMGET', key, 'tat', 'ep', 'r0', 'rt', 'cs', 'cu', 'hn', 'rs', 'cl', 'ct')
 local ep = num(f[2], 0)
 local cs = num(f[5], CLOSED)
 local hn = num(f[7], 0)
@@ -38,7 +43,17 @@ end
 
 -- GCRA: tat is the theoretical arrival time of the next request at the steady rate; a
 -- request may go once it is no more than (burst - 1) intervals ahead of now.
-local interval = 1000000 / effective_rate(rate, num(f[3], nil), num(f[4], 0), recovery, now)
+local r0, rt, slope = num(f[3], nil), num(f[4], 0), num(f[8], recovery)
+local effective = effective_rate(rate, r0, rt, slope, now, num(f[9], nil), num(f[10], 0), climb)
+-- Slow start: the first requests after an idle spell leave late more often than later ones
+-- (new connections, a TLS handshake, processes and threads starting their first job), and one
+-- that arrives late next to on-time ones puts rate + 1 into the gateway's second. Starting at
+-- start_fraction of the rate and climbing back within a second or two gives them room.
+if start_fraction > 0 and (not f[1] or now - tonumber(f[1]) > idle) and effective > rate * start_fraction then
+  effective = rate * start_fraction
+  redis.call('HSET', key, 'r0', fmt(effective), 'rt', fmt(now), 'rs', fmt(start_slope))
+end
+local interval = 1000000 / effective
 local tat = num(f[1], now)
 if tat < now then
   tat = now

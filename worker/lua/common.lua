@@ -22,15 +22,28 @@ local function fmt(x)
   return string.format('%.17g', x)
 end
 
--- The rate in force at `at`: after a 429 the fleet runs at r0 until rt (the end of the pause),
--- then gains `recovery` requests/s every second until it is back at the configured rate.
-local function effective_rate(rate, r0, rt, recovery, at)
-  if not r0 then
-    return rate
+-- The rate in force at `at`: after a 429 (or an idle spell, see acquire.lua) the fleet runs at
+-- r0 until rt (the end of the pause), then gains `slope` requests/s every second until it is
+-- back at the configured rate. `slope` is the curve's own (field rs) when it has one.
+-- A 429 also leaves a ceiling cl (set at ct) a little under the rate that drew it, which rises
+-- by `climb` requests/s per second: a limit set above the gateway's stops drawing a 429 every
+-- time the recovery climbs back, and a gateway that allows more again is found again.
+local function effective_rate(rate, r0, rt, slope, at, cl, ct, climb)
+  local r = rate
+  if r0 then
+    r = r0
+    if at > rt then
+      r = r0 + slope * (at - rt) / 1000000
+    end
   end
-  local r = r0
-  if at > rt then
-    r = r0 + recovery * (at - rt) / 1000000
+  if cl then
+    local ceiling = cl
+    if at > ct then
+      ceiling = cl + climb * (at - ct) / 1000000
+    end
+    if r > ceiling then
+      r = ceiling
+    end
   end
   if r > rate then
     r = rate

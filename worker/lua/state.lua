@@ -1,11 +1,13 @@
 -- Read-only snapshot for metrics and the CLI. KEYS[1]: the limiter hash.
--- ARGV: rate, recovery (req/s per s), width_s.
+-- ARGV: rate, recovery (req/s per s), width_s, climb (req/s per s of the ceiling).
 -- Answers strings: effective rate, penalty remaining us, circuit, circuit remaining us,
--- opened count, open streak, 429 reports, rate cuts, window ok, window errors, backlog us.
+-- opened count, open streak, 429 reports, rate cuts, window ok, window errors, backlog us,
+-- ceiling (req/s, or the rate when none is in force).
 local key = KEYS[1]
-local rate, recovery, width = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate, recovery, width, climb = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_us()
-local f = redis.call('HMGET', key, 'tat', 'r0', 'rt', 'pu', 'cs', 'cu', 'hn', 'cn', 'ck', 'tn', 'tc')
+local f = redis.call('HMGET', key, 'tat', 'r0', 'rt', 'pu', 'cs', 'cu', 'hn', 'cn', 'ck', 'tn', 'tc', 'rs', 'cl', 'ct')
+local cl, ct = num(f[13], nil), num(f[14], 0)
 local cs = num(f[5], CLOSED)
 local remaining = 0
 if cs == OPEN then
@@ -21,7 +23,7 @@ if cs == HALF_OPEN then
 end
 local ok, err = window_sum(key, width, math.floor(now / 1000000))
 return {
-  fmt(effective_rate(rate, num(f[2], nil), num(f[3], 0), recovery, now)),
+  fmt(effective_rate(rate, num(f[2], nil), num(f[3], 0), num(f[12], recovery), now, cl, ct, climb)),
   fmt(math.max(0, num(f[4], 0) - now)),
   tostring(cs),
   fmt(remaining),
@@ -32,4 +34,5 @@ return {
   tostring(ok),
   tostring(err),
   fmt(math.max(0, num(f[1], 0) - now)),
+  fmt(effective_rate(rate, nil, 0, 0, now, cl, ct, climb)),
 }
