@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import structlog
 from celery import Celery
 
-from worker.audit import ACTIVE, Audit
+from worker.audit import ACTIVE, Audit, RunStatus
 from worker.celery_app import DELETE_QUEUE, PURGE_BATCH
 from worker.settings import Settings
 
@@ -77,4 +77,7 @@ def reconcile_all(app: Celery, audit: Audit, settings: Settings, *, limit: int =
         run_id = meta.get("run_id", "")
         if run_id and meta.get("status") in {s.value for s in ACTIVE}:
             done[run_id] = reconcile_run(app, audit, settings, run_id)
+        elif run_id and meta.get("status") == RunStatus.PLANNING.value:
+            # A planner killed mid-plan (control worker lost) would leave the run planning for ever.
+            audit.abandon_stale_planning(run_id, settings.planning_stale_s)
     return done

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -24,6 +25,8 @@ from worker.models import TaskInfo
 from worker.settings import Settings
 
 _FLUSH_BATCHES = 200
+# A planner's heartbeat: far more often than any sensible SFS_CLEANUP_PLANNING_STALE_S.
+_BEAT_EVERY_S = 5.0
 _FLUSH_REJECTED = 1000
 
 
@@ -113,6 +116,14 @@ class _PlanWriter:
         self.buffers: dict[str, list[str]] = {}
         self.ready: list[tuple[int, str, list[str]]] = []
         self.rejected: list[dict[str, Any]] = []
+        self._next_beat = 0.0
+
+    def beat(self) -> None:
+        """Show the reconciler this planner is alive (a killed one's run is aborted as stale)."""
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self.audit.planning_beat(self.run_id)
+            self._next_beat = now + _BEAT_EVERY_S
 
     def add(self, share_id: str, task_id: str) -> None:
         self.result.shares[share_id] += 1
@@ -255,6 +266,7 @@ def _plan_items(
 ) -> None:
     for item in items:
         result.seen += 1
+        writer.beat()
         if isinstance(item, Rejected):
             writer.reject(_rejection(item))
         elif settings.project_id and item.project_id != settings.project_id:

@@ -71,7 +71,7 @@ def nightly_slot(settings: Settings, slot: str | None, now: datetime) -> datetim
 
 
 def _trigger_key(ctx: Context, key: str) -> str:
-    return f"{ctx.settings.key_prefix}:trigger:{key}"
+    return ctx.audit.keys.trigger(key)
 
 
 def _claim(ctx: Context, key: str) -> tuple[str, str | None]:
@@ -86,16 +86,6 @@ def _claim(ctx: Context, key: str) -> tuple[str, str | None]:
     return run_id, existing.decode() if isinstance(existing, bytes) else str(existing)
 
 
-def _release(ctx: Context, key: str, run_id: str) -> None:
-    """Give a claimed key back when its run was never created (compare-and-delete)."""
-    ctx.redis.eval(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        1,
-        _trigger_key(ctx, key),
-        run_id,
-    )
-
-
 def _reject(ctx: Context, name: str, message_id: str | None, error: str) -> dict[str, Any]:
     ctx.audit.event("trigger_rejected", task=name, message_id=(message_id or "")[:_MAX_ID_CHARS], error=error[:2000])
     log.warning("trigger rejected", task=name, message_id=message_id, error=error[:500])
@@ -107,6 +97,8 @@ def _start_claimed(ctx: Context, key: str | None, start: Callable[[str | None], 
     if not key:
         return start(None)
     run_id, existing = _claim(ctx, key)
+    if existing is not None and ctx.audit.abandon_stale_planning(existing, ctx.settings.planning_stale_s):
+        run_id, existing = _claim(ctx, key)  # its planner died: this trigger starts the run afresh
     if existing is not None:
         ctx.audit.event("trigger_duplicate", key=key, run_id=existing)
         return {"accepted": True, "run_id": existing, "duplicate": True}
@@ -114,7 +106,7 @@ def _start_claimed(ctx: Context, key: str | None, start: Callable[[str | None], 
         return start(run_id)
     except BaseException:
         if not ctx.audit.run(run_id):
-            _release(ctx, key, run_id)  # nothing was created: a redelivery may try again
+            ctx.audit.release_trigger(key, run_id)  # nothing was created: a redelivery may try again
         raise
 
 

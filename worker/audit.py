@@ -213,6 +213,7 @@ class Audit:
         self._record = client.register_script(_script("record.lua"))
         self._freeze = client.register_script(_script("freeze.lua"))
         self._stop = client.register_script(_script("stop.lua"))
+        self._abandon_stale = client.register_script(_script("abandon_stale.lua"))
 
     # --- runs ------------------------------------------------------------------------------
     def create_run(self, run_id: str, meta: Mapping[str, Any]) -> None:
@@ -258,6 +259,38 @@ class Audit:
         if status == RunStatus.FINISHED:
             self.on_run_over(run_id)
         return RunStatus(status)
+
+    def planning_beat(self, run_id: str) -> None:
+        """The planner is alive and making progress (see :meth:`abandon_stale_planning`)."""
+        self.redis.hset(self.keys.run(run_id), "plan_beat", int(time.time()))
+
+    def abandon_stale_planning(self, run_id: str, stale_after_s: float) -> bool:
+        """Abort a run that is still planning with no planner heartbeat for ``stale_after_s``.
+
+        A control worker killed mid-plan leaves its run ``planning`` for ever otherwise. Atomic
+        with :meth:`freeze`: a planner that was only slow finds its run aborted and sends nothing.
+        """
+        reason = f"planning stopped: no progress for {stale_after_s:g} s (the planner was killed or lost)"
+        aborted = bool(self._abandon_stale(keys=[self.keys.run(run_id)], args=[stale_after_s, reason]))
+        if aborted:
+            self.event("run_abandoned", run_id=run_id, reason=reason)
+            structlog.get_logger(__name__).warning("run abandoned: its planner stopped", run_id=run_id)
+            key = self.run(run_id).get("idempotency_key")
+            if key:  # a trigger sent again may start the run afresh
+                self.release_trigger(key, run_id)
+            self.on_run_over(run_id)
+        return aborted
+
+    def release_trigger(self, idempotency_key: str, run_id: str) -> bool:
+        """Give a trigger's idempotency key back if ``run_id`` still holds it (compare-and-delete)."""
+        return bool(
+            self.redis.eval(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                1,
+                self.keys.trigger(idempotency_key),
+                run_id,
+            )
+        )
 
     def abandon(self, run_id: str, reason: str) -> None:
         """End a run that failed while planning (no job was sent): aborted, with the reason."""

@@ -21,6 +21,7 @@ key                                type      holds
 ``P:run:{R}:badshares``            hash      share ID -> the answer that showed it missing
 ``P:protect:tasks`` / ``:shares``  set       live protection lists, read at delete time
 ``P:events``                       stream    run lifecycle and refused triggers (capped)
+``P:trigger:{key}``                string    the run that claimed a trigger's idempotency key
 ``P:rl:...``                       string    the fleet-wide rate limiter (see ``ratelimit``)
 =================================  ========  ====================================================
 
@@ -52,6 +53,9 @@ class Keys:
     @property
     def protected_shares(self) -> str:
         return f"{self.prefix}:protect:shares"
+
+    def trigger(self, idempotency_key: str) -> str:
+        return f"{self.prefix}:trigger:{idempotency_key}"
 
     def run(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{run_id}}}"

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     )
     lease_s: int = Field(60, ge=5, le=3600, description="A job's claim on its batch, renewed while it works.")
     reconcile_after_s: int = Field(120, ge=10, description="Re-dispatch a batch with no progress for this long.")
+    planning_stale_s: int = Field(
+        900, ge=60, description="Abort a run still planning with no planner progress for this long."
+    )
 
     # --- Blast radius ---------------------------------------------------------------------
     failure_threshold_ratio: float = Field(0.5, gt=0, le=1, description="Stop a run above this failed share.")

@@ -123,3 +123,139 @@ def test_planning_that_fails_midway_leaves_an_aborted_run_not_a_stuck_one(redis_
         )
     meta = audit.run("r-fail")
     assert meta["status"] == "aborted" and "listing blew up" in meta["reason"]
+
+
+# --- A planner that dies mid-plan -------------------------------------------------------------
+
+_KILLED_PLANNER = """
+import sys, time
+from scheduler.context import Context
+from scheduler.planner import plan_run
+from scheduler.policy import Policy
+from scheduler.service import _start_claimed
+from worker.models import TaskInfo
+from worker.settings import load_settings
+
+ctx = Context(load_settings(redis_url=sys.argv[1], project_id="p1"))
+
+def inventory():
+    for n in range(300):
+        yield TaskInfo("p1", "s1", f"t{n:05d}", status="SUCCESS")
+    print("listing stalls", flush=True)
+    time.sleep(3600)  # killed here, as a control worker is killed mid-listing
+
+def start(run_id):
+    plan_run(ctx.audit, ctx.settings, Policy(), inventory(), run_id=run_id, dry_run=False,
+             trigger="message", source="test", extra_meta={"idempotency_key": "nightly-x"})
+
+_start_claimed(ctx, "nightly-x", start)
+"""
+
+
+def _backdate(redis_client: redis.Redis, run_id: str, seconds: float) -> None:
+    """As if ``seconds`` had passed since the planner's last sign of life."""
+    key = f"sfs:run:{{{run_id}}}"
+    for field in ("plan_beat", "created_at"):
+        value = redis_client.hget(key, field)
+        assert value is not None, field
+        redis_client.hset(key, field, str(float(value) - seconds))
+
+
+def test_a_run_whose_planner_was_killed_is_aborted_and_its_trigger_freed(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from scheduler.context import Context
+    from scheduler.dispatch import reconcile_all
+    from scheduler.service import _start_claimed
+    from worker.celery_app import DELETE_QUEUE
+    from worker.settings import load_settings
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_PLANNER, redis_url],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "listing stalls"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    run_id = redis_client.get("sfs:trigger:nightly-x")
+    assert run_id is not None
+    ctx = Context(load_settings(redis_url=redis_url, planning_stale_s=600))
+    assert ctx.audit.status(run_id).value == "planning"
+    assert ctx.audit.run(run_id).get("plan_beat"), "the planner showed it was alive"
+
+    reconcile_all(ctx.app, ctx.audit, ctx.settings)
+    assert ctx.audit.status(run_id).value == "planning", "a recent heartbeat: the planner may be alive"
+
+    _backdate(redis_client, run_id, 601)
+    reconcile_all(ctx.app, ctx.audit, ctx.settings)
+    meta = ctx.audit.run(run_id)
+    assert meta["status"] == "aborted"
+    assert meta["reason"] == "planning stopped: no progress for 600 s (the planner was killed or lost)"
+    assert [e["run_id"] for e in ctx.audit.events(kind="run_abandoned")] == [run_id]
+    assert redis_client.get("sfs:trigger:nightly-x") is None, "the slot may be run again"
+    assert redis_client.llen(DELETE_QUEUE) == 0, "nothing was sent for the abandoned run"
+
+    again = _start_claimed(ctx, "nightly-x", lambda new: {"run_id": new})
+    assert again["run_id"] not in (None, run_id)
+
+
+def test_a_trigger_sent_again_takes_over_from_a_dead_planner(redis_url: str, redis_client: redis.Redis) -> None:
+    from scheduler.context import Context
+    from scheduler.service import _start_claimed
+    from worker.settings import load_settings
+
+    ctx = Context(load_settings(redis_url=redis_url, planning_stale_s=600))
+
+    def stuck(run_id: str | None) -> dict[str, str | None]:
+        assert run_id is not None
+        ctx.audit.create_run(run_id, {"trigger": "message", "idempotency_key": "key-9"})
+        ctx.audit.planning_beat(run_id)
+        return {"run_id": run_id}  # and its planner is never heard of again
+
+    first = _start_claimed(ctx, "key-9", stuck)["run_id"]
+    assert first is not None
+    assert _start_claimed(ctx, "key-9", stuck) == {"accepted": True, "run_id": first, "duplicate": True}
+    _backdate(redis_client, first, 601)
+    second = _start_claimed(ctx, "key-9", stuck)
+    assert second["run_id"] != first and "duplicate" not in second
+    assert ctx.audit.status(first).value == "aborted"
+    assert redis_client.get("sfs:trigger:key-9") == second["run_id"]
+
+
+def test_a_slow_planner_whose_run_was_abandoned_sends_nothing(redis_client: redis.Redis) -> None:
+    from scheduler.planner import plan_run
+    from scheduler.policy import Policy
+    from worker.audit import Audit, RunStatus
+    from worker.models import TaskInfo
+    from worker.settings import load_settings
+
+    audit = Audit(redis_client)
+
+    def inventory() -> Iterator[TaskInfo]:
+        for n in range(500):
+            if n == 250:  # the reconciler gives up on this planner while it is only slow
+                _backdate(redis_client, "r-slow", 601)
+                assert audit.abandon_stale_planning("r-slow", 600)
+            yield TaskInfo("p1", "s1", f"t{n:05d}", status="SUCCESS")
+
+    result = plan_run(
+        audit,
+        load_settings(project_id="p1"),
+        Policy(),
+        inventory(),
+        run_id="r-slow",
+        dry_run=False,
+        trigger="test",
+        source="test",
+    )
+    assert result.status is RunStatus.ABORTED
+    meta = audit.run("r-slow")
+    assert meta["status"] == "aborted" and meta["reason"].startswith("planning stopped")
