@@ -51,6 +51,15 @@ class _StopError(Exception):
     """The run is stopping: the task ends as aborted."""
 
 
+class _LeftError(Exception):
+    """The job left its batch (its time limit, an error): the task keeps no outcome, for the next job."""
+
+
+# After leaving its batch, how long a job waits for requests already sent, so their answers are
+# recorded. The soft time limit comes 20 s before the hard one.
+_LEAVE_WAIT_S = 10.0
+
+
 class BatchJob:
     def __init__(self, rt: Runtime, run_id: str, number: int, holder: str) -> None:
         self.rt = rt
@@ -60,6 +69,10 @@ class BatchJob:
         self.number = number
         self.holder = holder
         self.stop = threading.Event()
+        # Set when the job leaves its batch with tasks still queued (soft time limit, an error):
+        # the pool's threads outlive the job, and must not go on deleting after the lease is given
+        # back, while the reconciler may hand the batch to another job.
+        self.left = threading.Event()
         self.meta: dict[str, str] = {}
         self.share_missing: str | None = None
 
@@ -167,7 +180,15 @@ class BatchJob:
             else:
                 todo.append(task_id)
         futures = [self.rt.pool.submit(self._one, batch, task_id) for task_id in todo]
-        wait(futures)
+        try:
+            wait(futures)
+        except BaseException:
+            self.left.set()
+            self.stop.set()  # wakes threads sleeping out a backoff
+            for future in futures:
+                future.cancel()
+            wait(futures, timeout=_LEAVE_WAIT_S)
+            raise
         for future in futures:
             exc = future.exception()
             if exc is not None:
@@ -182,6 +203,8 @@ class BatchJob:
             final, last = self._decide(batch, task_id)
         except _StopError:
             final = FinalOutcome(Outcome.ABORTED, time.time(), reason=self._stop_reason())
+        except _LeftError:
+            return "left"
         self._final(batch, task_id, final, last)
         return final.outcome.value
 
@@ -189,13 +212,20 @@ class BatchJob:
         """The run is no longer running (stopping, or already stopped): end tasks as aborted."""
         return self.audit.status(self.run_id) is not RunStatus.RUNNING
 
+    def _halt(self) -> None:
+        """Called once ``stop`` is set: raise if this task must not go on."""
+        if self.left.is_set():
+            raise _LeftError
+        if self._stopping():
+            raise _StopError
+
     def _stop_reason(self) -> str:
         return self.audit.run(self.run_id).get("reason", "") or "the run was stopped"
 
     def _decide(self, batch: Batch, task_id: str) -> tuple[FinalOutcome, Attempt | None]:
         """The task's final outcome, and its last attempt (recorded together with it)."""
-        if self.stop.is_set() and self._stopping():
-            raise _StopError
+        if self.stop.is_set():
+            self._halt()
         if self.share_missing is not None:
             failed = FinalOutcome(
                 Outcome.FAILED, time.time(), code="share_missing", msg=self.share_missing, reason="share_missing"
@@ -215,9 +245,11 @@ class BatchJob:
         The attempt is returned, not recorded: the caller records it, together with the final
         outcome when there is one (one Redis round trip for the common single-attempt case).
         """
-        if self.stop.is_set() and self._stopping():
-            raise _StopError
+        if self.stop.is_set():
+            self._halt()
         self.rt.limiter.acquire()
+        if self.left.is_set():  # left while waiting for the slot: the slot goes unused
+            raise _LeftError
         task: TaskInfo | None = None
         try:
             if op == "show":
@@ -286,8 +318,8 @@ class BatchJob:
                 # API is down, is further away than the wait bound. Sleep the bound before asking
                 # again; asking at once would spend the whole budget in milliseconds and fail
                 # every waiting task as soon as a cool-down outgrew RATE_WAIT_MAX_S.
-                if self.stop.wait(min(exc.needed, self.settings.rate_wait_max_s)) and self._stopping():
-                    raise _StopError from None
+                if self.stop.wait(min(exc.needed, self.settings.rate_wait_max_s)):
+                    self._halt()
                 continue
             last = answer
             verdict = answer.verdict
@@ -303,8 +335,8 @@ class BatchJob:
                 if retries > policy.max_retries:
                     return self._failed(attempt, answer, "retries exhausted"), record
                 self._note(batch, task_id, record)
-                if self.stop.wait(policy.delay(retries)) and self._stopping():
-                    raise _StopError
+                if self.stop.wait(policy.delay(retries)):
+                    self._halt()
                 continue
             return self._settle(batch, attempt, answer), record
 
