@@ -346,6 +346,7 @@ class Audit:
             self.keys.rejected(run_id),
             self.keys.rps(run_id),
             self.keys.bad_shares(run_id),
+            self.keys.deliveries(run_id),
         ):
             pipe.expire(key, self.retention_s)
         for number in range(batches):
@@ -426,6 +427,19 @@ class Audit:
             self.keys.lease(run_id, number),
             holder,
         )
+
+    def note_delivery(self, run_id: str, number: int, pending: int) -> int:
+        """Count this job's delivery; return how many in a row found no fewer tasks pending.
+
+        Called under the batch's lease, so one job at a time. A job that kills its process
+        (out of memory, a crash) is handed back by Celery for ever; this count is what stops it.
+        """
+        key, field = self.keys.deliveries(run_id), str(number)
+        raw = self.redis.hget(key, field)
+        count, last = (int(x) for x in _decode(raw).split(":")) if raw else (0, -1)
+        count = count + 1 if 0 <= last <= pending else 1
+        self.redis.hset(key, field, f"{count}:{pending}")
+        return count
 
     def lease_holder(self, run_id: str, number: int) -> str | None:
         value = self.redis.get(self.keys.lease(run_id, number))

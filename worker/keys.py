@@ -19,6 +19,7 @@ key                                type      holds
 ``P:run:{R}:rejected``             list      refused input (JSON: source, line, reason, raw)
 ``P:run:{R}:rps``                  hash      epoch second -> API requests sent (rate compliance)
 ``P:run:{R}:badshares``            hash      share ID -> the answer that showed it missing
+``P:run:{R}:deliv``                hash      batch number -> ``deliveries:pending`` (jobs lost in a row)
 ``P:protect:tasks`` / ``:shares``  set       live protection lists, read at delete time
 ``P:events``                       stream    run lifecycle and refused triggers (capped)
 ``P:trigger:{key}``                string    the run that claimed a trigger's idempotency key
@@ -86,6 +87,9 @@ class Keys:
 
     def bad_shares(self, run_id: str) -> str:
         return f"{self.run(run_id)}:badshares"
+
+    def deliveries(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:deliv"
 
     def run_pattern(self, run_id: str) -> str:
         return f"{self.run(run_id)}*"

@@ -157,6 +157,10 @@ class BatchJob:
         pending = [t for t in batch.task_ids if t not in done]
         if not pending:
             return
+        deliveries = self.audit.note_delivery(self.run_id, self.number, len(pending))
+        if deliveries > self.settings.max_job_deliveries:
+            self._give_up(batch, pending, deliveries - 1, result)
+            return
         self.share_missing = self.audit.share_missing(self.run_id, batch.share_id)
         # Protection lists are read live, not copied into the plan: a hold placed after
         # planning still wins. The run's own policy protections are in its metadata.
@@ -194,6 +198,15 @@ class BatchJob:
             if exc is not None:
                 raise exc
             result.outcomes[future.result()] += 1
+
+    def _give_up(self, batch: Batch, pending: list[str], lost: int, result: JobResult) -> None:
+        """Fail what is left of a batch whose jobs keep dying on it, instead of looping for ever."""
+        reason = f"job_lost: the batch's job was lost {lost} times in a row with no progress (worker killed?)"
+        log.error("batch given up", lost=lost, pending=len(pending))
+        self.audit.event("batch_given_up", run_id=self.run_id, batch=self.number, lost=lost, pending=len(pending))
+        for task_id in pending:
+            self._final(batch, task_id, FinalOutcome(Outcome.FAILED, time.time(), reason=reason))
+        result.outcomes[Outcome.FAILED] += len(pending)
 
     # --- one task ---------------------------------------------------------------------------
     def _one(self, batch: Batch, task_id: str) -> str:

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     )
     lease_s: int = Field(60, ge=5, le=3600, description="A job's claim on its batch, renewed while it works.")
     reconcile_after_s: int = Field(120, ge=10, description="Re-dispatch a batch with no progress for this long.")
+    max_job_deliveries: int = Field(
+        5, ge=2, le=100, description="A batch whose job is lost this often in a row, with no progress, fails."
+    )
     planning_stale_s: int = Field(
         900, ge=60, description="Abort a run still planning with no planner progress for this long."
     )
