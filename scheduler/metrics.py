@@ -95,6 +95,34 @@ _RUN_FAMILIES: dict[str, tuple[bool, str, tuple[str, ...]]] = {
 }
 
 
+# The fleet limiter's families: name -> (counter?, help, field of FleetLimiter.state()).
+_LIMITER_FAMILIES: dict[str, tuple[bool, str, str]] = {
+    "ratelimit_configured_rps": (False, "Requests per second allowed to the whole fleet.", "configured_rate"),
+    "ratelimit_effective_rps": (
+        False,
+        "Requests per second allowed now (cut after 429s, recovering; half after an idle spell).",
+        "effective_rate",
+    ),
+    "ratelimit_ceiling_rps": (
+        False,
+        "Highest rate allowed after 429s (0.9 x the rate that drew the last one, climbing back).",
+        "ceiling_rate",
+    ),
+    "ratelimit_penalty_remaining_seconds": (
+        False,
+        "Seconds the fleet still pauses after a 429.",
+        "penalty_remaining_s",
+    ),
+    "ratelimit_backlog_seconds": (
+        False,
+        "How far the limiter's schedule runs ahead of now (the fleet's wait for a slot).",
+        "tat_ahead_s",
+    ),
+    "ratelimit_throttled": (True, "429 answers reported to the fleet limiter.", "throttled_count"),
+    "ratelimit_circuit_opened": (True, "Times the 5xx circuit opened.", "opened_count"),
+}
+
+
 def _run_families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
     families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
     for name, (is_counter, doc, labels) in _RUN_FAMILIES.items():
@@ -247,41 +275,8 @@ class FleetCollector:
             self._limiter = FleetLimiter.from_settings(self.redis, s)
         state: dict[str, Any] = self._limiter.state()
         families: list[Metric] = [
-            GaugeMetricFamily(
-                PREFIX + "ratelimit_configured_rps",
-                "Requests per second allowed to the whole fleet.",
-                value=state["configured_rate"],
-            ),
-            GaugeMetricFamily(
-                PREFIX + "ratelimit_effective_rps",
-                "Requests per second allowed now (cut after 429s, recovering).",
-                value=state["effective_rate"],
-            ),
-            GaugeMetricFamily(
-                PREFIX + "ratelimit_ceiling_rps",
-                "Highest rate allowed after 429s (0.9 x the rate that drew the last one, climbing back).",
-                value=state["ceiling_rate"],
-            ),
-            GaugeMetricFamily(
-                PREFIX + "ratelimit_penalty_remaining_seconds",
-                "Seconds the fleet still pauses after a 429.",
-                value=state["penalty_remaining_s"],
-            ),
-            GaugeMetricFamily(
-                PREFIX + "ratelimit_backlog_seconds",
-                "How far the limiter's schedule runs ahead of now (the fleet's wait for a slot).",
-                value=state["tat_ahead_s"],
-            ),
-            CounterMetricFamily(
-                PREFIX + "ratelimit_throttled",
-                "429 answers reported to the fleet limiter.",
-                value=state["throttled_count"],
-            ),
-            CounterMetricFamily(
-                PREFIX + "ratelimit_circuit_opened",
-                "Times the 5xx circuit opened.",
-                value=state["opened_count"],
-            ),
+            (CounterMetricFamily if is_counter else GaugeMetricFamily)(PREFIX + name, doc, value=state[field])
+            for name, (is_counter, doc, field) in _LIMITER_FAMILIES.items()
         ]
         circuit = GaugeMetricFamily(
             PREFIX + "ratelimit_circuit_state", "The 5xx circuit: 1 for its current state.", labels=["state"]
