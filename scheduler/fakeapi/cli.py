@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from scheduler.fakeapi import seed
 from scheduler.fakeapi.config import DEFAULT_TOKEN, ConfigError, FakeConfig, apply_patch, is_loopback
-from scheduler.fakeapi.server import build_inventory, serve
-from scheduler.fakeapi.service import FakeService
+
+if TYPE_CHECKING:
+    from scheduler.fakeapi.service import FakeService
 
 # CLI option -> config field, for the options that map one to one.
 _FIELDS = {
@@ -90,6 +91,9 @@ def fake_api(
         if seed_file is not None:
             patch["seed_file"] = str(seed_file)
         config = apply_patch(config, patch, runtime=False)
+        # Imported here: the server pulls in aiohttp, which other commands need not load.
+        from scheduler.fakeapi.server import build_inventory, serve
+
         inventory = build_inventory(config)
     except (ConfigError, OSError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
