@@ -17,7 +17,9 @@ from worker.settings import Settings
 @dataclass
 class Context:
     settings: Settings
-    _redis: redis.Redis | None = field(default=None, repr=False)
+    # Inside a worker, the app already running: its connections and configuration are reused
+    # instead of building a second app for every trigger.
+    celery: Celery | None = field(default=None, repr=False)
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
@@ -29,6 +31,8 @@ class Context:
 
     @functools.cached_property
     def app(self) -> Celery:
+        if self.celery is not None:
+            return self.celery
         from worker.celery_app import create_app
 
         return create_app(self.settings)

@@ -273,24 +273,24 @@ def register(app: Celery) -> None:
     @app.task(name=START_PURGE, **options, **planning)
     def start_purge_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Start a purge by policy. Keyword arguments: see ``scheduler.triggers.StartPurge``."""
-        return handle_trigger(Context(settings), START_PURGE, self.request.id, args, kwargs)
+        return handle_trigger(Context(settings, celery=app), START_PURGE, self.request.id, args, kwargs)
 
     @app.task(name=DELETE_TASKS, **options, **planning)
     def delete_tasks_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Delete an explicit list of tasks. Keyword arguments: see ``scheduler.triggers.DeleteTasks``."""
-        return handle_trigger(Context(settings), DELETE_TASKS, self.request.id, args, kwargs)
+        return handle_trigger(Context(settings, celery=app), DELETE_TASKS, self.request.id, args, kwargs)
 
     @app.task(name=NIGHTLY, **options, **planning)
     def nightly_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The scheduled purge: exactly one run per schedule slot, however often it is sent."""
-        return handle_trigger(Context(settings), NIGHTLY, self.request.id, args, kwargs)
+        return handle_trigger(Context(settings, celery=app), NIGHTLY, self.request.id, args, kwargs)
 
     @app.task(name=RECONCILE, acks_late=False, ignore_result=True)
     def reconcile_task() -> dict[str, int]:
         """Re-send jobs of active runs that the queue lost, and a lost nightly message (every minute)."""
         from scheduler.dispatch import reconcile_all
 
-        c = Context(settings)
+        c = Context(settings, celery=app)
         done = reconcile_all(c.app, c.audit, settings)
         catch_up_nightly(c, datetime.now(UTC))
         return done
