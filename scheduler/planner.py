@@ -20,7 +20,7 @@ from typing import Any
 
 from scheduler.inventory import InventoryItem, Rejected
 from scheduler.policy import Policy, Selector
-from worker.audit import Audit, FinalOutcome, Outcome, RunStatus
+from worker.audit import RECHECK_MARK, Audit, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
 from worker.settings import Settings
 
@@ -125,10 +125,10 @@ class _PlanWriter:
             self.audit.planning_beat(self.run_id)
             self._next_beat = now + _BEAT_EVERY_S
 
-    def add(self, share_id: str, task_id: str) -> None:
+    def add(self, share_id: str, task_id: str, *, recheck: bool = False) -> None:
         self.result.shares[share_id] += 1
         buffer = self.buffers.setdefault(share_id, [])
-        buffer.append(task_id)
+        buffer.append(RECHECK_MARK + task_id if recheck else task_id)
         if len(buffer) >= self.batch_size:
             self._close(share_id)
 
@@ -222,8 +222,12 @@ def plan_run(
     fingerprints = _Fingerprints()
     writer = _PlanWriter(audit, run_id, settings.batch_size, result)
 
+    def bare(item: TaskInfo) -> bool:
+        """A manifest entry with neither status nor end time: shown just before its delete."""
+        return trust_bare_entries and item.status is None and item.end_time is None
+
     def not_selected_because(item: TaskInfo) -> str | None:
-        if explicit or (trust_bare_entries and item.status is None and item.end_time is None):
+        if explicit or bare(item):
             result.explicit += 1
             why = selector.is_protected(item.share_id, item.task_id)
             over_cap = policy.max_deletions is not None and result.shares.total() >= policy.max_deletions
@@ -232,7 +236,9 @@ def plan_run(
         return None if decision.selected else decision.reason
 
     try:
-        _plan_items(items, result, writer, fingerprints, not_selected_because, settings, source)
+        # An explicit run shows every task (the run's flag); a manifest only its bare entries.
+        recheck = (lambda item: False) if explicit else bare
+        _plan_items(items, result, writer, fingerprints, not_selected_because, recheck, settings, source)
     except BaseException as exc:
         # Nothing was sent yet: close the run as aborted, with why, instead of leaving it planning.
         # If Redis itself is what failed, the original error is the one worth raising.
@@ -248,7 +254,7 @@ def plan_run(
         planned=result.planned,
         seen=result.seen,
         not_selected=json.dumps(dict(result.not_selected)),
-        recheck=bool(explicit or settings.recheck_status or result.explicit),
+        recheck=bool(explicit or settings.recheck_status),
     )
     if dry_run and result.status is RunStatus.RUNNING:
         result.status = _record_dry_run(audit, run_id)
@@ -261,6 +267,7 @@ def _plan_items(
     writer: _PlanWriter,
     fingerprints: _Fingerprints,
     not_selected_because: Callable[[TaskInfo], str | None],
+    recheck: Callable[[TaskInfo], bool],
     settings: Settings,
     source: str,
 ) -> None:
@@ -283,7 +290,7 @@ def _plan_items(
         elif why := not_selected_because(item):
             result.not_selected[why] += 1
         else:
-            writer.add(item.share_id, item.task_id)
+            writer.add(item.share_id, item.task_id, recheck=recheck(item))
 
 
 def _record_dry_run(audit: Audit, run_id: str) -> RunStatus:

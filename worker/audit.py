@@ -50,6 +50,9 @@ class RunStatus(StrEnum):
 
 OVER: Final = frozenset({RunStatus.FINISHED, RunStatus.ABORTED, RunStatus.CANCELLED})
 ACTIVE: Final = frozenset({RunStatus.RUNNING, RunStatus.STOPPING})
+# Before a task ID in a plan entry: show the task just before deleting it (a bare manifest
+# entry, planned without the status and age rules). Task IDs never hold it (see worker.ids).
+RECHECK_MARK: Final = "?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,17 @@ class Batch:
     number: int
     share_id: str
     task_ids: tuple[str, ...]
+    recheck: frozenset[str] = frozenset()  # tasks to show just before their delete
+
+    @classmethod
+    def parse(cls, run_id: str, number: int, value: str) -> Batch:
+        """A plan entry ``share|t1,?t2,...``; ``?`` marks a task to show before deleting it."""
+        share_id, _, tasks = value.partition("|")
+        ids = [t for t in tasks.split(",") if t]
+        if RECHECK_MARK not in tasks:
+            return cls(run_id, number, share_id, tuple(ids))
+        recheck = frozenset(t[1:] for t in ids if t.startswith(RECHECK_MARK))
+        return cls(run_id, number, share_id, tuple(t.removeprefix(RECHECK_MARK) for t in ids), recheck)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,13 +374,11 @@ class Audit:
         value = self.redis.hget(self.keys.plan(run_id), str(number))
         if value is None:
             return None
-        share_id, _, tasks = _decode(value).partition("|")
-        return Batch(run_id, number, share_id, tuple(t for t in tasks.split(",") if t))
+        return Batch.parse(run_id, number, _decode(value))
 
     def iter_batches(self, run_id: str) -> Iterator[Batch]:
         for key, value in self.redis.hscan_iter(self.keys.plan(run_id), count=500):
-            share_id, _, tasks = _decode(value).partition("|")
-            yield Batch(run_id, int(_decode(key)), share_id, tuple(t for t in tasks.split(",") if t))
+            yield Batch.parse(run_id, int(_decode(key)), _decode(value))
 
     def finished_tasks(self, run_id: str, number: int) -> set[str]:
         return {_decode(k) for k in self.redis.hkeys(self.keys.outcomes(run_id, number))}

@@ -246,7 +246,7 @@ class BatchJob:
             return failed, None
         if self.meta.get("dry_run") == "1":
             return FinalOutcome(Outcome.WOULD_DELETE, time.time()), None
-        if self.settings.recheck_status or self.meta.get("recheck") == "1":
+        if self.settings.recheck_status or self.meta.get("recheck") == "1" or task_id in batch.recheck:
             recheck = self._recheck(batch, task_id)
             if recheck is not None:
                 return recheck
