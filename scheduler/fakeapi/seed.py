@@ -115,6 +115,25 @@ def _task(
             start_time = None
     elif status != "DOING" and dice < _NO_END_TIME_RATIO + _BAD_END_TIME_RATIO:
         end_time = rng.choice(_BAD_END_TIMES)
+    return new_task(rng, share_id, task_type, target, prefix, start_time, end_time, status=status, message=message)
+
+
+def new_task(
+    rng: random.Random,
+    share_id: str,
+    task_type: str,
+    target: str,
+    prefix: str,
+    start_time: str | None,
+    end_time: str | None,
+    *,
+    status: str = "SUCCESS",
+    message: str = "task succeeded",
+) -> Task:
+    """A task with a fresh random ID whose data stays where it came from (destination = source).
+
+    The ID is drawn last, so callers that draw other values from ``rng`` first keep their order.
+    """
     return Task(
         share_id=share_id,
         task_id=f"{rng.getrandbits(128):032x}",

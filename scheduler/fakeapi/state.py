@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 
-from scheduler.fakeapi.seed import Inventory
+from scheduler.fakeapi.seed import Inventory, new_task
 from scheduler.fakeapi.tasks import Task, format_time
 
 
@@ -103,19 +103,7 @@ class TaskStore:
     def create(self, share_id: str, task_type: str, src_target: str, src_prefix: str, now: float) -> Task:
         """A new task, finished at once: the fake runs no data transfer."""
         stamp = format_time(datetime.fromtimestamp(now, UTC))
-        task = Task(
-            share_id=share_id,
-            task_id=f"{self._ids.getrandbits(128):032x}",
-            type=task_type,
-            status="SUCCESS",
-            src_target=src_target,
-            dest_target=src_target,
-            src_prefix=src_prefix,
-            dest_prefix=src_prefix,
-            start_time=stamp,
-            end_time=stamp,
-            message="task succeeded",
-        )
+        task = new_task(self._ids, share_id, task_type, src_target, src_prefix, stamp, stamp)
         self.shares[share_id][task.task_id] = task
         return task
 

@@ -22,10 +22,8 @@ the time goes. Figures go to ``bench-results/scale.json`` and a table.
 from __future__ import annotations
 
 import argparse
-import json
 import pstats
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,10 +47,9 @@ from tests.benchmarks.bench_throughput import (
     start_workers,
     stop_workers,
 )
+from tests.benchmarks.results import RESULTS_DIR, ROOT, finish, new_doc, targets_table, workdir_for
 from worker.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS_DIR = ROOT / "bench-results"
 PREFIX = "bench"
 QUEUE = "sfs.delete"
 MB = 2**20
@@ -462,12 +459,7 @@ def render(doc: dict[str, Any]) -> None:
             table.add_row(kind, str(value))
         table.caption = f"{done['deleted']:,} deleted in {done['wall_s']} s ({done['deletions_per_s']}/s)"
         out.print(table)
-    table = Table(title="Targets")
-    for column in ("target", "measured", "met"):
-        table.add_column(column)
-    for t in doc["targets"]:
-        table.add_row(t["name"], str(t["measured"]), "yes" if t["met"] else "NO")
-    out.print(table)
+    out.print(targets_table(doc["targets"]))
     live = [p["profile"] for p in doc["plans"] if p.get("profile")]
     for prof in [doc.get("profile"), *live]:
         if not prof or not prof.get("top_cumulative"):
@@ -559,16 +551,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sfs-bench-scale-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir_for(args.workdir, "scale")
     started = time.time()
-    doc: dict[str, Any] = {
-        "benchmark": "scale",
-        "schema": 1,
-        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": procstat.machine(),
-        "command": "python -m tests.benchmarks.bench_scale " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "params": {
+    doc = new_doc(
+        "scale",
+        procstat.machine(),
+        command="python -m tests.benchmarks.bench_scale " + " ".join(argv if argv is not None else sys.argv[1:]),
+        params={
             "quick": args.quick,
             "manifest_sizes": sizes,
             "shares": args.shares,
@@ -577,8 +566,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": 100,
             "redis_appendonly": False,
         },
-        "plans": [],
-    }
+        plans=[],
+    )
     console.print(f"scale: work files in {workdir}; load average {procstat.load_average()}")
     with RedisServer() as server:
         doc["plans"] += manifest_runs(server, sizes, args.shares, workdir)
@@ -594,12 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         if sizes and (args.profile or slow_manifest):
             console.print("  profiling one manifest plan with cProfile ...")
             doc["profile"] = profile_manifest(server, max(sizes), args.shares, workdir)
-    for seed in workdir.rglob("*.jsonl"):  # inventories are big; logs stay for a look
-        seed.unlink()
-    doc["machine"]["load_average_end"] = procstat.load_average()
-    doc["duration_s"] = round(time.time() - started, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    finish(doc, args.output, started, workdir)
     render(doc)
     console.print(f"figures written to {args.output}")
     return 0 if all(t["met"] for t in doc["targets"]) else 1

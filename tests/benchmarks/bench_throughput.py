@@ -33,7 +33,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -49,10 +48,9 @@ from scheduler.fakeapi.process import FakeApiProcess
 from scheduler.fakeapi.tasks import format_time
 from scheduler.processes import WorkerProcess
 from tests.benchmarks import procstat
+from tests.benchmarks.results import RESULTS_DIR, ROOT, finish, new_doc, targets_table, workdir_for
 from worker.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS_DIR = ROOT / "bench-results"
 AK = "BENCHAKAAAAAAAAAAAAA"
 SK = "bench-secret-key-not-a-secret"
 TARGET_RATIO = 20.0
@@ -865,12 +863,7 @@ def render(doc: dict[str, Any]) -> None:
         "CPU bound: the rate this CPU cost allows on all the machine's cores (fake included), and its ratio."
     )
     out.print(table)
-    targets = Table(title="Targets")
-    for column in ("target", "measured", "met"):
-        targets.add_column(column)
-    for t in doc["targets"]:
-        targets.add_row(t["name"], str(t["measured"]), "yes" if t["met"] else "NO")
-    out.print(targets)
+    out.print(targets_table(doc["targets"]))
     if doc.get("duplicate_deletes"):
         out.print(
             f"note: the fake saw {doc['duplicate_deletes']} DELETE(s) sent twice: an answer lost (read timeout), "
@@ -926,16 +919,13 @@ def main(argv: list[str] | None = None) -> int:
         result = baseline_child(args.endpoint, args.project_id, args.share_ids.split(","), args.page)
         sys.stdout.write(json.dumps(result) + "\n")
         return 0
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sfs-bench-throughput-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir_for(args.workdir, "throughput")
     started = time.time()
-    doc: dict[str, Any] = {
-        "benchmark": "throughput",
-        "schema": 1,
-        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": procstat.machine(),
-        "command": "python -m tests.benchmarks.bench_throughput " + " ".join(argv or sys.argv[1:]),
-        "params": {
+    doc = new_doc(
+        "throughput",
+        procstat.machine(),
+        command="python -m tests.benchmarks.bench_throughput " + " ".join(argv or sys.argv[1:]),
+        params={
             "quick": args.quick,
             "shares": args.shares,
             "tasks_per_share": args.tasks_per_share,
@@ -951,9 +941,9 @@ def main(argv: list[str] | None = None) -> int:
             "redis_appendonly": True,
             "log_level": "INFO",
         },
-        "baseline": None,
-        "ours": [],
-    }
+        baseline=None,
+        ours=[],
+    )
     console.print(f"throughput: work files in {workdir}; load average {procstat.load_average()}")
     if not args.profile_only:
         console.print(f"  baseline: the SDK deleting {args.baseline_tasks} tasks sequentially ...")
@@ -988,13 +978,8 @@ def main(argv: list[str] | None = None) -> int:
                 latency_ms=args.latency_ms,
                 concurrency=args.concurrency,
             )
-    for seed in workdir.rglob("*.jsonl"):  # inventories are big; logs stay for a look
-        seed.unlink()
     doc["targets"] = targets(doc, args)
-    doc["machine"]["load_average_end"] = procstat.load_average()
-    doc["duration_s"] = round(time.time() - started, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    finish(doc, args.output, started, workdir)
     render(doc)
     console.print(f"figures written to {args.output}")
     return 0 if all(t["met"] for t in doc["targets"]) else 1

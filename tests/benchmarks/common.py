@@ -36,12 +36,11 @@ from scheduler.fakeapi.process import FakeApiProcess
 from scheduler.fakeapi.tasks import format_time
 from scheduler.fakeapi.window import RateLimiter
 from scheduler.processes import WorkerProcess
+from tests.benchmarks import procstat
+from tests.benchmarks.results import RESULTS_DIR, ROOT, new_doc, write_json  # noqa: F401  (bench_ratelimit's import)
 from worker.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS_DIR = ROOT / "bench-results"
 SHARES = 4
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Kind = Literal["ours", "builtin"]
 
@@ -172,32 +171,20 @@ def session_cpu_s(session_id: int) -> float:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "; fields[0] is field 3
-        if int(fields[3]) != session_id:  # field 6: session
+        fields = procstat.stat_fields(int(entry.name))
+        if fields is None or int(fields[3]) != session_id:  # field 6: session
             continue
         total += sum(int(v) for v in fields[11:15])  # fields 14-17: utime stime cutime cstime
-    return total / _CLK_TCK
+    return total / procstat.CLK_TCK
 
 
 def machine_facts() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": procstat.cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "loadavg": procstat.load_average(),
     }
 
 
@@ -270,7 +257,7 @@ class Harness:
             deleting_seconds=0.0,
         )
         workers: list[WorkerProcess] = []
-        load_before = os.getloadavg()
+        load_before = procstat.load_average()
         try:
             fake.start()
             env = self._env(spec, fake)
@@ -324,8 +311,8 @@ class Harness:
         result["wall_s"] = round(wall, 2)
         result["cpu_s"] = cpu
         result["stall"] = probe.summary()
-        result["loadavg_before"] = [round(v, 2) for v in load_before]
-        result["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+        result["loadavg_before"] = load_before
+        result["loadavg_after"] = procstat.load_average()
         return result
 
     def _env(self, spec: RunSpec, fake: FakeApiProcess) -> dict[str, str]:
@@ -488,17 +475,7 @@ def figures(
 
 
 def write_results(path: Path, runs: list[dict[str, Any]], params: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "benchmark": "ratelimit",
-        "schema": 1,
-        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine_facts(),
-        "params": params,
-        "runs": runs,
-    }
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
-    return path
+    return write_json(path, new_doc("ratelimit", machine_facts(), params=params, runs=runs))
 
 
 def deletions_for(rate: float, seconds: float, floor: int) -> int:

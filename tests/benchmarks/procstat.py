@@ -39,15 +39,22 @@ class Stat:
     sys_s: float = 0.0  # the system part of both
 
 
-def read_stat(pid: int) -> Stat | None:
-    """One process's ``/proc/PID/stat``; ``None`` when it is gone."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` from field 3 (state) on: field N is item N - 3.
+    ``None`` when the process is gone or unreadable."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = text[text.rindex(")") + 2 :].split()
-    # rest[0] is field 3 (state); field N is rest[N - 3].
+    return text[text.rindex(")") + 2 :].split()
+
+
+def read_stat(pid: int) -> Stat | None:
+    """One process's ``/proc/PID/stat``; ``None`` when it is gone."""
+    rest = stat_fields(pid)
+    if rest is None:
+        return None
     utime, stime, cutime, cstime = (int(rest[i]) for i in (11, 12, 13, 14))
     return Stat(
         pid=pid,
@@ -90,15 +97,26 @@ def tree(root: int, stats: Mapping[int, Stat] | None = None) -> list[Stat]:
     return found
 
 
+def proc_info(path: str, key: str) -> str:
+    """The value of the first ``key: value`` line of a ``/proc`` file; "" when absent or unreadable."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def proc_kb(path: str, key: str) -> int:
+    """A ``kB`` value of a ``/proc`` file; 0 when absent or unreadable."""
+    value = proc_info(path, key)
+    return int(value.split()[0]) if value else 0
+
+
 def status_kb(pid: int, name: str) -> int:
     """A ``kB`` field of ``/proc/PID/status`` (``VmHWM``, ``VmRSS``); 0 when absent or gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
+    return proc_kb(f"/proc/{pid}/status", name + ":")
 
 
 @dataclass
@@ -267,28 +285,18 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def cpu_model() -> str:
+    return proc_info("/proc/cpuinfo", "model name")
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     import platform
 
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_kb = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-    except OSError:
-        pass
+    mem_kb = proc_kb("/proc/meminfo", "MemTotal:")
     return {
         "cpus": cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),

@@ -32,10 +32,9 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from scheduler.fakeapi.config import FakeConfig
 from scheduler.fakeapi.server import FakeApi
 from scheduler.service import last_slot, slot_key
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, fake_api, wait_for
 from worker.audit import OVER, Audit
 
 pytestmark = pytest.mark.integration
@@ -99,11 +98,7 @@ class Beat:
             self.kill()
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeApi]:
-    config = FakeConfig(shares=1, tasks_per_share=60, seed=5, deleting_seconds=0, latency_ms=1)
-    with FakeApi(config).start() as api:
-        yield api
+fake = fake_api(shares=1, tasks_per_share=60, seed=5, deleting_seconds=0, latency_ms=1)
 
 
 @pytest.fixture

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scheduler.fakeapi.config import FakeConfig
 from scheduler.fakeapi.server import FakeApi
-from tests.support.cluster import Cluster
+from tests.support import fault_runs
+from tests.support.cluster import Cluster, fake_api
 from tests.support.faults import (
     FAST,
     RunView,
@@ -37,33 +36,15 @@ def deletes(fake: FakeApi) -> dict[str, int]:
     return dict(fake.stats()["requests_by_method_status"].get("DELETE", {}))
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeApi]:
-    config = FakeConfig(shares=4, tasks_per_share=700, seed=51, latency_ms=20, deleting_seconds=0)
-    with FakeApi(config).start() as api:
-        yield api
-
-
-@pytest.fixture
-def view(redis_url: str) -> Iterator[RunView]:
-    v = RunView(redis_url)
-    yield v
-    v.close()
-
-
-def make_cluster(redis_url: str, fake: FakeApi, tmp: Path, **settings: str) -> Cluster:
-    return Cluster(redis_url=redis_url, fake=fake, tmp=tmp, settings={**FAST, **settings})
+fake = fake_api(shares=4, tasks_per_share=700, seed=51, latency_ms=20, deleting_seconds=0)
+cluster = fault_runs.cluster
+view = fault_runs.view
 
 
 @pytest.mark.slow
-def test_a_60s_outage_inside_the_retry_budget_fails_nothing(
-    redis_url: str, fake: FakeApi, view: RunView, tmp_path: Path
-) -> None:
+def test_a_60s_outage_inside_the_retry_budget_fails_nothing(fake: FakeApi, view: RunView, cluster: Cluster) -> None:
     size = 2000
-    cluster = make_cluster(
-        redis_url,
-        fake,
-        tmp_path,
+    cluster.settings.update(
         # The run lasts long enough for an outage in the middle: 100 requests/s for the fleet.
         SFS_CLEANUP_RATE_LIMIT="100",
         SFS_CLEANUP_RATE_BURST="10",
@@ -125,13 +106,10 @@ def test_a_60s_outage_inside_the_retry_budget_fails_nothing(
 
 @pytest.mark.slow
 def test_an_outage_longer_than_the_budget_fails_the_rest_and_replay_deletes_them(
-    redis_url: str, fake: FakeApi, view: RunView, tmp_path: Path
+    fake: FakeApi, view: RunView, cluster: Cluster
 ) -> None:
     size = 600
-    cluster = make_cluster(
-        redis_url,
-        fake,
-        tmp_path,
+    cluster.settings.update(
         SFS_CLEANUP_RATE_LIMIT="100",
         SFS_CLEANUP_RATE_BURST="10",
         # A small budget: 2 retries with short backoff, and a task may wait for a limiter slot
@@ -228,14 +206,11 @@ def test_the_fakes_permanent_error_ratio_refuses_the_same_tasks_every_time(fake:
 
 @pytest.mark.slow
 def test_failure_threshold_stops_the_run_and_the_rest_end_aborted(
-    redis_url: str, fake: FakeApi, view: RunView, tmp_path: Path
+    fake: FakeApi, view: RunView, cluster: Cluster
 ) -> None:
     size = 2000
     fake.configure(permanent_error_ratio=0.8)  # 4 in 5 deletes refused for good (400 SFS.TURBO.0001)
-    cluster = make_cluster(
-        redis_url,
-        fake,
-        tmp_path,
+    cluster.settings.update(
         SFS_CLEANUP_RATE_LIMIT="200",
         SFS_CLEANUP_FAILURE_THRESHOLD_RATIO="0.5",
         SFS_CLEANUP_FAILURE_THRESHOLD_MIN_ATTEMPTS="50",
@@ -268,9 +243,9 @@ def test_failure_threshold_stops_the_run_and_the_rest_end_aborted(
 
 
 @pytest.mark.slow
-def test_cancel_stops_a_run_on_demand(redis_url: str, fake: FakeApi, view: RunView, tmp_path: Path) -> None:
+def test_cancel_stops_a_run_on_demand(fake: FakeApi, view: RunView, cluster: Cluster) -> None:
     size = 2000
-    cluster = make_cluster(redis_url, fake, tmp_path, SFS_CLEANUP_RATE_LIMIT="100")
+    cluster.settings.update(SFS_CLEANUP_RATE_LIMIT="100")
     try:
         cluster.start_worker("w1", concurrency=2)
         with running(background_cli(cluster, "purge", "purge", "--max-deletions", str(size), "--wait", "--json")) as bg:

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from scheduler.fakeapi.config import FakeConfig
 from scheduler.fakeapi.server import FakeApi
-from tests.support.cluster import Cluster
+from tests.support import fault_runs
+from tests.support.cluster import Cluster, fake_api
 from tests.support.faults import (
-    FAST,
     RunView,
-    assert_one_outcome_per_task,
     background_cli,
-    explain_duplicates,
-    export_rows,
     figure,
     running,
 )
@@ -42,24 +37,20 @@ def aof_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeApi]:
-    config = FakeConfig(shares=4, tasks_per_share=1500, seed=41, latency_ms=25, deleting_seconds=0)
-    with FakeApi(config).start() as api:
-        yield api
+def redis_url(aof_redis: RedisServer) -> str:
+    """This module's Redis is its own, with AOF on, in place of the session's."""
+    return aof_redis.url
 
 
-@pytest.fixture
-def cluster(aof_redis: RedisServer, fake: FakeApi, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(redis_url=aof_redis.url, fake=fake, tmp=tmp_path, settings=dict(FAST))
-    yield c
-    c.stop()
+fake = fake_api(shares=4, tasks_per_share=1500, seed=41, latency_ms=25, deleting_seconds=0)
+cluster = fault_runs.cluster
+view = fault_runs.view
 
 
 @pytest.mark.slow
 def test_redis_restart_mid_run_workers_and_scheduler_reconnect(
-    cluster: Cluster, fake: FakeApi, aof_redis: RedisServer
+    cluster: Cluster, fake: FakeApi, aof_redis: RedisServer, view: RunView
 ) -> None:
-    view = RunView(aof_redis.url)
     cluster.start_worker("w1", concurrency=2)
     with running(background_cli(cluster, "purge", "purge", "--max-deletions", str(RUN_SIZE), "--wait", "--json")) as bg:
         run_id = view.wait_run()
@@ -84,20 +75,5 @@ def test_redis_restart_mid_run_workers_and_scheduler_reconnect(
     figure("stop -> first new outcome after the restart (s)", round(resumed, 1))
     figure("stop -> run finished (s)", round(finished, 1))
     assert code == 0, f"{report}\n{stderr[-3000:]}"
-    assert report["status"] == "finished", report
-    rows = export_rows(cluster, run_id)
-    counted = assert_one_outcome_per_task(report, rows)
-    assert report["selected"] == RUN_SIZE
-    assert set(counted) <= {"deleted", "already_gone"}, counted
-    dups = explain_duplicates(fake, view, [run_id])
-    stats = fake.stats()
-    dup_tasks = {d["task_id"] for d in stats["duplicates"]}
-    figure("duplicate DELETEs", f"{dups.total} ({len(dup_tasks)} tasks)")
-    figure("  explained: outcome already_gone", dups.already_gone)
-    figure("  explained: deleted recorded after the duplicate", dups.recorded_later)
+    counted = fault_runs.assert_finished_despite_crash(cluster, fake, view, report, RUN_SIZE)
     figure("outcomes", dict(counted))
-    # Nothing lost from the audit: every accepted DELETE is a `deleted` outcome, except those
-    # whose outcome had not been written when Redis went away (their retry found them gone).
-    assert counted["deleted"] + counted["already_gone"] == stats["deletes_accepted"] == RUN_SIZE
-    assert counted["already_gone"] <= len(dup_tasks)
-    view.close()

@@ -10,22 +10,17 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from scheduler.fakeapi.config import FakeConfig
 from scheduler.fakeapi.server import FakeApi
-from tests.support.cluster import Cluster, wait_for
+from tests.support import fault_runs
+from tests.support.cluster import Cluster, fake_api, wait_for
 from tests.support.faults import (
     FAST,
     RunView,
-    assert_one_outcome_per_task,
     background_cli,
     cli_json,
-    explain_duplicates,
-    export_rows,
     figure,
     running,
 )
@@ -35,46 +30,10 @@ pytestmark = pytest.mark.integration
 RUN_SIZE = 5000
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeApi]:
-    # About 6,000 eligible tasks; a 25 ms answer keeps 5,000 deletions busy for a while.
-    config = FakeConfig(shares=4, tasks_per_share=1800, seed=31, latency_ms=25, deleting_seconds=0)
-    with FakeApi(config).start() as api:
-        yield api
-
-
-@pytest.fixture
-def cluster(redis_url: str, fake: FakeApi, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(redis_url=redis_url, fake=fake, tmp=tmp_path, settings=dict(FAST))
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def view(redis_url: str) -> Iterator[RunView]:
-    v = RunView(redis_url)
-    yield v
-    v.close()
-
-
-def _check_final(cluster: Cluster, fake: FakeApi, view: RunView, report: dict[str, object], size: int) -> None:
-    """One final outcome per task; every DELETE accounted for; duplicates only in the crash window."""
-    run_id = str(report["run_id"])
-    assert report["status"] == "finished", report
-    assert report["selected"] == size
-    rows = export_rows(cluster, run_id)
-    counted = assert_one_outcome_per_task(report, rows)  # type: ignore[arg-type]
-    assert set(counted) <= {"deleted", "already_gone"}, counted
-    dups = explain_duplicates(fake, view, [run_id])
-    stats = fake.stats()
-    dup_tasks = {d["task_id"] for d in stats["duplicates"]}
-    figure("duplicate DELETEs", f"{dups.total} ({len(dup_tasks)} tasks)")
-    figure("  explained: outcome already_gone", dups.already_gone)
-    figure("  explained: deleted recorded after the duplicate", dups.recorded_later)
-    # Every accepted DELETE is in the audit: as `deleted`, or as `already_gone` when the worker
-    # that sent it died before writing its outcome (then the next delivery found it gone).
-    assert counted["deleted"] + counted["already_gone"] == stats["deletes_accepted"] == size
-    assert counted["already_gone"] <= len(dup_tasks), (counted, len(dup_tasks))
+# About 6,000 eligible tasks; a 25 ms answer keeps 5,000 deletions busy for a while.
+fake = fake_api(shares=4, tasks_per_share=1800, seed=31, latency_ms=25, deleting_seconds=0)
+cluster = fault_runs.cluster
+view = fault_runs.view
 
 
 @pytest.mark.slow
@@ -115,7 +74,7 @@ def test_whole_worker_sigkill_mid_run_the_run_still_finishes(cluster: Cluster, f
     redispatched = [e for e in view.audit.events(kind="batches_redispatched") if e.get("run_id") == run_id]
     figure("batches re-sent by the reconciler", sum(int(e["count"]) for e in redispatched))
     assert code == 0, report
-    _check_final(cluster, fake, view, report, RUN_SIZE)
+    fault_runs.assert_finished_despite_crash(cluster, fake, view, report, RUN_SIZE)
     assert redispatched  # the lost jobs came back through the reconciler, not the visibility timeout
     # Bounded: the reconciler re-sends a lost batch once the queue is empty and the batch has had
     # no lease and no progress for RECONCILE_AFTER_S, well before the visibility timeout (120 s).
@@ -167,7 +126,7 @@ def test_one_pool_child_killed_its_job_is_requeued_at_once(cluster: Cluster, fak
     assert worker.running and len(worker.children()) == 2  # the pool replaced its child
     # The new delivery took over its own dead child's lease instead of giving up as "busy".
     assert '"state": "busy"' not in worker.log()
-    _check_final(cluster, fake, view, report, 2000)
+    fault_runs.assert_finished_despite_crash(cluster, fake, view, report, 2000)
 
 
 @pytest.mark.slow
@@ -214,7 +173,7 @@ def test_sigterm_mid_run_hands_back_or_finishes_its_jobs(
     figure(f"[{target}] SIGTERM -> those batches finished (s)", round(held_done, 1))
     figure(f"[{target}] SIGTERM -> run finished (s)", round(finished, 1))
     assert code == 0, report
-    _check_final(cluster, fake, view, report, 3000)
+    fault_runs.assert_finished_despite_crash(cluster, fake, view, report, 3000)
     if target == "main":
         assert first.proc.returncode == 0, log[-2000:]
         assert "WorkerLostError" not in log

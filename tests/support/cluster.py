@@ -7,13 +7,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
+from scheduler.fakeapi.config import FakeConfig
 from scheduler.fakeapi.server import FakeApi
 from scheduler.processes import WorkerProcess
 
@@ -98,3 +100,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: floa
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def fake_api(**config: Any) -> Callable[[], Iterator[FakeApi]]:
+    """A fixture serving a fake API built from ``FakeConfig(**config)``, fresh for each test.
+
+    Bind it to the name the tests ask for: ``fake = fake_api(shares=2, seed=7)``.
+    """
+
+    @pytest.fixture
+    def fake() -> Iterator[FakeApi]:
+        with FakeApi(FakeConfig(**config)).start() as api:
+            yield api
+
+    return fake
