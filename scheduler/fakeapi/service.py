@@ -1,8 +1,10 @@
 """The fake SFS Turbo task API and IAM login as an aiohttp application.
 
-Each API call goes through the same steps as at Huawei, as far as they are known:
-latency, the gateway (authentication, then the per-user throttle), an outage if one is on,
-the path's project and share, and only then the call itself. Gateway answers are written with
+Each API call goes through the same steps as at Huawei, as far as they are known: the gateway
+(authentication, then the per-user throttle) as the request arrives, then the latency, an
+outage if one is on, the path's project and share, and only then the call itself. The gateway
+judges a request when it arrives, as the busiest-second figures count it: a throttle applied
+after the latency's sleep would also judge this process's own timer jitter. Gateway answers are written with
 ``X-Request-Id`` and SFS Turbo's with ``X-request-id``, so clients must read headers without
 regard to case, as they must in reality.
 """
@@ -14,6 +16,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, Final
 
 from aiohttp import web
@@ -31,6 +34,9 @@ API_PREFIX: Final = "/v1/{project_id}/sfs-turbo/{share_id}/hpc-cache"
 SFS_ID_HEADER: Final = "X-request-id"
 GATEWAY_ID_HEADER: Final = "X-Request-Id"
 
+# When the request being answered reached the gateway (epoch s); aiohttp runs each request in a
+# task of its own, so a context variable is per request.
+_ARRIVED: ContextVar[float] = ContextVar("sfs_fake_arrived")
 _TASK_NOT_FOUND: Final = ("SFS.TURBO.0106", "Invalid task id.")
 _PARAMETER_ERROR: Final = ("SFS.TURBO.0001", "parameter error")
 _INTERNAL_ERROR: Final = ("SFS.TURBO.0005", "Internal server error")
@@ -148,7 +154,9 @@ class FakeService:
         async def handle(request: web.Request) -> web.StreamResponse:
             stats = self.stats
             method = request.method
-            stats.arrive(method, time.monotonic(), time.time())
+            arrived = time.time()
+            _ARRIVED.set(arrived)
+            stats.arrive(method, time.monotonic(), arrived)
             rid = request_id()
             try:
                 response = await self._pipeline(request, inner, rid, gateway)
@@ -168,18 +176,18 @@ class FakeService:
 
     async def _pipeline(self, request: web.Request, inner: Inner, rid: str, gateway: bool) -> web.Response:
         config = self.config
-        if config.latency_ms > 0 or config.latency_jitter_ms > 0:
-            await asyncio.sleep(self.dice.latency_s(config))
-            config = self.config  # a patch may have landed while this request slept
         if gateway:
             refused = await self._gateway(request, rid, config)
             if refused is not None:
                 return refused
-            if config.outage_active(time.time()):
-                self.stats.injected["outage"] += 1
-                if config.outage_status == 500:
-                    return sfs_error(500, _INTERNAL_ERROR, rid)
-                return gateway_error(503, "APIGW.0201", "Backend unavailable", rid)
+        if config.latency_ms > 0 or config.latency_jitter_ms > 0:
+            await asyncio.sleep(self.dice.latency_s(config))
+            config = self.config  # a patch may have landed while this request slept
+        if gateway and config.outage_active(time.time()):
+            self.stats.injected["outage"] += 1
+            if config.outage_status == 500:
+                return sfs_error(500, _INTERNAL_ERROR, rid)
+            return gateway_error(503, "APIGW.0201", "Backend unavailable", rid)
         return await inner(request, rid)
 
     async def _gateway(self, request: web.Request, rid: str, config: FakeConfig) -> web.Response | None:
@@ -295,17 +303,19 @@ class FakeService:
             return sfs_error(400, _BUSY, rid)
         now = time.time()
         outcome = store.delete(share_id, task_id, now, config.deleting_seconds)
-        self._count_delete(outcome, share_id, task_id, now, was_doing)
+        self._count_delete(outcome, share_id, task_id, now, was_doing, _ARRIVED.get(now))
         if fault is Fault.DROP_AFTER:
             raise _DropConnectionError
         if outcome is DeleteOutcome.ACCEPTED:
             return web.Response(status=202, headers={SFS_ID_HEADER: rid})
         return sfs_error(400, _TASK_NOT_FOUND, rid)
 
-    def _count_delete(self, outcome: DeleteOutcome, share_id: str, task_id: str, now: float, doing: bool) -> None:
+    def _count_delete(
+        self, outcome: DeleteOutcome, share_id: str, task_id: str, now: float, doing: bool, arrived: float
+    ) -> None:
         if outcome is DeleteOutcome.ACCEPTED:
             self.stats.deletes_accepted += 1
-            self.stats.deleted.append(Deletion(share_id, task_id, now))
+            self.stats.deleted.append(Deletion(share_id, task_id, now, arrived))
             if doing:
                 self.stats.doing_deletes += 1
 

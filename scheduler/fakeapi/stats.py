@@ -19,7 +19,8 @@ DROPPED = "dropped"  # the status key of a request whose connection was closed u
 class Deletion:
     share_id: str
     task_id: str
-    at: float  # epoch seconds
+    at: float  # epoch seconds, when it was accepted (after the latency)
+    arrived: float | None = None  # epoch seconds, when the request reached the gateway
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Stats:
 
     def deleted_records(self) -> list[dict[str, Any]]:
         """The JSON of ``GET /_fake/deleted``: every accepted DELETE, oldest first."""
-        return [{"share_id": d.share_id, "task_id": d.task_id, "at": d.at} for d in self.deleted]
+        return [{"share_id": d.share_id, "task_id": d.task_id, "at": d.at, "arrived": d.arrived} for d in self.deleted]
 
     def reset(self) -> None:
         """Clear the counters; requests still being answered keep their place in ``in_flight``."""

@@ -18,8 +18,8 @@ process), in five configurations:
 
 For the runs against a fake that does not throttle, the 429s a limit of R would have answered
 are computed from the server's timestamps with the fake's own admission rule. Every figure
-comes from the fake (requests, 429s, the busiest sliding second of DELETE arrivals, the time of
-each accepted DELETE); our audit's busiest second is printed beside it for comparison. Each run
+comes from the fake (requests, 429s, the busiest sliding second of DELETE arrivals, the arrival
+time of each accepted DELETE); our audit's busiest second is printed beside it for comparison. Each run
 deletes max(2,000, R x 20 s) tasks (``--quick``: max(500, R x 5 s)). Results go to
 ``bench-results/ratelimit.json``.
 """

@@ -2,7 +2,7 @@
 
 Every figure comes from the fake's own counts (server-side truth): ``GET /_fake/stats`` for the
 requests, the 429s and the busiest sliding second of DELETE arrivals, and ``GET /_fake/deleted``
-for the time of each accepted DELETE (the achieved rate). Our audit's own figures are kept next
+for the arrival time of each accepted DELETE (the achieved rate). Our audit's own figures are kept next
 to them for comparison only. CPU time is read from ``/proc`` for each process group the harness
 started (workers, the fake, Redis) just before it is stopped.
 
@@ -399,7 +399,8 @@ def figures(
     """The run's figures, from the fake's counts; ratios against R; the targets checked."""
     r = spec.r
     by_status: dict[str, int] = stats["requests_by_method_status"].get("DELETE", {})
-    stamps = [float(d["at"]) for d in deleted]
+    # When each accepted DELETE reached the fake's gateway: the instants its throttle judges.
+    stamps = [float(d["arrived"] if d.get("arrived") is not None else d["at"]) for d in deleted]
     delete_requests = sum(by_status.values())
     busiest_delete = int(stats["busiest_second_by_method"].get("DELETE", 0))
     achieved = achieved_rate(stamps)
