@@ -79,7 +79,15 @@ class _Fingerprints:
 
     def add(self, share_id: str, task_id: str) -> bool:
         """Add the task; ``False`` if it was already there."""
-        key = self._key(share_id, task_id)
+        if not self._insert(self._key(share_id, task_id)):
+            return False
+        self._count += 1
+        if self._count * 2 > self._mask:
+            self._grow()
+        return True
+
+    def _insert(self, key: int) -> bool:
+        """Linear probing from the key's slot; ``False`` if the key is already there."""
         slots, mask = self._slots, self._mask
         i = key & mask
         while (value := slots[i]) != 0:
@@ -87,9 +95,6 @@ class _Fingerprints:
                 return False
             i = (i + 1) & mask
         slots[i] = key
-        self._count += 1
-        if self._count * 2 > mask:
-            self._grow()
         return True
 
     def _grow(self) -> None:
@@ -98,10 +103,7 @@ class _Fingerprints:
         self._mask = len(self._slots) - 1
         for key in old:
             if key:
-                i = key & self._mask
-                while self._slots[i] != 0:
-                    i = (i + 1) & self._mask
-                self._slots[i] = key
+                self._insert(key)
 
 
 def _rejection(item: Rejected) -> dict[str, Any]:

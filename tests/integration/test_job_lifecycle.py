@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,21 @@ from worker.models import TaskInfo
 from worker.purge import BatchJob
 from worker.retry import RetryPolicy
 from worker.runtime import Runtime
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def _runtime(settings: Settings, audit: Audit, name: str) -> Iterator[Runtime]:
+    """A worker process's runtime (client, limiter, pool) for jobs run in this test's process."""
+    rt = Runtime(
+        settings=settings, redis=audit.redis, audit=audit, retry=RetryPolicy.from_settings(settings), worker_name=name
+    )
+    try:
+        yield rt
+    finally:
+        rt.close()
 
 
 @pytest.fixture
@@ -86,18 +99,13 @@ def test_a_job_past_its_soft_time_limit_sends_nothing_more_and_leaves_the_rest_p
         return real_wait(fs, timeout=timeout, **kw)
 
     monkeypatch.setattr(purge, "wait", wait_then_time_limit)
-    rt = Runtime(
-        settings=settings, redis=client, audit=audit, retry=RetryPolicy.from_settings(settings), worker_name="t"
-    )
-    try:
+    with _runtime(settings, audit, "t") as rt:
         with pytest.raises(SoftTimeLimitExceeded):
             BatchJob(rt, "r-leave", 0, "holder-1").run()
         left_at = time.monotonic()
         sent_then = sum(fake.stats()["requests_by_method_status"].get("DELETE", {}).values())
         time.sleep(1.0)  # the pool's threads are still alive: do they go on?
         sent_later = sum(fake.stats()["requests_by_method_status"].get("DELETE", {}).values())
-    finally:
-        rt.close()
 
     outcomes = audit.finished_tasks("r-leave", 0)
     print(
@@ -113,13 +121,8 @@ def test_a_job_past_its_soft_time_limit_sends_nothing_more_and_leaves_the_rest_p
     assert time.monotonic() - left_at < 5
 
     # The next delivery of the batch deletes exactly the rest.
-    rt2 = Runtime(
-        settings=settings, redis=client, audit=audit, retry=RetryPolicy.from_settings(settings), worker_name="t2"
-    )
-    try:
+    with _runtime(settings, audit, "t2") as rt2:
         result = BatchJob(rt2, "r-leave", 0, "holder-2").run()
-    finally:
-        rt2.close()
     assert result.outcomes["deleted"] == total - sent_then
     assert len(fake.deleted()) == total
     assert fake.stats()["duplicate_deletes"] == 0
@@ -129,7 +132,7 @@ _DOOMED_JOB = """
 import sys
 from worker.purge import BatchJob
 from worker.runtime import get_runtime
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 
 url, api, project, token = sys.argv[1:5]
 settings = load_settings(redis_url=url, api_endpoint=api, project_id=project, auth_token=token, rate_ramp_s=0)
@@ -171,13 +174,8 @@ def test_a_batch_whose_job_keeps_dying_fails_its_rest_after_the_delivery_limit(r
         assert audit.finished_tasks("r-doomed", 0) == set(), "no delivery got anywhere"
         sent = fake.stats()["requests_total"]
 
-        rt = Runtime(
-            settings=settings, redis=client, audit=audit, retry=RetryPolicy.from_settings(settings), worker_name="t"
-        )
-        try:
+        with _runtime(settings, audit, "t") as rt:
             result = BatchJob(rt, "r-doomed", 0, "next").run()
-        finally:
-            rt.close()
         records = list(audit.task_records(audit.batch("r-doomed", 0)))
         reasons = {r.final.reason for r in records if r.final is not None}
         print(f"\n  after {settings.max_job_deliveries} lost deliveries: {dict(result.outcomes)}; {reasons}")
