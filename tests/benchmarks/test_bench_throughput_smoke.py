@@ -38,8 +38,10 @@ def test_throughput_benchmark_writes_its_figures(tmp_path: Path) -> None:
     assert ours["deleted"] == ours["tasks"] == 60 and ours["status"] == "finished" and ours["agree"]
     assert ours["server"]["duplicate_deletes"] == 0
     assert ours["deletions_per_s"] > 0 and ours["ratio"] > 0
-    for name in ("workers", "scheduler", "redis", "ours_total", "fake"):
+    for name in ("workers", "scheduler", "ours_total", "fake"):
         assert ours["cpu_per_1000"][name] > 0, name
+    # Redis serves 60 tasks in less than one 10 ms /proc clock tick at times: measured, maybe 0.
+    assert ours["cpu_per_1000"]["redis"] >= 0
     assert ours["cpu_s"]["worker1"] > 0 and ours["cpu_s"]["worker2"] > 0
     assert 0 < ours["scheduler_peak_rss_mb"] < 1000
     assert doc["ratio"] == ours["ratio"]
