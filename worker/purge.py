@@ -410,14 +410,7 @@ class BatchJob:
         is returned, not recorded: the caller records it, together with the final outcome when
         there is one (one Redis round trip for the common single-attempt case).
         """
-        if self.stop.is_set():
-            self._halt()
-        try:
-            self.rt.limiter.acquire(cancel=self.stop)
-        except RateLimitCancelled:
-            self._halt()
-        if self.left.is_set():  # left while waiting for the slot: the slot goes unused
-            raise _LeftError
+        self._acquire()
         state = self.tasks.setdefault(task_id, _TaskState())
         if op == "show":
             state.shows += 1
@@ -459,6 +452,31 @@ class BatchJob:
         if op == "delete" and answer.verdict is not Verdict.THROTTLED:
             state.note(attempt)
         return answer, task, attempt
+
+    def _acquire(self) -> None:
+        """Wait for a fleet slot; a stop or leave wakes the wait, and the task goes no further.
+
+        The limiter lives in Redis: while Redis refuses (down, out of memory, read-only) nothing
+        is sent, and after ``RecordBuffer.retry_s`` the task is left to a later delivery.
+        """
+        deadline = time.monotonic() + self.records.retry_s
+        pause = 0.1
+        while True:
+            if self.stop.is_set():
+                self._halt()
+            try:
+                self.rt.limiter.acquire(cancel=self.stop)
+                break
+            except RateLimitCancelled:
+                self._halt()
+            except redis.RedisError as exc:
+                log.warning("rate limiter unreachable; not sending", error=str(exc)[:200])
+                if time.monotonic() >= deadline:
+                    raise _LeftError from None
+                self._wait_or_halt(pause)
+                pause = min(2.0, pause * 2)
+        if self.left.is_set():  # left while waiting for the slot: the slot goes unused
+            raise _LeftError
 
     def _pass_gate_again(self, batch: Batch, task_id: str, n: int) -> None:
         """The process paused after the gate: ask again, and mark the intent unsent if refused."""
@@ -543,7 +561,8 @@ class BatchJob:
                 attempt = dataclasses.replace(attempt, verdict=Verdict.RETRYABLE.value, code="unreadable_body")
                 verdict = Verdict.RETRYABLE
             if verdict is Verdict.THROTTLED:
-                self.rt.limiter.throttled(answer.retry_after_s)
+                with contextlib.suppress(redis.RedisError):  # a lost 429 signal only slows less
+                    self.rt.limiter.throttled(answer.retry_after_s)
                 throttled += 1
                 if throttled > policy.max_throttled:
                     return self._failed(0, answer, RECHECK_FAILED), attempt
@@ -590,7 +609,8 @@ class BatchJob:
             last = answer
             verdict = answer.verdict
             if verdict is Verdict.THROTTLED:
-                self.rt.limiter.throttled(answer.retry_after_s)
+                with contextlib.suppress(redis.RedisError):  # a lost 429 signal only slows less
+                    self.rt.limiter.throttled(answer.retry_after_s)
                 throttled += 1
                 if throttled > policy.max_throttled:
                     return self._failed(record.n, answer, "throttled too many times"), record
