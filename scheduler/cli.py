@@ -110,7 +110,9 @@ def purge(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Record what would be deleted; send no DELETE.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the run to its end, then print the report.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final report as one JSON object.")] = False,
-    run_id: Annotated[str | None, typer.Option(help="Use this run ID (default: a new one).")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Use this run ID (letters, digits, '-'; not an existing run's).")
+    ] = None,
 ) -> None:
     """Select tasks, freeze the plan as a new run, and enqueue its deletion jobs.
 
@@ -119,8 +121,14 @@ def purge(
     """
     from scheduler.policy import policy_from_sources
     from scheduler.runs import follow, inventory, start_run
+    from worker.ids import explain
 
     ctx = context()
+    if run_id is not None:
+        if (why := explain(run_id)) is not None:
+            raise UserError(f"--run-id {run_id[:80]!r} {why}")
+        if ctx.audit.run(run_id):
+            raise UserError(f"--run-id {run_id!r}: a run with this ID already exists; choose another")
     chosen = policy_from_sources(
         settings=ctx.settings,
         file=policy,
@@ -137,7 +145,7 @@ def purge(
     if manifest is not None and not manifest.is_file():
         raise UserError(f"manifest {manifest} does not exist or is not a file")
     items, source = inventory(ctx, chosen, manifest)
-    plan = start_run(ctx, chosen, items, source=source, dry_run=dry_run, trigger="cli")
+    plan = start_run(ctx, chosen, items, source=source, dry_run=dry_run, trigger="cli", run_id=run_id)
     if not as_json:
         render_plan_summary(plan.as_dict(), err)
         err.print(f"run [bold]{plan.run_id}[/bold]: {plan.status.value}, {plan.selected} selected")

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import structlog
 from celery import Celery
 
-from worker.audit import ACTIVE, Audit, RunStatus
+from worker.audit import ACTIVE, OVER, Audit, RunStatus
 from worker.celery_app import DELETE_QUEUE, PURGE_BATCH
 from worker.settings import Settings
 
@@ -52,9 +52,11 @@ def queue_depth(audit: Audit, queue: str = DELETE_QUEUE) -> int:
 
 def reconcile_run(app: Celery, audit: Audit, settings: Settings, run_id: str, *, now: float | None = None) -> int:
     """Re-send the open batches of an active run that nobody works on and nobody queued."""
-    status = audit.status(run_id)
-    if status not in ACTIVE:
+    status, selected = audit.redis.hmget(audit.keys.run(run_id), ["status", "selected"])
+    if status is None or RunStatus(_text(status)) not in ACTIVE:
         return 0
+    if selected is None:
+        return 0  # stopped while still planning: its planner ends it, and no batch may be sent
     if queue_depth(audit) > 0:
         return 0  # jobs are still waiting: none can be declared lost yet
     now = time.time() if now is None else now
@@ -70,14 +72,28 @@ def reconcile_run(app: Celery, audit: Audit, settings: Settings, run_id: str, *,
     return send_batches(app, audit, run_id, stale)
 
 
-def reconcile_all(app: Celery, audit: Audit, settings: Settings, *, limit: int = 50) -> dict[str, int]:
-    """One reconciler pass over the recent runs; the periodic ``sfs.reconcile`` job calls it."""
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def reconcile_all(
+    app: Celery, audit: Audit, settings: Settings, *, limit: int = 50, now: float | None = None
+) -> dict[str, int]:
+    """One reconciler pass over every active run; the periodic ``sfs.reconcile`` job calls it.
+
+    The runs are those of the active index, however old, plus the ``limit`` most recent ones
+    (runs created before the index existed are not in it).
+    """
     done: dict[str, int] = {}
-    for meta in audit.list_runs(limit):
-        run_id = meta.get("run_id", "")
-        if run_id and meta.get("status") in {s.value for s in ACTIVE}:
-            done[run_id] = reconcile_run(app, audit, settings, run_id)
-        elif run_id and meta.get("status") == RunStatus.PLANNING.value:
+    recent = [meta.get("run_id", "") for meta in audit.list_runs(limit)]
+    for run_id in dict.fromkeys([*audit.active_runs(), *recent]):
+        status, selected = audit.redis.hmget(audit.keys.run(run_id), ["status", "selected"])
+        if status is None or RunStatus(_text(status)) in OVER:
+            audit.forget_active(run_id)  # its keys expired, or it ended without leaving the index
+            continue
+        if RunStatus(_text(status)) is RunStatus.PLANNING or selected is None:
             # A planner killed mid-plan (control worker lost) would leave the run planning for ever.
             audit.abandon_stale_planning(run_id, settings.planning_stale_s)
+        else:
+            done[run_id] = reconcile_run(app, audit, settings, run_id, now=now)
     return done

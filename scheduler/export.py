@@ -25,6 +25,18 @@ COLUMNS = [
 ]
 
 
+# A cell starting with one of these is a formula to a spreadsheet, and an error message or a
+# refused input line is text someone else wrote: "=HYPERLINK(...)" must stay text when opened.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a leading single quote before a formula start."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _rows(audit: Audit, run_id: str, project_id: str) -> Any:
     for batch in audit.iter_batches(run_id):
         for record in audit.task_records(batch):
@@ -54,7 +66,8 @@ def write_export(audit: Audit, run_id: str, project_id: str, stream: TextIO, fmt
         writer = csv.DictWriter(stream, fieldnames=COLUMNS)
         writer.writeheader()
         for row in _rows(audit, run_id, project_id):
-            writer.writerow(row | {"request_ids": " ".join(row["request_ids"])})
+            cells = row | {"request_ids": " ".join(row["request_ids"])}
+            writer.writerow({name: _inert(value) for name, value in cells.items()})
             count += 1
     else:
         for row in _rows(audit, run_id, project_id):

@@ -110,6 +110,10 @@ def _rejection(item: Rejected) -> dict[str, Any]:
     return {"source": item.source, "line": item.line, "reason": item.reason, "raw": item.raw}
 
 
+class _PlanningStoppedError(Exception):
+    """The run was cancelled (or aborted) while planning: stop reading the inventory."""
+
+
 class _PlanWriter:
     """Groups selected tasks per share into batches and writes them to Redis as they fill."""
 
@@ -121,11 +125,15 @@ class _PlanWriter:
         self._next_beat = 0.0
 
     def beat(self) -> None:
-        """Show the reconciler this planner is alive (a killed one's run is aborted as stale)."""
+        """Show the reconciler this planner is alive (a killed one's run is aborted as stale).
+
+        Raises :class:`_PlanningStoppedError` once the run is no longer planning (cancelled).
+        """
         now = time.monotonic()
         if now >= self._next_beat:
-            self.audit.planning_beat(self.run_id)
             self._next_beat = now + _BEAT_EVERY_S
+            if not self.audit.planning_beat(self.run_id):
+                raise _PlanningStoppedError
 
     def add(self, share_id: str, task_id: str, *, recheck: bool = False) -> None:
         self.result.shares[share_id] += 1
@@ -231,16 +239,19 @@ def plan_run(
     def not_selected_because(item: TaskInfo) -> str | None:
         if explicit or bare(item):
             result.explicit += 1
-            why = selector.is_protected(item.share_id, item.task_id)
-            over_cap = policy.max_deletions is not None and result.shares.total() >= policy.max_deletions
-            return why or ("over_cap" if over_cap else None)
-        decision = selector.decide(item)
+            decision = selector.admit(item.share_id, item.task_id)
+        else:
+            decision = selector.decide(item)
         return None if decision.selected else decision.reason
 
     try:
         # An explicit run shows every task (the run's flag); a manifest only its bare entries.
         recheck = (lambda item: False) if explicit else bare
         _plan_items(items, result, writer, fingerprints, not_selected_because, recheck, settings, source)
+    except _PlanningStoppedError:
+        # Cancelled mid-plan: what was planned so far is frozen below, and freeze ends the run
+        # with those tasks aborted, so its counters still add up.
+        pass
     except BaseException as exc:
         # Nothing was sent yet: close the run as aborted, with why, instead of leaving it planning.
         # If Redis itself is what failed, the original error is the one worth raising.

@@ -13,6 +13,10 @@ that fails is the reason reported for the task (a small fixed vocabulary, for dr
 7. the task is not protected (by task ID alone) ......... ``protected_task``
 8. fewer than ``max_deletions`` tasks were selected before it ... ``over_cap``
 
+Entries planned without the status and age rules (an explicit list, a replay, a bare manifest
+entry: their task is shown just before its delete) go through :meth:`Selector.admit`, rules 6
+to 8 only, against the same count: the cap bounds a run whatever the mix of its sources.
+
 Protection is checked after the selection rules so that its counts say how many tasks
 protection actually saved. An unrecognised status or type string is reported as
 ``status:other`` / ``type:other`` so that the vocabulary stays bounded.
@@ -336,6 +340,19 @@ class Selector:
             return _keep("too_young")
         if (protected := self.is_protected(task.share_id, task.task_id)) is not None:
             return _keep(protected)
+        return self._take_slot()
+
+    def admit(self, share_id: str, task_id: str) -> Decision:
+        """Decide an entry planned without the status and age rules (shown before its delete).
+
+        Only protection and the cap apply, and the cap is the one :meth:`decide` counts against.
+        """
+        protected = self.is_protected(share_id, task_id)
+        decision = _keep(protected) if protected is not None else self._take_slot()
+        self._counts[decision.reason] += 1
+        return decision
+
+    def _take_slot(self) -> Decision:
         cap = self.policy.max_deletions
         if cap is not None and self._selected >= cap:
             return _keep("over_cap")

@@ -105,8 +105,10 @@ def _start_claimed(ctx: Context, key: str | None, start: Callable[[str | None], 
     try:
         return start(run_id)
     except BaseException:
+        # Nothing was sent: a redelivery, or the nightly catch-up, may try again. A run that was
+        # created and then failed in planning gave the key back when it was abandoned (Audit.abandon).
         if not ctx.audit.run(run_id):
-            ctx.audit.release_trigger(key, run_id)  # nothing was created: a redelivery may try again
+            ctx.audit.release_trigger(key, run_id)
         raise
 
 
@@ -236,9 +238,23 @@ def delete_tasks(ctx: Context, trigger: DeleteTasks) -> dict[str, Any]:
     return _start_claimed(ctx, trigger.idempotency_key, start)
 
 
+#: How far ahead of this worker's clock a named slot may be (clocks of beat and workers differ).
+SLOT_CLOCK_SKEW_S = 300
+
+
+class TriggerRefusedError(Exception):
+    """A well-formed trigger that must not run; recorded as ``trigger_rejected``."""
+
+
 def nightly_purge(ctx: Context, message: NightlyPurge, now: datetime) -> dict[str, Any]:
-    """The run of one schedule slot; every later message for the slot is a no-op."""
+    """The run of one schedule slot; every later message for the slot is a no-op.
+
+    A slot in the future is refused: it would claim that night's key ahead of time, and the
+    night itself would then purge only what had ended by the time this message ran.
+    """
     slot = nightly_slot(ctx.settings, message.slot, now)
+    if (slot - now).total_seconds() > SLOT_CLOCK_SKEW_S:
+        raise TriggerRefusedError(f"slot {message.slot!r} is in the future (now {now.isoformat(timespec='seconds')})")
     slot_iso = slot.isoformat().replace("+00:00", "Z")
     trigger = StartPurge(idempotency_key=slot_key(slot))
     return start_purge(ctx, trigger, source="schedule", extra_meta={"schedule_slot": slot_iso}) | {"slot": slot_iso}
@@ -261,6 +277,8 @@ def handle_trigger(ctx: Context, name: str, message_id: str | None, args: Any, k
         return _reject(ctx, name, message_id, explain_error(exc))
     except (PolicyError, SettingsError) as exc:
         return _reject(ctx, name, message_id, "; ".join(exc.lines))
+    except TriggerRefusedError as exc:
+        return _reject(ctx, name, message_id, str(exc))
     raise ValueError(f"not a trigger: {name}")
 
 
@@ -268,7 +286,10 @@ def register(app: Celery) -> None:
     settings = settings_of(app)
     _connect_refusal_signals(settings)
     options: dict[str, Any] = {"bind": True, "acks_late": True, "Strategy": "scheduler.service:guarded_strategy"}
-    planning = {"time_limit": 4 * 3600, "soft_time_limit": 4 * 3600 - 60}
+    # Bounded by the broker's visibility timeout (the settings check it): a planner still running
+    # when its message is delivered again would be joined by a second one.
+    limit = settings.control_job_time_limit_s
+    planning = {"time_limit": limit, "soft_time_limit": limit - min(60, max(1, limit // 10))}
 
     @app.task(name=START_PURGE, **options, **planning)
     def start_purge_task(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:

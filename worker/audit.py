@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from importlib import resources
 from typing import Any, Final
 
@@ -50,6 +51,10 @@ class RunStatus(StrEnum):
 
 OVER: Final = frozenset({RunStatus.FINISHED, RunStatus.ABORTED, RunStatus.CANCELLED})
 ACTIVE: Final = frozenset({RunStatus.RUNNING, RunStatus.STOPPING})
+#: The verdict of a write-ahead intent: recorded before the DELETE leaves, completed by its answer.
+SENDING: Final = "sending"
+#: An intent whose DELETE was never sent after all (the run stopped, the lease was lost).
+UNSENT: Final = "unsent"
 # Before a task ID in a plan entry: show the task just before deleting it (a bare manifest
 # entry, planned without the status and age rules). Task IDs never hold it (see worker.ids).
 RECHECK_MARK: Final = "?"
@@ -68,10 +73,27 @@ class Attempt:
     msg: str | None = None
     latency_ms: float = 0.0
     worker: str = ""
-    op: str = "delete"  # or "show", for the optional delete-time recheck
+    op: str = "delete"  # or "show", for the delete-time recheck
+
+    @property
+    def key(self) -> str:
+        """The attempt's identity within its task (``d2``: the second DELETE): what makes a
+        repeated write of the same attempt a no-op, and what an answer completes its intent by."""
+        return f"{'s' if self.op == 'show' else 'd'}{self.n}"
+
+    @property
+    def marker(self) -> str:
+        """How the attempt's line starts in the ledger (``to_json`` puts the key first)."""
+        return f'{{"k":"{self.key}",'
+
+    @property
+    def pending(self) -> bool:
+        """A write-ahead intent that no answer has completed: the DELETE may or may not have left."""
+        return self.verdict == SENDING
 
     def to_json(self) -> str:
         data = {
+            "k": self.key,
             "op": None if self.op == "delete" else self.op,
             "n": self.n,
             "t": round(self.at, 3),
@@ -162,6 +184,16 @@ class Batch:
         return cls(run_id, number, share_id, tuple(t.removeprefix(RECHECK_MARK) for t in ids), recheck)
 
 
+class Gate(IntEnum):
+    """The write-ahead gate's answer (``ledger_lua/gate.lua``)."""
+
+    GO = 1  # the intent is recorded: send
+    STOPPED = -1  # the run is not running any more
+    LEASE_LOST = -2  # another job holds the batch now
+    PROTECTED_SHARE = -3
+    PROTECTED_TASK = -4
+
+
 @dataclass(frozen=True, slots=True)
 class RecordResult:
     written: bool  # this call wrote the final outcome
@@ -228,6 +260,7 @@ class Audit:
         self._freeze = client.register_script(_script("freeze.lua"))
         self._stop = client.register_script(_script("stop.lua"))
         self._abandon_stale = client.register_script(_script("abandon_stale.lua"))
+        self._gate = client.register_script(_script("gate.lua"))
 
     # --- runs ------------------------------------------------------------------------------
     def create_run(self, run_id: str, meta: Mapping[str, Any]) -> None:
@@ -237,6 +270,8 @@ class Audit:
         pipe = self.redis.pipeline()
         pipe.hset(self.keys.run(run_id), mapping=fields)
         pipe.zadd(self.keys.runs, {run_id: now})
+        # The reconciler walks this index, so an old run still active is never out of its sight.
+        pipe.zadd(self.keys.active_runs, {run_id: now})
         pipe.execute()
         self.event("run_created", run_id=run_id, trigger=str(meta.get("trigger", "")))
 
@@ -266,17 +301,49 @@ class Audit:
         return len(rows)
 
     def freeze(self, run_id: str, selected: int, **meta: Any) -> RunStatus:
-        """Fix the run's totals (planned tasks plus rejected entries) and start it."""
+        """Fix the run's totals (planned tasks plus rejected entries) and start it.
+
+        A run cancelled (or stopped) while it was planning is frozen too, so that its totals
+        are known, and ended at once: each planned task is recorded ``aborted`` (nothing was
+        sent), which keeps ``selected`` equal to the sum of the outcomes.
+        """
         if meta:
             self.redis.hset(self.keys.run(run_id), mapping={k: _field(v) for k, v in meta.items()})
-        status = _decode(self._freeze(keys=[self.keys.run(run_id)], args=[selected, RunStatus.RUNNING.value]))
-        if status == RunStatus.FINISHED:
+        raw_status, changed = self._freeze(keys=[self.keys.run(run_id)], args=[selected, RunStatus.RUNNING.value])
+        status = RunStatus(_decode(raw_status))
+        if status is RunStatus.STOPPING and int(changed):
+            self._abort_unsent(run_id)
+            status = self.status(run_id) or RunStatus.ABORTED
+        if status in OVER and int(changed):
             self.on_run_over(run_id)
-        return RunStatus(status)
+        return status
 
-    def planning_beat(self, run_id: str) -> None:
-        """The planner is alive and making progress (see :meth:`abandon_stale_planning`)."""
-        self.redis.hset(self.keys.run(run_id), "plan_beat", int(time.time()))
+    def _abort_unsent(self, run_id: str) -> None:
+        """Record ``aborted`` for every planned task of a run stopped before its first job."""
+        why = self.run(run_id).get("reason") or "stopped"
+        final = FinalOutcome(Outcome.ABORTED, time.time(), reason=f"{why} (while planning: never sent)"[:500])
+        pipe = self.redis.pipeline(transaction=False)
+        queued = 0
+        for batch in self.iter_batches(run_id):
+            for task_id in batch.task_ids:
+                self.record(batch, task_id, final=final, pipe=pipe)
+                queued += 1
+            if queued >= 5000:
+                pipe.execute()
+                queued = 0
+        pipe.execute()
+
+    def planning_beat(self, run_id: str) -> bool:
+        """The planner is alive and making progress (see :meth:`abandon_stale_planning`).
+
+        Returns whether the run is still planning: ``False`` once it was cancelled or aborted,
+        so the planner stops reading an inventory nobody will act on.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.run(run_id), "plan_beat", int(time.time()))
+        pipe.hget(self.keys.run(run_id), "status")
+        _, status = pipe.execute()
+        return status is not None and _decode(status) == RunStatus.PLANNING.value
 
     def abandon_stale_planning(self, run_id: str, stale_after_s: float) -> bool:
         """Abort a run that is still planning with no planner heartbeat for ``stale_after_s``.
@@ -307,9 +374,16 @@ class Audit:
         )
 
     def abandon(self, run_id: str, reason: str) -> None:
-        """End a run that failed while planning (no job was sent): aborted, with the reason."""
+        """End a run that failed while planning (no job was sent): aborted, with the reason.
+
+        Its trigger's idempotency key is given back: nothing was deleted, so the nightly
+        catch-up (or the trigger sent again) must be free to start the run afresh.
+        """
         key = self.keys.run(run_id)
         finals = int(self.redis.hget(key, "finals") or 0)
+        trigger_key = self.redis.hget(key, "idempotency_key")
+        if trigger_key:
+            self.release_trigger(_decode(trigger_key), run_id)
         self.redis.hset(
             key,
             mapping={
@@ -343,6 +417,14 @@ class Audit:
             pipe.hgetall(self.keys.run(run_id))
         return [{_decode(k): _decode(v) for k, v in raw.items()} for raw in pipe.execute() if raw]
 
+    def active_runs(self) -> list[str]:
+        """Every run not yet over, oldest first (the reconciler's index, however many runs there are)."""
+        return [_decode(r) for r in self.redis.zrange(self.keys.active_runs, 0, -1)]
+
+    def forget_active(self, run_id: str) -> None:
+        """Drop a run from the active index (it is over, or its keys have expired)."""
+        self.redis.zrem(self.keys.active_runs, run_id)
+
     def counts(self, run_id: str) -> dict[str, int]:
         meta = self.run(run_id)
         return {o.value: int(meta.get(f"n:{o.value}", 0)) for o in Outcome}
@@ -366,6 +448,7 @@ class Audit:
         for number in range(batches):
             pipe.expire(self.keys.outcomes(run_id, number), self.retention_s)
             pipe.expire(self.keys.attempts(run_id, number), self.retention_s)
+        pipe.zrem(self.keys.active_runs, run_id)
         pipe.execute()
         self.event("run_over", run_id=run_id, status=meta.get("status", ""), reason=meta.get("reason", ""))
 
@@ -492,7 +575,8 @@ class Audit:
             bump,
             failure_ratio,
             failure_min_attempts,
-            "1" if attempt is not None and attempt.verdict != "local" else "0",
+            "1" if attempt is not None and attempt.verdict not in ("local", UNSENT) else "0",
+            attempt.marker if attempt is not None else "",
         ]
         if pipe is not None:
             self._record(keys=keys, args=args, client=pipe)
@@ -501,6 +585,36 @@ class Audit:
         if result == 2:
             self.on_run_over(run_id)
         return RecordResult(written=result >= 1, duplicate=result == -1, run_over=result == 2)
+
+    def gate(self, batch: Batch, task_id: str, intent: Attempt, holder: str) -> Gate:
+        """Record that a DELETE is about to leave, if it still may (see ``ledger_lua/gate.lua``).
+
+        Raises any Redis error: the caller then sends nothing. Safe to repeat (same intent, same
+        answer, counted once), which is what makes redis-py's retry of a lost reply harmless.
+        """
+        run_id, number = batch.run_id, batch.number
+        keys = [
+            self.keys.run(run_id),
+            self.keys.attempts(run_id, number),
+            self.keys.lease(run_id, number),
+            self.keys.rps(run_id),
+            self.keys.protected_tasks,
+            self.keys.protected_shares,
+        ]
+        args = [task_id, intent.to_json(), intent.marker, holder, batch.share_id]
+        return Gate(int(self._gate(keys=keys, args=args)))
+
+    def attempt_history(self, run_id: str, number: int, task_ids: Iterable[str]) -> dict[str, list[Attempt]]:
+        """The attempts already recorded for these tasks (earlier deliveries of the batch)."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        raw = self.redis.hmget(self.keys.attempts(run_id, number), ids)
+        return {
+            tid: [Attempt.from_json(line) for line in _decode(value).split("\n") if line]
+            for tid, value in zip(ids, raw, strict=True)
+            if value
+        }
 
     def mark_share_missing(self, run_id: str, share_id: str, description: str) -> None:
         self.redis.hsetnx(self.keys.bad_shares(run_id), share_id, description)
@@ -599,19 +713,23 @@ class Audit:
 class RecordBuffer:
     """Ledger writes queued and sent in pipelines: one Redis round trip for many tasks.
 
-    Outcomes are flushed every ``flush_s`` seconds, when ``max_items`` are queued, and when
-    the job ends. The price is a window of at most ``flush_s``: if the worker dies inside it,
-    the tasks whose outcomes were not yet written are deleted again by the next delivery and
-    end as ``already_gone`` (the first DELETE's request ID is then missing from the audit).
-    ``flush_s=0`` writes each record at once, closing that window at the cost of throughput.
+    Outcomes are flushed every ``flush_s`` seconds, when ``max_items`` are queued, and when the
+    job ends. A DELETE never waits on this buffer: its write-ahead intent goes through
+    :meth:`Audit.gate` first, so a worker dying inside the window loses only the *answer* of a
+    request the audit already knows was sent (the task stays without a final outcome, and its
+    next delivery settles it; see "our delete, our record" in :mod:`worker.purge`).
+    ``flush_s=0`` writes each record at once.
 
-    Redis going away for a while (a restart, a failover) loses nothing: records that could not
-    be written stay queued, in order, and are sent once it answers again; :meth:`close` waits
-    for that up to ``retry_s``. Each pipeline is a MULTI/EXEC, all or nothing, so a retried
-    one never appends an attempt twice.
+    No Redis error drops a record: not a lost connection, not a refusal (out of memory,
+    READONLY after a failover, MISCONF). Records that could not be written stay queued, in
+    order, and are sent once Redis takes writes again; :meth:`close` waits for that up to
+    ``retry_s``. Every ledger write is idempotent (``record.lua``), so a pipeline sent again
+    after a partial failure, or a command redis-py repeats after a lost reply, counts once.
+    Records added after :meth:`close` (a request that was on the wire when its job left the
+    batch) are written at once, with the same wait.
     """
 
-    _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+    _FAILED = (redis.RedisError,)
 
     def __init__(
         self, audit: Audit, *, flush_s: float, max_items: int = 64, retry_s: float = 60.0, **record_args: Any
@@ -626,6 +744,8 @@ class RecordBuffer:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
+        self._closed = False
+        self._warned_at = -math.inf
         self._thread: threading.Thread | None = None
         if flush_s > 0:
             self._thread = threading.Thread(target=self._loop, name="sfs-audit-flush", daemon=True)
@@ -642,17 +762,23 @@ class RecordBuffer:
     ) -> None:
         with self._lock:
             self._items.append((batch, task_id, attempt, final, bump))
+            closed = self._closed
             due = self._thread is None or len(self._items) >= self.max_items
-        if due:
-            with contextlib.suppress(*self._UNREACHABLE):
-                self.flush()  # if Redis is away, kept queued: the next flush (at the latest close) sends it
+        if closed:
+            self._flush_until_written()
+        elif due:
+            with contextlib.suppress(*self._FAILED):
+                self.flush()  # if Redis refuses, kept queued: the next flush (at the latest close) sends it
 
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_s):
             try:
                 self.flush()
-            except self._UNREACHABLE:
-                pass  # kept queued; try again next tick
+            except self._FAILED as exc:
+                now = time.monotonic()
+                if now - self._warned_at >= 10:  # once per outage, not once per tick
+                    self._warned_at = now
+                    structlog.get_logger(__name__).warning("audit flush deferred", error=str(exc)[:200])
             except Exception:  # the flusher must outlive any one bad pipeline
                 structlog.get_logger(__name__).exception("audit flush failed")
 
@@ -669,7 +795,7 @@ class RecordBuffer:
                 )
             try:
                 results = pipe.execute()
-            except self._UNREACHABLE:
+            except BaseException:
                 with self._lock:
                     self._items[:0] = items  # back in front, in order, for the next try
                 raise
@@ -679,18 +805,28 @@ class RecordBuffer:
             elif int(result) == -1:
                 self.duplicates += 1
 
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._items)
+
     def close(self) -> None:
         """Stop the flusher and write everything still queued (waiting up to ``retry_s`` for Redis)."""
         self._stop.set()
+        with self._lock:
+            self._closed = True
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._flush_until_written()
+
+    def _flush_until_written(self) -> None:
         deadline = time.monotonic() + self.retry_s
         pause = 0.2
         while True:
             try:
                 self.flush()
                 return
-            except self._UNREACHABLE:
+            except self._FAILED:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(pause)

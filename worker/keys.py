@@ -8,6 +8,8 @@ them stay atomic on a cluster too.
 key                                type      holds
 =================================  ========  ====================================================
 ``P:runs``                         zset      run IDs scored by creation time (newest last)
+``P:runs:active``                  zset      runs not yet over (planning, running, stopping), by
+                                             creation time: what the reconciler walks
 ``P:run:{R}``                      hash      the run: status, policy, totals, counters ``n:<outcome>``,
                                              ``attempts``, ``retries``, ``throttled``, ``finals``
 ``P:run:{R}:plan``                 hash      the frozen plan: batch number -> ``share_id|t1,t2,...``
@@ -42,6 +44,10 @@ class Keys:
     @property
     def runs(self) -> str:
         return f"{self.prefix}:runs"
+
+    @property
+    def active_runs(self) -> str:
+        return f"{self.prefix}:runs:active"
 
     @property
     def events(self) -> str:

@@ -14,7 +14,9 @@ from typing import Any
 
 import structlog
 
-_SENSITIVE_KEYS = re.compile(r"(token|password|secret|authorization|signature|x-auth|sk$|credential)", re.I)
+# "sk" (a secret key) only as a whole key or a key's last word: a bare suffix match masked
+# ``task=``, ``disk=`` and the like, which are what an operator reads a log line for.
+_SENSITIVE_KEYS = re.compile(r"(token|password|secret|authorization|signature|x-auth|credential|(^|[_\-.])sk$)", re.I)
 # A token or signature inside free text: X-Auth-Token values, SDK signatures, Basic auth in URLs.
 _SENSITIVE_TEXT = [
     (re.compile(r"(?i)(x-auth-token[\"':= ]+)[^\s\"',}]+"), r"\1***"),

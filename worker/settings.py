@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     max_job_deliveries: int = Field(
         5, ge=2, le=100, description="A batch whose job is lost this often in a row, with no progress, fails."
     )
+    control_time_limit_s: int | None = Field(
+        None, ge=60, description="Hard time limit of a control job (planning); unset: VISIBILITY_TIMEOUT_S - 60."
+    )
     planning_stale_s: int = Field(
         900, ge=60, description="Abort a run still planning with no planner progress for this long."
     )
@@ -226,6 +229,13 @@ class Settings(BaseSettings):
                 f"{P}VISIBILITY_TIMEOUT_S: {self.visibility_timeout_s} must exceed {P}JOB_TIME_LIMIT_S "
                 f"({self.job_time_limit_s}) by at least 60 s, or long jobs are delivered twice"
             )
+        # The same holds for control jobs: a planner still listing when its trigger message is
+        # delivered again would be joined by a second one (a trigger without a key plans twice).
+        if self.control_time_limit_s is not None and self.control_time_limit_s + 60 > self.visibility_timeout_s:
+            problems.append(
+                f"{P}VISIBILITY_TIMEOUT_S: {self.visibility_timeout_s} must exceed {P}CONTROL_TIME_LIMIT_S "
+                f"({self.control_time_limit_s}) by at least 60 s, or a running planner is delivered again"
+            )
         if self.beat_lock_timeout_s < 2 * self.beat_max_loop_interval_s:
             # The lock is refreshed once per tick: a lock shorter than two ticks can expire in
             # between, and the running beat would then exit.
@@ -237,6 +247,11 @@ class Settings(BaseSettings):
         return self
 
     # --- Derived values -------------------------------------------------------------------
+    @property
+    def control_job_time_limit_s(self) -> int:
+        """The control jobs' hard time limit: as set, else the longest the broker allows."""
+        return self.control_time_limit_s or max(1, self.visibility_timeout_s - 60)
+
     @property
     def auth_mode(self) -> Literal["token", "iam", "aksk", "none"]:
         if self.auth_token is not None:

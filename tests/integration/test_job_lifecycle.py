@@ -84,7 +84,15 @@ def test_a_job_past_its_soft_time_limit_sends_nothing_more_and_leaves_the_rest_p
     ]
     total = len(items)
     plan = plan_run(
-        audit, settings, Policy(older_than="0s"), items, run_id="r-leave", dry_run=False, trigger="test", source="test", explicit=True
+        audit,
+        settings,
+        Policy(older_than="0s"),
+        items,
+        run_id="r-leave",
+        dry_run=False,
+        trigger="test",
+        source="test",
+        explicit=True,
     )
     assert plan.batches == 1
 

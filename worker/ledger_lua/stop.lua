@@ -1,4 +1,6 @@
 -- Ask a running run to stop: every task without an outcome will end as 'aborted'.
+-- A run still planning is marked the same way; its planner sees it at its next check, stops
+-- reading the inventory, and freeze.lua ends the run (see there).
 -- KEYS: 1 run hash.  ARGV: 1 final status ('aborted' or 'cancelled'), 2 reason.
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'running' or status == 'planning' then
