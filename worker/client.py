@@ -1,9 +1,15 @@
 """The SFS Turbo HPC-cache task API on httpx: list, show and delete.
 
 Every call returns or carries an :class:`~worker.answers.ApiAnswer`, already classified; HTTP
-answers never raise. IDs are checked before a URL is built, so a bad ID raises
-:class:`~worker.ids.InvalidIdError` and nothing is sent. Authentication is an ``httpx.Auth``
-(see :mod:`worker.auth`), and tests pass an ``httpx.MockTransport`` as ``transport``.
+answers never raise. Bodies are read up to :data:`MAX_BODY_BYTES`: a larger one is not read
+whole into memory but makes the answer unreadable (retryable, code ``response.too_large``).
+
+Every request the client sends, a 401 renewal's resend included, waits for the fleet limiter
+when it has one: the limiter's budget is the gateway's, and the gateway counts the resend.
+
+IDs are checked before a URL is built, so a bad ID raises :class:`~worker.ids.InvalidIdError`
+and nothing is sent. Authentication is an ``httpx.Auth`` (see :mod:`worker.auth`), and tests
+pass an ``httpx.MockTransport`` as ``transport``.
 """
 
 from __future__ import annotations
@@ -20,9 +26,18 @@ import httpx
 from worker.answers import ApiAnswer, Verdict, classify, parse_error_body, parse_retry_after
 from worker.ids import check_project_id, check_share_id, check_task_id
 from worker.models import TaskInfo, parse_time
+from worker.ratelimit import FleetLimiter, RateLimitWaitTooLong
 
 USER_AGENT: Final = "sfs-turbo-cleanup/0.1"
 _REQUEST_ID_HEADERS: Final = ("x-request-id", "x-openstack-request-id")
+#: The largest answer body read. The API's answers are a few KiB (a page of 1,000 tasks is
+#: about 300 KiB); anything larger is a broken proxy or a hostile endpoint, not an answer.
+MAX_BODY_BYTES: Final = 1024 * 1024
+TOO_LARGE: Final = "response.too_large"
+# Headers that describe the body as it came over the wire, not as it was read (decoded).
+_WIRE_HEADERS: Final = ("content-encoding", "content-length", "transfer-encoding")
+
+Pace = Callable[[], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +76,14 @@ class ShareMissingError(ApiError):
     """The file system does not exist or is not visible to these credentials."""
 
 
+class _TooLargeError(Exception):
+    """The answer's body is larger than :data:`MAX_BODY_BYTES`; the response is returned with it."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
 def _request_id(headers: httpx.Headers) -> str | None:
     for name in _REQUEST_ID_HEADERS:  # httpx.Headers compares names case-insensitively
         value = headers.get(name)
@@ -78,11 +101,20 @@ class SfsTurboClient:
         *,
         auth: httpx.Auth | None = None,
         transport: httpx.BaseTransport | None = None,
-        pace: Callable[[], object] | None = None,
+        pace: Pace | None = None,
+        limiter: FleetLimiter | None = None,
     ) -> None:
-        """``pace`` is called before every request (the fleet limiter's ``acquire``), if given."""
+        """``pace`` is called before every request (the fleet limiter's ``acquire``), if given;
+        ``limiter`` sets it to the limiter's ``acquire`` and also tells the limiter of the 429s
+        of listings. A ``pace`` that is a limiter's own ``acquire`` counts as that limiter: the
+        scheduler builds its listing client so, and a listing's 429 must slow the whole fleet
+        like a DELETE's.
+        """
         self.config = config
-        self._pace = pace
+        if limiter is None and isinstance(getattr(pace, "__self__", None), FleetLimiter):
+            limiter = getattr(pace, "__self__")  # noqa: B009 - narrowed by the isinstance above
+        self._limiter = limiter
+        self._pace = pace if pace is not None else limiter.acquire if limiter is not None else None
         self.project_id = check_project_id(config.project_id)
         # httpx's transport and auth flow, driven here instead of through httpx.Client: the
         # Client's per-request work (URL merging, cookies, hooks, redirects) cost about 200 us
@@ -108,23 +140,31 @@ class SfsTurboClient:
     def close(self) -> None:
         self._transport.close()
 
-    def _send(self, method: str, path: str, params: dict[str, Any] | None) -> httpx.Response:
-        """One request through the auth flow (which may renew a token and send it again)."""
+    def _send(self, method: str, path: str, params: dict[str, Any] | None, resend_pace: Pace | None) -> httpx.Response:
+        """One request through the auth flow (which may renew a token and send it again).
+
+        ``resend_pace`` is called before each request the flow sends again (a 401 renewal's
+        resend): it is one more request for the gateway's rate limit, so it waits for a slot like
+        any other. Raises :class:`_TooLargeError` when a body exceeds :data:`MAX_BODY_BYTES`.
+        """
         request = httpx.Request(
             method, self._endpoint + path, params=params, headers=self._headers, extensions={"timeout": self._timeout}
         )
         flow = self._auth.sync_auth_flow(request)
-        request = next(flow)
-        while True:
-            response = self._transport.handle_request(request)
-            try:
-                response.read()  # bodies are small; the flow may need to read them
-            finally:
-                response.close()
-            try:
-                request = flow.send(response)
-            except StopIteration:
-                return response
+        try:
+            request = next(flow)
+            while True:
+                response = self._transport.handle_request(request)
+                # A body over the bound raises here: the flow must not act on an unread answer.
+                response = _read_bounded(response, request)
+                try:
+                    request = flow.send(response)
+                except StopIteration:
+                    return response
+                if resend_pace is not None:
+                    resend_pace()
+        finally:
+            flow.close()
 
     # --- paths: only ever built from checked IDs, quoted anyway as a second fence ----------
     def _base(self, share_id: str) -> str:
@@ -135,12 +175,30 @@ class SfsTurboClient:
         return f"{self._base(share_id)}/task/{quote(check_task_id(task_id), safe='')}"
 
     # --- calls -----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, params: dict[str, Any] | None = None) -> tuple[ApiAnswer, bytes]:
+    def _call(
+        self, method: str, path: str, params: dict[str, Any] | None = None, *, resend_pace: Pace | None = None
+    ) -> tuple[ApiAnswer, bytes]:
         if self._pace is not None:
             self._pace()
         started = time.perf_counter()
         try:
-            response = self._send(method, path, params)
+            response = self._send(method, path, params, resend_pace or self._pace)
+        except _TooLargeError as exc:
+            return (
+                ApiAnswer(
+                    method=method,
+                    path=path,
+                    status=exc.response.status_code,
+                    # Unreadable: what it said is unknown (an error code, a page of tasks).
+                    # Retryable like a lost answer: a DELETE asked again answers "already gone".
+                    verdict=Verdict.RETRYABLE,
+                    request_id=_request_id(exc.response.headers),
+                    error_code=TOO_LARGE,
+                    error_msg=f"answer body larger than {MAX_BODY_BYTES} bytes, not read",
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                ),
+                b"",
+            )
         except httpx.TransportError as exc:
             return (
                 ApiAnswer(
@@ -172,14 +230,23 @@ class SfsTurboClient:
             body,
         )
 
-    def delete_task(self, share_id: str, task_id: str) -> ApiAnswer:
-        """``DELETE .../task/{task_id}``: 202 is :attr:`Verdict.OK`; nothing raises but bad IDs."""
-        answer, _ = self._call("DELETE", self.task_path(share_id, task_id))
+    def delete_task(self, share_id: str, task_id: str, *, resend_pace: Pace | None = None) -> ApiAnswer:
+        """``DELETE .../task/{task_id}``: 202 is :attr:`Verdict.OK`; nothing raises but bad IDs
+        and what ``resend_pace`` raises.
+
+        ``resend_pace`` (e.g. the fleet limiter's ``acquire``) is called before the auth flow
+        sends the request again after renewing a token; without it, the client's own ``pace``.
+        A caller that takes the first slot itself passes it, so that the resend takes one too.
+        """
+        answer, _ = self._call("DELETE", self.task_path(share_id, task_id), resend_pace=resend_pace)
         return answer
 
-    def show_task(self, share_id: str, task_id: str) -> tuple[ApiAnswer, TaskInfo | None]:
-        """``GET .../task/{task_id}``: the task when the answer is OK, else ``None``."""
-        answer, body = self._call("GET", self.task_path(share_id, task_id))
+    def show_task(
+        self, share_id: str, task_id: str, *, resend_pace: Pace | None = None
+    ) -> tuple[ApiAnswer, TaskInfo | None]:
+        """``GET .../task/{task_id}``: the task when the answer is OK, else ``None``
+        (``resend_pace`` as for :meth:`delete_task`)."""
+        answer, body = self._call("GET", self.task_path(share_id, task_id), resend_pace=resend_pace)
         if not answer.ok:
             return answer, None
         data = _json_object(body)
@@ -214,14 +281,27 @@ class SfsTurboClient:
         ``count`` is not used to stop, because whether it is the total or the page size is not
         documented (Huawei's Terraform provider pages the same way). A page that answers 5xx,
         429 or nothing is asked again with backoff (honouring ``Retry-After``), up to ``retries``
-        times; then, and for any other error, :class:`ApiError` is raised.
+        times; then, and for any other error, :class:`ApiError` is raised. With a limiter, a 429
+        slows the whole fleet (:meth:`FleetLimiter.throttled`, the same as a DELETE's) and the
+        next page waits for its slot instead of sleeping here; a slot further away than the
+        limiter's wait bound is waited for here, and counts as a retry.
         """
         offset, limit = 0, self.config.page_size
         while True:
             for retry in range(retries + 1):
-                answer, page = self.list_page(share_id, offset=offset, limit=limit, status=status, type=type)
+                try:
+                    answer, page = self.list_page(share_id, offset=offset, limit=limit, status=status, type=type)
+                except RateLimitWaitTooLong as exc:
+                    answer, page = _no_slot(f"{self._base(share_id)}/tasks", exc), []
+                    if retry < retries:
+                        time.sleep(min(exc.needed, 60.0))
+                        continue
+                    break
                 if answer.verdict not in (Verdict.RETRYABLE, Verdict.THROTTLED) or retry == retries:
                     break
+                if answer.verdict is Verdict.THROTTLED and self._limiter is not None:
+                    self._limiter.throttled(answer.retry_after_s)
+                    continue
                 time.sleep(answer.retry_after_s or min(30.0, 0.25 * 2**retry))
             if not answer.ok:
                 error = ShareMissingError if answer.verdict is Verdict.SHARE_MISSING else ApiError
@@ -230,6 +310,44 @@ class SfsTurboClient:
             if len(page) < limit:
                 return
             offset += limit
+
+
+def _read_bounded(response: httpx.Response, request: httpx.Request) -> httpx.Response:
+    """The response with its body read, if it is at most :data:`MAX_BODY_BYTES` (decoded).
+
+    Read in chunks and dropped past the bound, so a huge (or endless) body costs at most the
+    bound in memory. The returned response carries the bytes as read, for the auth flow and the
+    caller alike.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _TooLargeError(response)
+            chunks.append(chunk)
+    finally:
+        response.close()
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=b"".join(chunks),
+        request=request,
+        extensions=response.extensions,
+    )
+
+
+def _no_slot(path: str, exc: RateLimitWaitTooLong) -> ApiAnswer:
+    return ApiAnswer(
+        method="GET",
+        path=path,
+        status=0,
+        verdict=Verdict.THROTTLED,
+        error_code="ratelimit.wait_too_long",
+        error_msg=str(exc),
+    )
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -420,13 +420,24 @@ class BatchJob:
             n = state.deletes
             gate_at = self._pass_gate(batch, task_id, n)
         task: TaskInfo | None = None
+
+        def pace() -> None:  # a request the auth flow sends again (after a 401) waits for its slot too
+            self.rt.limiter.acquire(self.stop)
+
         try:
             if op == "show":
-                answer, task = self.rt.client.show_task(batch.share_id, task_id)
+                answer, task = self.rt.client.show_task(batch.share_id, task_id, resend_pace=pace)
             else:
                 if time.monotonic() - gate_at > _STALE_GATE_S:
                     self._pass_gate_again(batch, task_id, n)
-                answer = self.rt.client.delete_task(batch.share_id, task_id)
+                answer = self.rt.client.delete_task(batch.share_id, task_id, resend_pace=pace)
+        except (RateLimitCancelled, RateLimitWaitTooLong) as exc:
+            # The first send was refused (401) and the resend never left: nothing was deleted.
+            if op == "delete":
+                self._note(batch, task_id, self._unsent(n))
+            if isinstance(exc, RateLimitCancelled):
+                self._halt()
+            raise
         except AuthUnavailableError as exc:  # IAM unreachable or busy: worth another try later
             answer = ApiAnswer(op.upper(), "", 0, Verdict.RETRYABLE, error_code="auth.unavailable", error_msg=str(exc))
         except AuthError as exc:  # the login itself was refused: no retry can fix it
@@ -483,9 +494,12 @@ class BatchJob:
         try:
             self._pass_gate(batch, task_id, n)
         except (_StopError, _LeftError, _HeldError):
-            unsent = Attempt(n=n, at=time.time(), status=0, verdict=UNSENT, worker=self.holder, op="delete")
-            self._note(batch, task_id, unsent)
+            self._note(batch, task_id, self._unsent(n))
             raise
+
+    def _unsent(self, n: int) -> Attempt:
+        """Completes an intent whose DELETE did not leave after all (or was refused unread)."""
+        return Attempt(n=n, at=time.time(), status=0, verdict=UNSENT, worker=self.holder, op="delete")
 
     def _pass_gate(self, batch: Batch, task_id: str, n: int) -> float:
         """Record the DELETE as about to leave, or raise why it must not (see ``Audit.gate``).

@@ -23,8 +23,9 @@ Everything (GCRA state, throttle state, circuit and its 5xx window) is in that o
 script touches one key (atomic, and a single slot should the Redis ever be a cluster). Fields:
 ``tat`` (us), ``ep`` (epoch: bumped to void reservations), ``r0``/``rt``/``rs`` (rate after the
 last 429 or idle spell, when its climb starts, and the climb's slope), ``pu`` (pause until),
-``ng`` (no rate cut before), ``tn``/``tc`` (429 reports, rate cuts), ``cs``/``cu``/``hn``
-(circuit state, open until, next half-open trial), ``cn``/``ck``/``cc`` (openings,
+``ng`` (no rate cut before), ``tn``/``tc`` (429 reports, rate cuts), ``cs``/``cu`` (circuit
+state, open until), ``hs``/``ho``/``he`` (half-open sample: start, successes, server errors),
+``cn``/``ck``/``cc`` (openings,
 consecutive-opening streak, last close), ``w0..w9`` (the 5xx window ring). The hash expires
 after ``key_ttl_s`` (default a day) without writes.
 
@@ -54,17 +55,32 @@ first job), go at ``start_fraction`` (1/2) of the rate, climbing back to it over
 second of most runs with four workers without it, and none with it. It costs a run about
 ``start_ramp_s / 4`` seconds at the full rate, once.
 
-**Circuit.** :meth:`FleetLimiter.record_result` feeds a window of the last
-``circuit_window_s`` (10) seconds. With at least ``circuit_min_calls`` (20) results and at
-least ``circuit_error_ratio`` (50 %) of them server errors the circuit OPENS: every ``acquire``
-waits out a cool-down of ``circuit_cooldown_s`` (5 s), doubled (up to ``circuit_cooldown_max_s``,
-60 s) when it re-opens within that maximum of the last close or from half-open. Then it is
-HALF-OPEN: one trial request per ``half_open_interval_s`` (1 s, and still inside the rate) until
-a success closes it or a server error re-opens it. Opening voids reservations like a 429 does;
-results arriving while it is open are ignored (they describe requests sent before). Successes
-are sent in small batches (every ``result_flush_s``, 0.25 s) while the circuit is closed; a
-server error, and any result while the circuit is not closed, is sent at once, together with the
-successes pending before it.
+**Circuit.** It is for outages, not for brownouts. :meth:`FleetLimiter.record_result` feeds a
+window of the last ``circuit_window_s`` (10) seconds. With at least ``circuit_min_calls`` (20)
+results and at least ``circuit_error_ratio`` (80 %) of them server errors the circuit OPENS:
+every ``acquire`` waits out a cool-down of ``circuit_cooldown_s`` (5 s). Then it is HALF-OPEN:
+requests go at ``half_open_fraction`` (1/2) of the rate, without the burst, and their results
+are a *sample*: once it holds ``half_open_min_calls`` (10) results, or has run
+``half_open_sample_s`` (5 s) with at least one, the circuit CLOSES if the sample's error ratio is
+under ``circuit_error_ratio`` and re-opens otherwise (at once, if so many errors came in that
+the full sample cannot get under it: an outage costs 8 requests per cool-down). The cool-down
+doubles (up to ``circuit_cooldown_max_s``, 60 s) only for what looks like an outage, a sample or
+window with at least ``circuit_outage_ratio`` (95 %) errors, when it re-opens from half-open or
+within that maximum of the last close. Why 80 %, and a sample rather than one trial: an outage
+is (nearly) all errors, while in a brownout (half of the DELETEs answering 500, or every task's
+first attempt failing and its retry succeeding) retries already deliver; a 50 % threshold opened
+on such brownouts, and a single half-open trial then met one of the many failures, re-opened
+with a doubled cool-down and all but stopped the run (measured: under 100 deletions in 10
+minutes at a 50 % brownout where 25/s was possible). At 80 %, a 50 % brownout over 20 results
+opens the circuit with a chance of about 0.6 % per check (and far less over a full window), and
+when it does the sample closes it again after a few seconds at half the rate. Opening voids
+reservations like a 429 does and restarts the queue at the end of the cool-down; half-open
+reservations go at most ``half_open_horizon_s`` (1 s) ahead (further waiters are held and ask
+again), so that the fleet is back at full rate within that time of the close. Results arriving
+while it is open are ignored (they describe requests sent before). Successes are sent in small
+batches (every ``result_flush_s``, 0.25 s) while the circuit is closed; a server error, and any
+result while the circuit is not closed, is sent at once, together with the successes pending
+before it.
 
 **Cost.** ``acquire`` is one ``EVALSHA`` when a slot is free. A reservation longer than
 ``recheck_after_s`` adds one ``HGET`` of the epoch after the sleep: a shorter one is treated
@@ -102,6 +118,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CircuitState",
     "FleetLimiter",
+    "RateLimitCancelled",
     "RateLimitWaitTooLong",
     "limiter_key",
     "recovery_time_s",
@@ -145,6 +162,22 @@ class RateLimitWaitTooLong(Exception):  # noqa: N818 (the name is the agreed int
             f"rate-limit slot is {self.needed:.3f} s away (after {self.waited:.3f} s of waiting), "
             "more than the wait bound"
         )
+
+
+class RateLimitCancelled(Exception):  # noqa: N818 (named like RateLimitWaitTooLong)
+    """The caller's cancel event was set before or while :meth:`FleetLimiter.acquire` waited.
+
+    A slot reserved by the abandoned wait is not given back: it simply goes unused (giving it
+    back would need a second round trip and could reorder the waiters behind it). ``waited`` is a
+    plain float so the exception pickles.
+    """
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(waited)
+        self.waited = waited
+
+    def __str__(self) -> str:
+        return f"wait for a rate-limit slot cancelled after {self.waited:.3f} s"
 
 
 def limiter_key(prefix: str, project_id: str, endpoint: str) -> str:
@@ -192,6 +225,18 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive number, not {value!r}")
 
 
+def _fractions(**values: float) -> None:
+    for name, value in values.items():
+        if not 0 < value <= 1:
+            raise ValueError(f"{name} must be in (0, 1], not {value!r}")
+
+
+def _counts(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+
+
 class FleetLimiter:
     """A GCRA limiter, 429 back-off and 5xx circuit shared through one Redis hash.
 
@@ -217,10 +262,14 @@ class FleetLimiter:
         max_penalty_s: float = 300.0,
         circuit_window_s: int = 10,
         circuit_min_calls: int = 20,
-        circuit_error_ratio: float = 0.5,
+        circuit_error_ratio: float = 0.8,
+        circuit_outage_ratio: float = 0.95,
         circuit_cooldown_s: float = 5.0,
         circuit_cooldown_max_s: float = 60.0,
-        half_open_interval_s: float = 1.0,
+        half_open_fraction: float = 0.5,
+        half_open_min_calls: int = 10,
+        half_open_sample_s: float = 5.0,
+        half_open_horizon_s: float = 1.0,
         recheck_after_s: float = 0.05,
         result_flush_s: float = 0.25,
         key_ttl_s: float = 86400.0,
@@ -236,23 +285,30 @@ class FleetLimiter:
             ("wait_max_s", wait_max_s),
             ("recovery_per_s", recovery_per_s),
             ("circuit_cooldown_s", circuit_cooldown_s),
-            ("half_open_interval_s", half_open_interval_s),
+            ("half_open_sample_s", half_open_sample_s),
+            ("half_open_horizon_s", half_open_horizon_s),
             ("key_ttl_s", key_ttl_s),
             ("ceiling_climb_per_s", ceiling_climb_per_s),
             ("idle_s", idle_s),
         ]:
             _positive(name, value)
-        if not isinstance(burst, int) or burst < 1:
-            raise ValueError(f"burst must be an integer >= 1, not {burst!r}")
-        fractions = (throttle_cut, min_rate_fraction, circuit_error_ratio, ceiling_cut, start_fraction)
-        if not all(0 < f <= 1 for f in fractions):
-            raise ValueError(
-                "throttle_cut, min_rate_fraction, circuit_error_ratio, ceiling_cut and start_fraction must be in (0, 1]"
-            )
+        _fractions(
+            throttle_cut=throttle_cut,
+            min_rate_fraction=min_rate_fraction,
+            circuit_error_ratio=circuit_error_ratio,
+            circuit_outage_ratio=circuit_outage_ratio,
+            half_open_fraction=half_open_fraction,
+            ceiling_cut=ceiling_cut,
+            start_fraction=start_fraction,
+        )
+        _counts(
+            burst=burst,
+            circuit_window_s=circuit_window_s,
+            circuit_min_calls=circuit_min_calls,
+            half_open_min_calls=half_open_min_calls,
+        )
         if min(penalty_s, throttle_guard_s, max_penalty_s, recheck_after_s, result_flush_s, start_ramp_s) < 0:
             raise ValueError("penalty, guard, recheck, flush and ramp times must not be negative")
-        if circuit_window_s < 1 or circuit_min_calls < 1:
-            raise ValueError("circuit_window_s and circuit_min_calls must be >= 1")
         if circuit_cooldown_max_s < circuit_cooldown_s:
             raise ValueError("circuit_cooldown_max_s must be at least circuit_cooldown_s")
         if not key or not 0 <= spacing_margin < 0.5:
@@ -285,9 +341,14 @@ class FleetLimiter:
         self.circuit_window_s = circuit_window_s
         self.circuit_min_calls = circuit_min_calls
         self.circuit_error_ratio = circuit_error_ratio
+        self.circuit_outage_ratio = circuit_outage_ratio
         self.circuit_cooldown_s = circuit_cooldown_s
         self.circuit_cooldown_max_s = circuit_cooldown_max_s
-        self.half_open_interval_s = half_open_interval_s
+        self.half_open_fraction = half_open_fraction
+        self.half_open_min_calls = half_open_min_calls
+        self.half_open_sample_s = half_open_sample_s
+        # The horizon must hold at least one half-open slot, or nobody could ever reserve one.
+        self.half_open_horizon_s = max(half_open_horizon_s, 1.5 / (self._paced_rate * half_open_fraction))
         self.recheck_after_s = recheck_after_s
         self.result_flush_s = result_flush_s
         self.key_ttl_s = key_ttl_s
@@ -319,6 +380,8 @@ class FleetLimiter:
             "penalty_s": settings.throttle_penalty_s,
             "spacing_margin": settings.rate_headroom,
             "start_ramp_s": settings.rate_ramp_s,
+            "circuit_error_ratio": settings.circuit_error_ratio,
+            "half_open_fraction": settings.half_open_fraction,
         }
         params.update(overrides)
         return cls(redis_client, **params)
@@ -329,15 +392,21 @@ class FleetLimiter:
         return recovery_time_s(self.throttle_cut, self.recovery_per_s)
 
     # --- Slots ----------------------------------------------------------------------------
-    def acquire(self) -> float:
+    def acquire(self, cancel: threading.Event | None = None) -> float:
         """Block until this process may send one request; return the seconds waited.
 
         Sleeps exactly the wait Redis answers (once per reservation, never polling), and raises
         :class:`RateLimitWaitTooLong` *before* sleeping if the slot is further away than
         ``wait_max_s`` in total.
+
+        With ``cancel``, every sleep is ``cancel.wait(t)`` instead of the injected ``sleep``, and
+        :class:`RateLimitCancelled` is raised as soon as the event is set (before the call, or
+        during any wait): a job that stops must not sit out a reservation or a cool-down first.
         """
         start = self._clock()
         while True:
+            if cancel is not None and cancel.is_set():
+                raise RateLimitCancelled(round(self._clock() - start, 6))
             waited = self._clock() - start
             budget_us = max(0, int((self.wait_max_s - waited) * _US))
             code, wait_us, epoch, circuit = self._run(
@@ -347,12 +416,13 @@ class FleetLimiter:
                     self.burst,
                     budget_us,
                     self.recovery_per_s * self.rate,
-                    round(self.half_open_interval_s * _US),
+                    self.half_open_fraction,
                     round(self.key_ttl_s * 1000),
                     self.start_fraction,
                     self._start_slope,
                     round(self.idle_s * _US),
                     self._climb,
+                    round(self.half_open_horizon_s * _US),
                 ],
             )
             self._circuit_seen = CircuitState(int(circuit))
@@ -361,7 +431,10 @@ class FleetLimiter:
             wait = int(wait_us) / _US
             if code == _TOO_LONG:
                 raise RateLimitWaitTooLong(round(waited, 6), wait)
-            self._sleep(wait)  # _RESERVED or _HELD
+            if cancel is None:
+                self._sleep(wait)  # _RESERVED or _HELD
+            elif cancel.wait(wait):
+                raise RateLimitCancelled(round(self._clock() - start, 6))
             if code == _RESERVED and (wait < self.recheck_after_s or self._epoch() == int(epoch)):
                 return self._clock() - start
             # Held by the circuit, or a 429 / an opening circuit voided the reservation: ask again.
@@ -440,6 +513,9 @@ class FleetLimiter:
                 round(self.circuit_cooldown_s * _US),
                 round(self.circuit_cooldown_max_s * _US),
                 round(self.key_ttl_s * 1000),
+                self.half_open_min_calls,
+                round(self.half_open_sample_s * _US),
+                self.circuit_outage_ratio,
             ],
         )
         self._circuit_seen = CircuitState(int(circuit))
@@ -475,6 +551,8 @@ class FleetLimiter:
             "window_errors": int(values[9]),
             "tat_ahead_s": float(values[10]) / _US,
             "ceiling_rate": float(values[11]),
+            "sample_ok": int(values[12]),
+            "sample_errors": int(values[13]),
         }
 
     def _run(self, name: str, args: Sequence[float | int]) -> list[Any]:

@@ -15,7 +15,7 @@ class RetryPolicy:
     budget (``max_throttled``), because a throttle is never a failure by itself.
     """
 
-    max_retries: int = 8
+    max_retries: int = 12
     base_s: float = 1.0
     cap_s: float = 60.0
     max_throttled: int = 50

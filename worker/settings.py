@@ -78,8 +78,14 @@ class Settings(BaseSettings):
         description="After an idle spell the fleet starts at half the limit, full after this (0: off).",
     )
     rate_wait_max_s: float = Field(60.0, gt=0, description="Longest a request waits for its slot.")
+    circuit_error_ratio: float = Field(
+        0.8, gt=0, le=1, description="Share of 5xx among recent answers that opens the circuit (an outage)."
+    )
+    half_open_fraction: float = Field(
+        0.5, gt=0, le=1, description="Share of the limit let through while the circuit tests recovery."
+    )
     throttle_penalty_s: float = Field(3.0, ge=0, le=60, description="Fleet pause after a 429 with no Retry-After.")
-    max_retries: int = Field(8, ge=0, le=50, description="Retries of one task after 5xx or no answer.")
+    max_retries: int = Field(12, ge=0, le=50, description="Retries of one task after 5xx or no answer.")
     retry_backoff_base_s: float = Field(1.0, gt=0, le=60, description="First backoff step; doubles per retry.")
     retry_backoff_max_s: float = Field(60.0, gt=0, le=900, description="Longest backoff step.")
     max_throttled_retries: int = Field(50, ge=0, description="429s one task may absorb before it fails.")

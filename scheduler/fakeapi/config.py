@@ -63,6 +63,11 @@ class FakeConfig:
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0  # uniform extra in [0, jitter]
     error_ratio: float = 0.0  # DELETEs answered 500 SFS.TURBO.0005
+    # True: error_ratio is decided per (task, attempt number) by a stable hash salted with
+    # fault_seed, instead of by the shared dice. The fleet still sees a random-looking brownout,
+    # but which attempts of which task fail no longer depends on the order requests arrive in,
+    # so a test can know in advance whether any task meets more failures than its retries.
+    error_per_attempt: bool = False
     busy_ratio: float = 0.0  # DELETEs answered 400 SFS.TURBO.0011
     # Tasks (a stable hash of task_id below this ratio) whose every DELETE is refused for good:
     # 400 SFS.TURBO.0001, which no retry can fix (the failure-threshold tests need it).

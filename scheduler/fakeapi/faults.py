@@ -1,8 +1,8 @@
 """Which DELETE gets which injected fault, decided once per request in a fixed order.
 
 Order: a dropped connection (before the delete takes effect, unless ``drop_after_effect``),
-then a permanent refusal of the task, then its first-K failures, then the random 500s, then the
-random busy answers.
+then a permanent refusal of the task, then its first-K failures, then the random 500s (or, with
+``error_per_attempt``, the 500s chosen per task and attempt number), then the random busy answers.
 """
 
 from __future__ import annotations
@@ -31,10 +31,16 @@ def chosen_by_ratio(task_id: str, ratio: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < ratio
 
 
+def attempt_fails(seed: int | None, task_id: str, attempt: int, ratio: float) -> bool:
+    """``error_per_attempt``: whether the task's DELETE number ``attempt`` (from 1) answers 500."""
+    return chosen_by_ratio(f"attempt:{seed or 0}:{attempt}:{task_id}", ratio)
+
+
 class FaultDice:
     def __init__(self, seed: int | None = None) -> None:
         self.rng = random.Random(seed)
         self.attempts: dict[tuple[str, str], int] = {}  # DELETEs seen per task, for fail_first
+        self.error_attempts: dict[tuple[str, str], int] = {}  # DELETEs per task, for error_per_attempt
 
     def reseed(self, seed: int | None) -> None:
         self.rng = random.Random(seed)
@@ -59,7 +65,12 @@ class FaultDice:
             self.attempts[key] = seen
             if seen <= config.fail_first_k:
                 return Fault.FAIL_FIRST
-        if config.error_ratio > 0 and rng.random() < config.error_ratio:
+        if config.error_ratio > 0 and config.error_per_attempt:
+            key = (share_id, task_id)
+            seen = self.error_attempts[key] = self.error_attempts.get(key, 0) + 1
+            if attempt_fails(config.fault_seed, task_id, seen, config.error_ratio):
+                return Fault.ERROR
+        elif config.error_ratio > 0 and rng.random() < config.error_ratio:
             return Fault.ERROR
         if config.busy_ratio > 0 and rng.random() < config.busy_ratio:
             return Fault.BUSY

@@ -376,15 +376,8 @@ def test_ramp_off_means_full_rate_from_the_first_request(redis_client: redis.Red
 
 
 # --- (e) The circuit -------------------------------------------------------------------------
-def test_circuit_opens_on_5xx_and_closes_after_a_trial(redis_url: str) -> None:
-    limiter = _limiter(
-        redis_url,
-        rate=100.0,
-        burst=10,
-        circuit_cooldown_s=0.5,
-        circuit_cooldown_max_s=4.0,
-        half_open_interval_s=0.3,
-    )
+def test_circuit_opens_on_5xx_and_closes_after_a_sample(redis_url: str) -> None:
+    limiter = _limiter(redis_url, rate=100.0, burst=10, circuit_cooldown_s=0.5, circuit_cooldown_max_s=4.0)
     # Below the thresholds nothing happens: 15 successes (batched) then 10 errors is 40 %.
     for _ in range(15):
         limiter.record_result(server_error=False)
@@ -393,11 +386,11 @@ def test_circuit_opens_on_5xx_and_closes_after_a_trial(redis_url: str) -> None:
     assert limiter.state()["circuit"] == "closed"
     assert (limiter.state()["window_ok"], limiter.state()["window_errors"]) == (15, 10)
 
-    opened = _run_child(_report_5xx, redis_url, 20)
+    opened = _run_child(_report_5xx, redis_url, 60)
     assert isinstance(opened, tuple)
-    # 15 successes + 15 errors in the window reach 50 %: the 5th error from the other process.
+    # 15 successes + 60 errors in the window reach 80 %: the 50th error from the other process.
     opened_at, opened_by = opened
-    assert opened_by == 5
+    assert opened_by == 50
     state = limiter.state()
     assert (state["circuit"], state["opened_count"]) == ("open", 1)
 
@@ -406,19 +399,25 @@ def test_circuit_opens_on_5xx_and_closes_after_a_trial(redis_url: str) -> None:
     print(f"\n  first request went {trial_at - opened_at:.3f} s after the circuit opened (cool-down 0.5 s)")
     assert trial_at - opened_at >= 0.5
     assert limiter.state()["circuit"] == "half-open"
-    waited = limiter.acquire()  # a trickle: one trial per 0.3 s
-    print(f"  second trial waited {waited:.3f} s (trial spacing 0.3 s)")
-    assert 0.25 <= waited <= 0.35
+    waited = limiter.acquire()  # half the rate (50/s), and no burst
+    print(f"  second sample request waited {waited:.3f} s (half-open spacing 0.02 s)")
+    assert 0.015 <= waited <= 0.03
 
-    limiter.record_result(server_error=True)  # a failed trial re-opens, cool-down doubled
+    # An all-error sample re-opens as soon as the full sample (10) cannot get under 80 %: at the
+    # 8th error, with the cool-down doubled (an outage).
+    for n in range(1, 9):
+        limiter.record_result(server_error=True)
+        assert limiter.state()["circuit"] == ("open" if n == 8 else "half-open"), n
     state = limiter.state()
     assert (state["circuit"], state["opened_count"], state["open_streak"]) == ("open", 2, 1)
     assert 0.9 < state["circuit_remaining_s"] <= 1.0
 
     waited = limiter.acquire()
     assert 0.9 < waited <= 1.05
-    limiter.record_result(server_error=False)  # a successful trial closes
-    assert limiter.state()["circuit"] == "closed"
+    # A brownout's sample (half errors) closes it: the decision waits for the 10th result.
+    for n in range(1, 11):
+        limiter.record_result(server_error=n % 2 == 0)
+        assert limiter.state()["circuit"] == ("closed" if n == 10 else "half-open"), n
     assert limiter.acquire() < 0.01
 
     # Opening again soon after closing doubles again; acquire honours its wait bound.

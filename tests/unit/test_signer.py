@@ -231,7 +231,11 @@ def test_same_authorization_as_the_sdk(case: dict[str, Any]) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    segment=st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="/"), min_size=1, max_size=12),
+    # "." and ".." are dot segments: a URL normalises them away before any signer sees the path
+    # (RFC 3986 5.2.4), and the ID checks refuse them long before that.
+    segment=st.text(
+        st.characters(blacklist_categories=["Cs"], blacklist_characters="/"), min_size=1, max_size=12
+    ).filter(lambda s: s not in {".", ".."}),
     creds=credentials,
     now=dates,
 )

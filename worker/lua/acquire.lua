@@ -1,25 +1,25 @@
 -- Take (or reserve) one slot. KEYS[1]: the limiter hash.
 -- ARGV: rate (req/s), burst, budget_us (longest acceptable wait), recovery (req/s gained per
--- second after a 429), trial_us (half-open spacing), keep_ms (idle lifetime of the key),
--- start_fraction and start_slope (req/s per s) of the ramp after an idle spell (0: no ramp),
--- idle_us (how long without a request makes a spell idle), climb (req/s per s the ceiling a
--- 429 leaves rises by).
+-- second after a 429), half_fraction (share of the rate admitted while half-open), keep_ms
+-- (idle lifetime of the key), start_fraction and start_slope (req/s per s) of the ramp after an
+-- idle spell (0: no ramp), idle_us (how long without a request makes a spell idle), climb
+-- (req/s per s the ceiling a 429 leaves rises by), horizon_us (how far ahead a half-open
+-- slot may be reserved).
 -- Answers {code, wait_us, epoch, circuit}:
 --   0  go now;
 --   1  a slot wait_us ahead is reserved for the caller: sleep, then go unless the epoch moved
---      (a 429 or an opening circuit voids every reservation);
+--      (a 429 or an opening or closing circuit voids every reservation);
 --   2  the wait exceeds the budget: nothing was taken;
 --   3  the circuit holds every request: sleep wait_us, then ask again (nothing was taken).
 local key = KEYS[1]
 local rate, burst, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local recovery, trial, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local recovery, half_fraction, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local start_fraction, start_slope, idle = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local climb = tonumber(ARGV[10])
+local climb, horizon = tonumber(ARGV[10]), tonumber(ARGV[11])
 local now = now_us()
-local f = redis.call('HMGET', key, 'tat', 'ep', 'r0', 'rt', 'cs', 'cu', 'hn', 'rs', 'cl', 'ct')
+local f = redis.call('HMGET', key, 'tat', 'ep', 'r0', 'rt', 'cs', 'cu', 'rs', 'cl', 'ct')
 local ep = num(f[2], 0)
 local cs = num(f[5], CLOSED)
-local hn = num(f[7], 0)
 
 local function held(until_us)
   local wait = math.ceil(until_us - now)
@@ -34,17 +34,14 @@ if cs == OPEN then
   if now < cu then
     return held(cu)
   end
-  cs, hn = HALF_OPEN, now
-  redis.call('HSET', key, 'cs', cs, 'hn', fmt(hn))
-end
-if cs == HALF_OPEN and now < hn then
-  return held(hn)
+  cs = HALF_OPEN
+  start_sample(key, now)
 end
 
 -- GCRA: tat is the theoretical arrival time of the next request at the steady rate; a
 -- request may go once it is no more than (burst - 1) intervals ahead of now.
-local r0, rt, slope = num(f[3], nil), num(f[4], 0), num(f[8], recovery)
-local effective = effective_rate(rate, r0, rt, slope, now, num(f[9], nil), num(f[10], 0), climb)
+local r0, rt, slope = num(f[3], nil), num(f[4], 0), num(f[7], recovery)
+local effective = effective_rate(rate, r0, rt, slope, now, num(f[8], nil), num(f[9], 0), climb)
 -- Slow start: the first requests after an idle spell leave late more often than later ones
 -- (new connections, a TLS handshake, processes and threads starting their first job), and one
 -- that arrives late next to on-time ones puts rate + 1 into the gateway's second. Starting at
@@ -52,6 +49,13 @@ local effective = effective_rate(rate, r0, rt, slope, now, num(f[9], nil), num(f
 if start_fraction > 0 and (not f[1] or now - tonumber(f[1]) > idle) and effective > rate * start_fraction then
   effective = rate * start_fraction
   redis.call('HSET', key, 'r0', fmt(effective), 'rt', fmt(now), 'rs', fmt(start_slope))
+end
+if cs == HALF_OPEN then
+  -- Half-open: a sample at a fraction of the rate, without the burst allowance, decides
+  -- (record.lua). A brownout keeps moving at that fraction while the sample is taken; an
+  -- outage costs only the sample's few requests before the circuit opens again.
+  effective = effective * half_fraction
+  burst = 1
 end
 local interval = 1000000 / effective
 local tat = num(f[1], now)
@@ -65,12 +69,14 @@ end
 if wait > budget then
   return {2, math.ceil(wait), ep, cs}
 end
+if cs == HALF_OPEN and wait > horizon then
+  -- No reservation deep into a half-open queue at the slow spacing: when the sample closes the
+  -- circuit, the waiters would still sleep out the slow slots. Ask again nearer the time.
+  return {3, math.ceil(math.min(wait, horizon)), ep, cs}
+end
 -- Reserving (instead of answering "come back later") lets each waiter sleep once, in arrival
 -- order: no herd of waiters racing for every slot, and no slot lost to a late wake-up.
 redis.call('HSET', key, 'tat', fmt(tat + interval))
-if cs == HALF_OPEN then
-  redis.call('HSET', key, 'hn', fmt(now + wait + trial))
-end
 redis.call('PEXPIRE', key, keep)
 if wait == 0 then
   return {0, 0, ep, cs}

@@ -77,3 +77,9 @@ local function window_sum(key, width, sec)
   end
   return ok, err
 end
+
+-- The cool-down is over: the circuit is half-open and a new sample starts (hs: its start,
+-- ho/he: its successes and server errors).
+local function start_sample(key, now)
+  redis.call('HSET', key, 'cs', HALF_OPEN, 'hs', fmt(now), 'ho', 0, 'he', 0)
+end
