@@ -10,10 +10,10 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
+from sandbox.redis_server import free_port
 from scheduler.metrics import FleetCollector, registry_for, serve_metrics
 from worker.audit import Attempt, Audit, Batch, FinalOutcome, Outcome, RunStatus
 from worker.ratelimit import FleetLimiter
-from worker.redis_server import free_port
 from worker.settings import Settings, load_settings
 
 PROJECT = "0123456789abcdef0123456789abcdef"
