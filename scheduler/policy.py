@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, Field, Strict, ValidationError, field_validator
 
 from worker.durations import parse_duration
+from worker.errors import UsageError
 from worker.ids import explain, show_value
 from worker.models import FINISHED_STATUSES, TaskInfo, TaskStatus, TaskType
 
@@ -54,12 +55,16 @@ _STATUS_VALUES: Final = frozenset(s.value for s in TaskStatus)
 _TYPE_VALUES: Final = frozenset(t.value for t in TaskType)
 
 
-class PolicyError(Exception):
+class PolicyError(UsageError):
     """Every problem with a policy, one line each, naming where it came from and the field."""
 
     def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
+        self._lines = lines
         super().__init__("invalid policy:\n  " + "\n  ".join(lines))
+
+    @property
+    def lines(self) -> list[str]:
+        return self._lines
 
 
 def _as_list(value: Any) -> Any:

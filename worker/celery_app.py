@@ -26,10 +26,14 @@ DELETE_QUEUE = "sfs.delete"
 CONTROL_QUEUE = "sfs.control"
 
 PURGE_BATCH = "sfs.purge_batch"
-START_PURGE = "sfs.start_purge"
-DELETE_TASKS = "sfs.delete_tasks"
+# Beat's schedule (below) sends these two, and `celery -A worker beat` builds it from this app.
 RECONCILE = "sfs.reconcile"
 NIGHTLY = "sfs.nightly_purge"
+# Temporary: the message triggers are the scheduler's, defined in scheduler.jobs; these copies
+# stay until the restructuring rewrites their importers (the worker cannot re-export them:
+# it never imports the scheduler). Removed at the end of the restructuring.
+START_PURGE = "sfs.start_purge"
+DELETE_TASKS = "sfs.delete_tasks"
 
 
 def cron_schedule(expression: str, tz: str) -> crontab:

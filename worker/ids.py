@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from worker.errors import InputError
+
 MAX_ID_LENGTH: Final = 64
 _PLAIN_ID = re.compile(r"[A-Za-z0-9-]{1,64}", re.ASCII)
 
 
-class InvalidIdError(ValueError):
+class InvalidIdError(InputError, ValueError):
     """An ID that may not be put into a request path."""
 
     def __init__(self, kind: str, value: object, reason: str) -> None:

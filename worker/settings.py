@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.errors import UsageError
 from worker.ids import explain
 
 ENV_PREFIX = "SFS_CLEANUP_"
@@ -281,12 +282,16 @@ class Settings(BaseSettings):
             raise SettingsError(missing)
 
 
-class SettingsError(Exception):
+class SettingsError(UsageError):
     """Every settings problem, one line each, ready to print without a stack trace."""
 
     def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
+        self._lines = lines
         super().__init__("invalid settings:\n  " + "\n  ".join(lines))
+
+    @property
+    def lines(self) -> list[str]:
+        return self._lines
 
 
 def _format(error: ValidationError) -> list[str]:

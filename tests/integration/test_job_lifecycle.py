@@ -32,10 +32,10 @@ from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
-from worker import purge
 from worker.audit import Audit
 from worker.models import TaskInfo
 from worker.purge import BatchJob
+from worker.purge import job as purge_job
 from worker.retry import RetryPolicy
 from worker.runtime import Runtime
 from worker.settings import Settings, load_settings
@@ -106,7 +106,7 @@ def test_a_job_past_its_soft_time_limit_sends_nothing_more_and_leaves_the_rest_p
             raise SoftTimeLimitExceeded()
         return real_wait(fs, timeout=timeout, **kw)
 
-    monkeypatch.setattr(purge, "wait", wait_then_time_limit)
+    monkeypatch.setattr(purge_job, "wait", wait_then_time_limit)
     with _runtime(settings, audit, "t") as rt:
         with pytest.raises(SoftTimeLimitExceeded):
             BatchJob(rt, "r-leave", 0, "holder-1").run()

@@ -1,4 +1,4 @@
--- Prepended to every limiter script by worker/ratelimit.py (Lua scripts cannot import).
+-- Prepended to every limiter script by worker/ratelimit/scripts.py (Lua scripts cannot import).
 -- Times are microseconds of the Redis server's clock: every host reads the same clock, so
 -- skew between worker hosts cannot bend the limit.
 local CLOSED, OPEN, HALF_OPEN = 0, 1, 2

@@ -1,10 +1,9 @@
-"""Task inventories, streamed: a manifest file (JSON lines or CSV) or the live listing API.
+"""Manifests: a JSON-lines or CSV file of tasks, streamed line by line (:func:`read_manifest`).
 
-Every source is a generator that yields one item at a time, so memory does not grow with the
-inventory. An item is either a :class:`~worker.models.TaskInfo` or a :class:`Rejected` entry that
-says which line was refused and why; a bad line never stops the lines after it.
+A bad line is yielded as :class:`~scheduler.inventory.items.Rejected` and never stops the lines
+after it.
 
-Manifest rules (:func:`read_manifest`):
+Manifest rules:
 
 - Format: ``.jsonl``/``.ndjson`` is JSON lines (one object per line), ``.csv`` is CSV with a
   header row; any other name is sniffed from the first non-blank byte (``{`` means JSON lines,
@@ -34,17 +33,18 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Literal, Protocol
+from typing import BinaryIO, Final, Literal
 
-from worker.ids import check_project_id, check_share_id, explain, show_value
-from worker.models import TaskInfo, TaskStatus, TaskType, parse_time
+from scheduler.inventory.items import RAW_CHARS, STATUSES, TYPES, InventoryItem, Rejected, printable
+from worker.errors import InputError
+from worker.ids import check_project_id, explain, show_value
+from worker.models import TaskInfo, parse_time
 
 MAX_LINE_BYTES: Final = 64 * 1024
 MAX_FIELD_CHARS: Final = 4096
-RAW_CHARS: Final = 200
 
 REQUIRED_FIELDS: Final = ("project_id", "share_id", "task_id")
 OPTIONAL_FIELDS: Final = ("status", "type", "end_time")
@@ -52,28 +52,8 @@ OPTIONAL_FIELDS: Final = ("status", "type", "end_time")
 IGNORED_FIELDS: Final = ("start_time", "src_target", "dest_target", "src_prefix", "dest_prefix", "message")
 KNOWN_FIELDS: Final = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS + IGNORED_FIELDS)
 
-_STATUSES: Final = tuple(s.value for s in TaskStatus)
-_TYPES: Final = tuple(t.value for t in TaskType)
 _BOM: Final = b"\xef\xbb\xbf"
 _BLANK: Final = b" \t\r\n"
-# Control characters are shown as \xNN so a stored or printed reject cannot drive a terminal.
-_CONTROL: Final = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A line (or listed task) that was refused. ``reason`` has no line prefix: see ``str()``."""
-
-    source: str
-    line: int
-    reason: str
-    raw: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: line {self.line}: {self.reason}"
-
-
-InventoryItem = TaskInfo | Rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,34 +63,13 @@ class Rejection:
     reason: str
 
 
-class ManifestError(Exception):
+class ManifestError(InputError):
     """The manifest as a whole cannot be used (unreadable file, unusable header)."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
-
-
-class TaskLister(Protocol):
-    """Lists every task of one share, paging internally (implemented by the API client)."""
-
-    def list_tasks(
-        self, share_id: str, *, status: str | None = None, type: str | None = None
-    ) -> Iterator[TaskInfo]: ...
-
-
-def printable(data: bytes | str, limit: int = RAW_CHARS) -> str:
-    """Untrusted input as bounded, printable ASCII: non-ASCII and control characters escaped."""
-    head = data[:limit]
-    text = head.decode("utf-8", "backslashreplace") if isinstance(head, bytes) else head
-    shown = text.translate(_CONTROL).encode("ascii", "backslashreplace").decode("ascii")
-    if len(data) > limit or len(shown) > limit:
-        shown = shown[: limit - 3] + "..."
-    return shown
-
-
-# --- Manifests ----------------------------------------------------------------------------------
 
 
 def read_manifest(
@@ -324,10 +283,10 @@ def _task_from_fields(fields: Mapping[str, object], project: _Project) -> TaskIn
         ids[name] = str(value)
     if project.only and ids["project_id"] != project.default:
         return Rejection(f"project_id {ids['project_id']!r} is not the configured project {project.default!r}")
-    status = _choice(fields, "status", _STATUSES)
+    status = _choice(fields, "status", STATUSES)
     if isinstance(status, Rejection):
         return status
-    kind = _choice(fields, "type", _TYPES)
+    kind = _choice(fields, "type", TYPES)
     if isinstance(kind, Rejection):
         return kind
     return TaskInfo(
@@ -350,69 +309,3 @@ def _choice(fields: Mapping[str, object], name: str, allowed: tuple[str, ...]) -
     if value not in allowed:
         return Rejection(f"{name} {show_value(value, 40)} is not one of {', '.join(allowed)}")
     return value
-
-
-# --- The live listing ---------------------------------------------------------------------------
-
-
-def read_live(
-    lister: TaskLister,
-    project_id: str,
-    share_ids: Sequence[str],
-    *,
-    statuses: Sequence[str] | None = None,
-    types: Sequence[str] | None = None,
-) -> Iterator[InventoryItem]:
-    """Stream every task of every share (each once, in the order given), all pages.
-
-    When ``statuses`` (or ``types``) names exactly one value, it is passed to the API as a
-    server-side filter, which means fewer pages; with several values (or none) everything is
-    listed and the policy filters. The policy checks status and type again either way, so a
-    server that ignores a filter cannot widen a selection.
-
-    Listed tasks are checked like manifest lines: a task whose ID is not a plain ID, whose
-    share or project differs from the one listed, or whose status or type is unknown is yielded
-    as :class:`Rejected` (``source`` is ``live:<share_id>``, ``line`` its 1-based position in
-    that share's listing). Listing errors propagate: the caller decides.
-    """
-    check_project_id(project_id)
-    shares = list(dict.fromkeys(share_ids))  # a share named twice is listed once
-    for share_id in shares:
-        check_share_id(share_id)
-    status = _single(statuses, "statuses")
-    kind = _single(types, "types")
-    for share_id in shares:
-        source = f"live:{share_id}"
-        listed = lister.list_tasks(share_id, status=status, type=kind)
-        for position, task in enumerate(listed, start=1):
-            reason = _check_listed(task, project_id, share_id)
-            if reason is None:
-                yield task
-            else:
-                yield Rejected(source, position, reason, printable(_describe(task)))
-
-
-def _single(values: Sequence[str] | None, name: str) -> str | None:
-    if isinstance(values, str):
-        raise TypeError(f"{name} must be a sequence of strings, not one string")
-    distinct = set(values or ())
-    return distinct.pop() if len(distinct) == 1 else None
-
-
-def _check_listed(task: TaskInfo, project_id: str, share_id: str) -> str | None:
-    if (why := explain(task.task_id)) is not None:
-        return f"task_id {why}"
-    if task.share_id != share_id:
-        return f"listed under share {share_id} but names share {show_value(task.share_id)}"
-    if task.project_id != project_id:
-        return f"listed under project {project_id} but names project {show_value(task.project_id)}"
-    for name, value, allowed in (("status", task.status, _STATUSES), ("type", task.type, _TYPES)):
-        if value is not None and value not in allowed:
-            return f"{name} {show_value(value, 40)} is not one of {', '.join(allowed)}"
-    return None
-
-
-def _describe(task: TaskInfo) -> str:
-    end = task.end_time.isoformat() if task.end_time else None
-    fields = {"task_id": task.task_id, "share_id": task.share_id, "status": task.status}
-    return json.dumps({**fields, "type": task.type, "end_time": end}, ensure_ascii=False)

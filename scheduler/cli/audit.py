@@ -1,0 +1,104 @@
+"""``sfs-cleanup audit``: one task's history across runs, or a run's completion report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from scheduler.cli.common import UserError, context, err, friendly, out, print_json
+
+audit_app = typer.Typer(help="Read the audit: one task's history, or a run's completion report.", no_args_is_help=True)
+
+
+@audit_app.command("task")
+@friendly
+def audit_task(
+    task_id: str,
+    run: Annotated[str | None, typer.Option(help="Only this run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every attempt on a task, with HTTP status, error code and request ID."""
+    from worker.ids import check_task_id
+
+    ctx = context()
+    check_task_id(task_id)
+    records = list(ctx.audit.find_task(task_id, [run] if run else None))
+    if as_json:
+        print_json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "share_id": r.share_id,
+                    "outcome": r.final.outcome.value if r.final else "pending",
+                    "reason": r.final.reason if r.final else None,
+                    "attempts": [
+                        {
+                            "n": a.n,
+                            "op": a.op,
+                            "at": a.at,
+                            "status": a.status,
+                            "verdict": a.verdict,
+                            "error_code": a.code,
+                            "error_message": a.msg,
+                            "request_id": a.request_id,
+                            "latency_ms": a.latency_ms,
+                            "worker": a.worker,
+                        }
+                        for a in r.attempts
+                    ],
+                }
+                for r in records
+            ]
+        )
+        return
+    if not records:
+        raise UserError(f"task {task_id} is in no recent run")
+    for r in records:
+        final = r.final.outcome.value if r.final else "pending"
+        out.print(f"run {r.run_id}  share {r.share_id}  outcome [bold]{final}[/bold]")
+        table = Table("#", "op", "time", "HTTP", "verdict", "error", "request ID", "ms", "worker")
+        from datetime import UTC, datetime
+
+        for a in r.attempts:
+            table.add_row(
+                str(a.n),
+                a.op,
+                datetime.fromtimestamp(a.at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                str(a.status or "-"),
+                a.verdict,
+                " ".join(x for x in (a.code, a.msg) if x),
+                a.request_id or "",
+                f"{a.latency_ms:.0f}",
+                a.worker,
+            )
+        out.print(table)
+
+
+@audit_app.command("export")
+@friendly
+def audit_export(
+    run_id: str,
+    format: Annotated[str, typer.Option(help="jsonl or csv.")] = "jsonl",
+    output: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
+) -> None:
+    """A completion report: one row per selected task (and per refused input line)."""
+    if format not in ("jsonl", "csv"):
+        raise UserError(f"--format {format!r}: use jsonl or csv")
+    ctx = context()
+    meta = ctx.audit.run(run_id)
+    if not meta:
+        raise UserError(f"no run {run_id!r}")
+    from scheduler.export import write_export
+
+    stream = output.open("w", newline="") if output else sys.stdout
+    try:
+        rows = write_export(ctx.audit, run_id, meta.get("project_id", ""), stream, format)
+    finally:
+        if output:
+            stream.close()
+    if output:
+        err.print(f"{rows} rows written to {output}")

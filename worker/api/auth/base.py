@@ -1,0 +1,36 @@
+"""What every authentication mode shares: its errors, and how a token goes on a request.
+
+No secret (token, password, SK, security token, derived key) is put in any repr, exception
+or log line.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import httpx
+
+from worker.errors import UnavailableError
+
+NO_CREDENTIALS: Final = (
+    "no credentials configured: set SFS_CLEANUP_AUTH_TOKEN, the IAM_* login, or ACCESS_KEY/SECRET_KEY"
+)
+_JSON: Final = "application/json"
+
+
+class AuthError(UnavailableError):
+    """Credentials that cannot work, one line saying what to fix. Never holds a secret.
+
+    Only plain ``str`` arguments, so that it survives pickling through Celery.
+    """
+
+
+class AuthUnavailableError(AuthError):
+    """IAM could not be asked (no answer, 5xx, 429, a login by another worker that never ended):
+    a transient failure, worth retrying later, unlike a plain :class:`AuthError`."""
+
+
+def put_token(request: httpx.Request, token: str) -> None:
+    """Send ``token`` as ``X-Auth-Token`` (the token and IAM modes), JSON unless said otherwise."""
+    request.headers["X-Auth-Token"] = token
+    request.headers.setdefault("Content-Type", _JSON)

@@ -1,0 +1,59 @@
+"""One error tree for the whole product, as httpx documents its own.
+
+Every error a user can act on derives from :class:`CleanupError`; its subclass says what kind of
+problem it is, and the kind decides the CLI's exit code and the shape of its message (one line
+per problem, no stack trace). Anything else is an internal error: a bug, reported with its trace.
+
+::
+
+    CleanupError
+    ├── UsageError             bad usage or input: exit 2
+    │   ├── SettingsError      SFS_CLEANUP_* settings       (worker.settings)
+    │   ├── PolicyError        a policy file or flag        (scheduler.policy)
+    │   └── InputError         a manifest, an ID, a message (scheduler.inventory, worker.ids)
+    └── UnavailableError       something the run needs refused or unreachable: exit 6
+        ├── ApiError           the SFS Turbo API            (worker.api.client)
+        ├── AuthError          IAM or the credentials       (worker.api.auth)
+        └── InfrastructureError  Redis or the broker
+
+The run's own outcomes have their codes in :mod:`scheduler.report` (0 finished clean, 3 finished
+with failed tasks, 4 aborted or cancelled, 5 not over yet).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 6
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h)
+
+
+class CleanupError(Exception):
+    """Base of every error a user can act on; ``lines`` are what the CLI prints."""
+
+    exit_code: ClassVar[int] = EXIT_INTERNAL
+
+    @property
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+
+class UsageError(CleanupError):
+    """Bad usage or input: nothing was sent for it."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(UsageError):
+    """Refused input: a manifest, an ID, a trigger message."""
+
+
+class UnavailableError(CleanupError):
+    """Something the command needs refused it or could not be reached."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class InfrastructureError(UnavailableError):
+    """Redis or the broker cannot be reached."""

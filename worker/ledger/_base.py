@@ -1,0 +1,25 @@
+"""What every part of the ledger works on: one Redis, its key layout, and the ledger scripts."""
+
+from __future__ import annotations
+
+import redis
+from redis.commands.core import Script
+
+from worker.ledger.keys import Keys
+
+
+class LedgerBase:
+    """The state the ledger's parts share; :class:`worker.ledger.audit.Audit` sets it up.
+
+    Each part is a mixin over this base, so ``audit.xxx(...)`` reads as one object while each
+    concern (runs, plans, leases, outcomes, ...) lives in its own module.
+    """
+
+    redis: redis.Redis
+    keys: Keys
+    retention_s: int
+    _record: Script
+    _freeze: Script
+    _stop: Script
+    _abandon_stale: Script
+    _gate: Script

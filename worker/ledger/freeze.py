@@ -1,0 +1,46 @@
+"""Freezing a plan: a run's totals are fixed and it starts, or ends at once if stopped meanwhile."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from worker.ledger._util import as_field, decode
+from worker.ledger.outcomes import OutcomeStore
+from worker.ledger.plans import PlanStore
+from worker.ledger.records import OVER, FinalOutcome, Outcome, RunStatus
+
+
+class PlanFreeze(OutcomeStore, PlanStore):
+    def freeze(self, run_id: str, selected: int, **meta: Any) -> RunStatus:
+        """Fix the run's totals (planned tasks plus rejected entries) and start it.
+
+        A run cancelled (or stopped) while it was planning is frozen too, so that its totals
+        are known, and ended at once: each planned task is recorded ``aborted`` (nothing was
+        sent), which keeps ``selected`` equal to the sum of the outcomes.
+        """
+        if meta:
+            self.redis.hset(self.keys.run(run_id), mapping={k: as_field(v) for k, v in meta.items()})
+        raw_status, changed = self._freeze(keys=[self.keys.run(run_id)], args=[selected, RunStatus.RUNNING.value])
+        status = RunStatus(decode(raw_status))
+        if status is RunStatus.STOPPING and int(changed):
+            self._abort_unsent(run_id)
+            status = self.status(run_id) or RunStatus.ABORTED
+        if status in OVER and int(changed):
+            self.on_run_over(run_id)
+        return status
+
+    def _abort_unsent(self, run_id: str) -> None:
+        """Record ``aborted`` for every planned task of a run stopped before its first job."""
+        why = self.run(run_id).get("reason") or "stopped"
+        final = FinalOutcome(Outcome.ABORTED, time.time(), reason=f"{why} (while planning: never sent)"[:500])
+        pipe = self.redis.pipeline(transaction=False)
+        queued = 0
+        for batch in self.iter_batches(run_id):
+            for task_id in batch.task_ids:
+                self.record(batch, task_id, final=final, pipe=pipe)
+                queued += 1
+            if queued >= 5000:
+                pipe.execute()
+                queued = 0
+        pipe.execute()

@@ -1,0 +1,101 @@
+"""The Redis key layout, in one place.
+
+Every key of a run carries the run ID in braces (``sfs:run:{RUN}:...``), which is also a Redis
+Cluster hash tag: all keys of a run live in one slot, so the Lua scripts that touch several of
+them stay atomic on a cluster too.
+
+=================================  ========  ====================================================
+key                                type      holds
+=================================  ========  ====================================================
+``P:runs``                         zset      run IDs scored by creation time (newest last)
+``P:runs:active``                  zset      runs not yet over (planning, running, stopping), by
+                                             creation time: what the reconciler walks
+``P:run:{R}``                      hash      the run: status, policy, totals, counters ``n:<outcome>``,
+                                             ``attempts``, ``retries``, ``throttled``, ``finals``
+``P:run:{R}:plan``                 hash      the frozen plan: batch number -> ``share_id|t1,t2,...``
+``P:run:{R}:open``                 set       batch numbers that still have tasks without an outcome
+``P:run:{R}:touch``                hash      batch number -> last dispatch or lease renewal (epoch s)
+``P:run:{R}:lease:{N}``            string    the job working on batch N (expires unless renewed)
+``P:run:{R}:out:{N}``              hash      task ID -> its one final outcome (JSON), written once
+``P:run:{R}:att:{N}``              hash      task ID -> every attempt, one JSON object per line
+``P:run:{R}:rejected``             list      refused input (JSON: source, line, reason, raw)
+``P:run:{R}:rps``                  hash      epoch second -> API requests sent (rate compliance)
+``P:run:{R}:badshares``            hash      share ID -> the answer that showed it missing
+``P:run:{R}:deliv``                hash      batch number -> ``deliveries:pending`` (jobs lost in a row)
+``P:protect:tasks`` / ``:shares``  set       live protection lists, read at delete time
+``P:events``                       stream    run lifecycle and refused triggers (capped)
+``P:trigger:{key}``                string    the run that claimed a trigger's idempotency key
+``P:rl:...``                       string    the fleet-wide rate limiter (see ``ratelimit``)
+=================================  ========  ====================================================
+
+Small per-batch hashes (at most ``batch_size`` fields) keep Redis's compact listpack encoding
+where values are short, which is what keeps a million-task run in a few hundred MB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "sfs"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.prefix}:runs"
+
+    @property
+    def active_runs(self) -> str:
+        return f"{self.prefix}:runs:active"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def protected_tasks(self) -> str:
+        return f"{self.prefix}:protect:tasks"
+
+    @property
+    def protected_shares(self) -> str:
+        return f"{self.prefix}:protect:shares"
+
+    def trigger(self, idempotency_key: str) -> str:
+        return f"{self.prefix}:trigger:{idempotency_key}"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}"
+
+    def plan(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:plan"
+
+    def open_batches(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:open"
+
+    def touch(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:touch"
+
+    def lease(self, run_id: str, batch: int) -> str:
+        return f"{self.run(run_id)}:lease:{batch}"
+
+    def outcomes(self, run_id: str, batch: int) -> str:
+        return f"{self.run(run_id)}:out:{batch}"
+
+    def attempts(self, run_id: str, batch: int) -> str:
+        return f"{self.run(run_id)}:att:{batch}"
+
+    def rejected(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:rejected"
+
+    def rps(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:rps"
+
+    def bad_shares(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:badshares"
+
+    def deliveries(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:deliv"
+
+    def run_pattern(self, run_id: str) -> str:
+        return f"{self.run(run_id)}*"

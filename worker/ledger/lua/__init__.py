@@ -1,0 +1,1 @@
+"""The ledger's Lua scripts (a package only so that the ``*.lua`` files ship as package data)."""

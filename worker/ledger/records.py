@@ -1,0 +1,241 @@
+"""The ledger's records: run and outcome states, attempts, final outcomes, plan batches.
+
+These are the values the ledger stores (as short JSON, or as a plan entry) and hands back;
+:mod:`worker.ledger.audit` reads and writes them in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+from typing import Any, Final
+
+from worker.ledger._util import iso
+
+
+class Outcome(StrEnum):
+    """The one final outcome of a selected task."""
+
+    DELETED = "deleted"
+    ALREADY_GONE = "already_gone"
+    FAILED = "failed"
+    REJECTED = "rejected"  # bad input: never sent
+    SKIPPED = "skipped"  # protected, or no longer eligible at delete time
+    WOULD_DELETE = "would_delete"  # dry run
+    ABORTED = "aborted"  # the run stopped first
+
+
+class RunStatus(StrEnum):
+    PLANNING = "planning"
+    RUNNING = "running"
+    STOPPING = "stopping"  # cancel or failure threshold: the rest end as aborted
+    FINISHED = "finished"
+    ABORTED = "aborted"
+    CANCELLED = "cancelled"
+
+
+OVER: Final = frozenset({RunStatus.FINISHED, RunStatus.ABORTED, RunStatus.CANCELLED})
+ACTIVE: Final = frozenset({RunStatus.RUNNING, RunStatus.STOPPING})
+#: The verdict of a write-ahead intent: recorded before the DELETE leaves, completed by its answer.
+SENDING: Final = "sending"
+#: An intent whose DELETE was never sent after all (the run stopped, the lease was lost).
+UNSENT: Final = "unsent"
+# Before a task ID in a plan entry: show the task just before deleting it (a bare manifest
+# entry, planned without the status and age rules). Task IDs never hold it (see worker.ids).
+RECHECK_MARK: Final = "?"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One API call for one task. Short keys keep a million of them affordable in Redis."""
+
+    n: int  # attempt number, from 1
+    at: float  # epoch seconds
+    status: int  # HTTP status, 0 when no answer came
+    verdict: str
+    request_id: str | None = None
+    code: str | None = None
+    msg: str | None = None
+    latency_ms: float = 0.0
+    worker: str = ""
+    op: str = "delete"  # or "show", for the delete-time recheck
+
+    @property
+    def key(self) -> str:
+        """The attempt's identity within its task (``d2``: the second DELETE): what makes a
+        repeated write of the same attempt a no-op, and what an answer completes its intent by."""
+        return f"{'s' if self.op == 'show' else 'd'}{self.n}"
+
+    @property
+    def marker(self) -> str:
+        """How the attempt's line starts in the ledger (``to_json`` puts the key first)."""
+        return f'{{"k":"{self.key}",'
+
+    @property
+    def pending(self) -> bool:
+        """A write-ahead intent that no answer has completed: the DELETE may or may not have left."""
+        return self.verdict == SENDING
+
+    def to_json(self) -> str:
+        data = {
+            "k": self.key,
+            "op": None if self.op == "delete" else self.op,
+            "n": self.n,
+            "t": round(self.at, 3),
+            "s": self.status,
+            "v": self.verdict,
+            "r": self.request_id,
+            "c": self.code,
+            "m": self.msg,
+            "l": round(self.latency_ms, 1),
+            "w": self.worker,
+        }
+        return json.dumps({k: v for k, v in data.items() if v not in (None, "")}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Attempt:
+        d = json.loads(text)
+        return cls(
+            n=int(d.get("n", 0)),
+            at=float(d.get("t", 0)),
+            status=int(d.get("s", 0)),
+            verdict=str(d.get("v", "")),
+            request_id=d.get("r"),
+            code=d.get("c"),
+            msg=d.get("m"),
+            latency_ms=float(d.get("l", 0)),
+            worker=str(d.get("w", "")),
+            op=str(d.get("op", "delete")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FinalOutcome:
+    """The final outcome of a task, with what an auditor needs to prove it."""
+
+    outcome: Outcome
+    at: float
+    attempts: int = 0
+    status: int | None = None
+    code: str | None = None
+    msg: str | None = None
+    request_id: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> str:
+        data = {
+            "o": self.outcome.value,
+            "t": round(self.at, 3),
+            "a": self.attempts,
+            "s": self.status,
+            "c": self.code,
+            "m": self.msg,
+            "r": self.request_id,
+            "why": self.reason,
+        }
+        return json.dumps({k: v for k, v in data.items() if v not in (None, "")}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> FinalOutcome:
+        d = json.loads(text)
+        return cls(
+            outcome=Outcome(d["o"]),
+            at=float(d.get("t", 0)),
+            attempts=int(d.get("a", 0)),
+            status=d.get("s"),
+            code=d.get("c"),
+            msg=d.get("m"),
+            request_id=d.get("r"),
+            reason=d.get("why"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    run_id: str
+    number: int
+    share_id: str
+    task_ids: tuple[str, ...]
+    recheck: frozenset[str] = frozenset()  # tasks to show just before their delete
+
+    @classmethod
+    def parse(cls, run_id: str, number: int, value: str) -> Batch:
+        """A plan entry ``share|t1,?t2,...``; ``?`` marks a task to show before deleting it."""
+        share_id, _, tasks = value.partition("|")
+        ids = [t for t in tasks.split(",") if t]
+        if RECHECK_MARK not in tasks:
+            return cls(run_id, number, share_id, tuple(ids))
+        recheck = frozenset(t[1:] for t in ids if t.startswith(RECHECK_MARK))
+        return cls(run_id, number, share_id, tuple(t.removeprefix(RECHECK_MARK) for t in ids), recheck)
+
+    def encode(self) -> str:
+        """The plan entry :meth:`parse` reads back into this batch."""
+        return encode_batch(self.share_id, self.task_ids, self.recheck)
+
+
+def encode_batch(share_id: str, task_ids: Iterable[str], recheck: Collection[str] = ()) -> str:
+    """A plan entry ``share|t1,?t2,...``: the one encoding :meth:`Batch.parse` reads.
+
+    Task IDs in ``recheck`` get :data:`RECHECK_MARK`, so the worker shows them just before
+    deleting them.
+    """
+    if not recheck:
+        return f"{share_id}|{','.join(task_ids)}"
+    return f"{share_id}|{','.join(RECHECK_MARK + t if t in recheck else t for t in task_ids)}"
+
+
+class Gate(IntEnum):
+    """The write-ahead gate's answer (``lua/gate.lua``)."""
+
+    GO = 1  # the intent is recorded: send
+    STOPPED = -1  # the run is not running any more
+    LEASE_LOST = -2  # another job holds the batch now
+    PROTECTED_SHARE = -3
+    PROTECTED_TASK = -4
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    written: bool  # this call wrote the final outcome
+    duplicate: bool  # the task already had one
+    run_over: bool  # this outcome ended the run
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """Everything the audit knows of one task in one run (for ``audit task`` and exports)."""
+
+    run_id: str
+    batch: int
+    share_id: str
+    task_id: str
+    final: FinalOutcome | None
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def as_row(self, project_id: str) -> dict[str, Any]:
+        last = self.attempts[-1] if self.attempts else None
+        final = self.final
+        return {
+            "run_id": self.run_id,
+            "project_id": project_id,
+            "share_id": self.share_id,
+            "task_id": self.task_id,
+            "outcome": final.outcome.value if final else "pending",
+            "reason": (final.reason if final else None) or "",
+            "attempts": len(self.attempts),
+            "last_http_status": last.status if last else "",
+            "error_code": (final.code if final and final.code else (last.code if last else None)) or "",
+            "error_message": (final.msg if final and final.msg else (last.msg if last else None)) or "",
+            "request_ids": [a.request_id for a in self.attempts if a.request_id],
+            "finished_at": iso(final.at) if final else "",
+        }
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable, readable and unique: ``20261129-023000-4f9c1a``."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
