@@ -261,6 +261,7 @@ class Audit:
         self._stop = client.register_script(_script("stop.lua"))
         self._abandon_stale = client.register_script(_script("abandon_stale.lua"))
         self._gate = client.register_script(_script("gate.lua"))
+        self._add_rejected = client.register_script(_script("rejected.lua"))
 
     # --- runs ------------------------------------------------------------------------------
     def create_run(self, run_id: str, meta: Mapping[str, Any]) -> None:
@@ -293,11 +294,10 @@ class Audit:
         rows = [json.dumps(dict(item), separators=(",", ":"), ensure_ascii=True) for item in items]
         if not rows:
             return 0
-        pipe = self.redis.pipeline()
-        pipe.rpush(self.keys.rejected(run_id), *rows)
-        pipe.hincrby(self.keys.run(run_id), "n:rejected", len(rows))
-        pipe.hincrby(self.keys.run(run_id), "finals", len(rows))
-        pipe.execute()
+        # One token per call, claimed in the same script as the writes: redis-py sends a command
+        # again when its reply was lost, and the second run must not store the lines twice.
+        keys = [self.keys.rejected(run_id), self.keys.run(run_id), self.keys.rejected_done(run_id)]
+        self._add_rejected(keys=keys, args=[secrets.token_hex(8), *rows])
         return len(rows)
 
     def freeze(self, run_id: str, selected: int, **meta: Any) -> RunStatus:
@@ -440,6 +440,7 @@ class Audit:
             self.keys.open_batches(run_id),
             self.keys.touch(run_id),
             self.keys.rejected(run_id),
+            self.keys.rejected_done(run_id),
             self.keys.rps(run_id),
             self.keys.bad_shares(run_id),
             self.keys.deliveries(run_id),
