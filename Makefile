@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-fast lint bench lock clean
 
-$(BIN)/sfs-cleanup: pyproject.toml requirements.lock
+$(BIN)/sfs-cleanup: pyproject.toml sandbox/pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]" -e ./sandbox
 	@touch $@
 
 demo: $(BIN)/sfs-cleanup  ## the whole system against the fake API, in one command
@@ -19,6 +19,7 @@ lint: $(BIN)/sfs-cleanup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	bash deploy/check.sh
 
 test: lint  ## lint, types, deployment checks, then every test (unit, integration, fault)
@@ -33,7 +34,7 @@ bench: $(BIN)/sfs-cleanup  ## the benchmarks; figures go to bench-results/
 lock:  ## refresh requirements.lock from a clean install of pyproject.toml's ranges
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --upgrade pip
-	.venv-lock/bin/python -m pip install --quiet -e ".[dev]"
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev]" -e ./sandbox
 	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^sfs-turbo-cleanup' > requirements.lock
 	rm -rf .venv-lock
 

@@ -451,14 +451,20 @@ def trigger_schemas() -> None:
     _print_json(schemas())
 
 
+#: Commands other distributions add (the sandbox's ``demo`` and ``fake-api``): the product names
+#: none of them, so it installs and runs without them.
+COMMAND_PLUGINS = "sfs_cleanup.commands"
+
+
 def _register_optional() -> None:
-    from scheduler.demo import demo
-    from scheduler.fakeapi.cli import fake_api
+    from importlib.metadata import entry_points
+
     from scheduler.metrics import metrics
 
-    app.command("fake-api", help="Run the local fake SFS Turbo API (tests, demos).")(fake_api)
-    app.command("demo")(demo)
     app.command("metrics", help="Serve Prometheus metrics read from Redis (fleet-wide figures).")(metrics)
+    helps = {"fake-api": "Run the local fake SFS Turbo API (tests, demos)."}
+    for plugin in entry_points(group=COMMAND_PLUGINS):
+        app.command(plugin.name, help=helps.get(plugin.name))(plugin.load())
 
 
 _register_optional()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker.redis_server import RedisServer
+from sandbox.redis_server import RedisServer
 
 # Keep the developer's own .env and SFS_CLEANUP_* variables out of the tests.
 for _name in list(os.environ):

@@ -33,9 +33,10 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from scheduler.fakeapi.process import FakeApiProcess
-from scheduler.fakeapi.seed import project_id_for
-from scheduler.fakeapi.tasks import format_time
+from sandbox.fakeapi.process import FakeApiProcess
+from sandbox.fakeapi.seed import project_id_for
+from sandbox.fakeapi.tasks import format_time
+from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
 from tests.benchmarks.bench_throughput import (
     OurConfig,
@@ -48,7 +49,6 @@ from tests.benchmarks.bench_throughput import (
     stop_workers,
 )
 from tests.benchmarks.results import RESULTS_DIR, ROOT, finish, new_doc, targets_table, workdir_for
-from worker.redis_server import RedisServer
 
 PREFIX = "bench"
 QUEUE = "sfs.delete"

@@ -44,12 +44,12 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from scheduler.fakeapi.process import FakeApiProcess
-from scheduler.fakeapi.tasks import format_time
-from scheduler.processes import WorkerProcess
+from sandbox.fakeapi.process import FakeApiProcess
+from sandbox.fakeapi.tasks import format_time
+from sandbox.processes import WorkerProcess
+from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
 from tests.benchmarks.results import RESULTS_DIR, ROOT, finish, new_doc, targets_table, workdir_for
-from worker.redis_server import RedisServer
 
 AK = "BENCHAKAAAAAAAAAAAAA"
 SK = "bench-secret-key-not-a-secret"

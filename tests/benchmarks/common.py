@@ -32,13 +32,13 @@ from typing import Any, Literal
 
 import redis
 
-from scheduler.fakeapi.process import FakeApiProcess
-from scheduler.fakeapi.tasks import format_time
-from scheduler.fakeapi.window import RateLimiter
-from scheduler.processes import WorkerProcess
+from sandbox.fakeapi.process import FakeApiProcess
+from sandbox.fakeapi.tasks import format_time
+from sandbox.fakeapi.window import RateLimiter
+from sandbox.processes import WorkerProcess
+from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
 from tests.benchmarks.results import RESULTS_DIR, ROOT, new_doc, write_json  # noqa: F401  (bench_ratelimit's import)
-from worker.redis_server import RedisServer
 
 SHARES = 4
 

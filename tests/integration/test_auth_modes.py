@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
 from tests.support.secrets import (
     AuthCluster,
     aksk_auth,

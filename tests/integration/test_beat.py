@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.server import FakeApi
 from scheduler.service import last_slot, slot_key
 from tests.support.cluster import Cluster, fake_api, wait_for
 from worker.audit import OVER, Audit

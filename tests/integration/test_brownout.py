@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from scheduler.fakeapi.faults import attempt_fails
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.faults import attempt_fails
+from sandbox.fakeapi.server import FakeApi
 from tests.support import fault_runs
 from tests.support.cluster import Cluster, fake_api
 from tests.support.faults import (

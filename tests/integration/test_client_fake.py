@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from scheduler.fakeapi import FakeApi, FakeConfig
+from sandbox.fakeapi import FakeApi, FakeConfig
 from worker.answers import Verdict
 from worker.auth import TokenAuth
 from worker.client import ApiError, ClientConfig, SfsTurboClient, ShareMissingError

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import redis
 
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
 from scheduler.context import Context
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
 from tests.support.cluster import Cluster, wait_for

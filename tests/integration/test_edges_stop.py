@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.server import FakeApi
 from tests.support import fault_runs
 from tests.support.cluster import Cluster, fake_api
 from tests.support.faults import (

@@ -15,9 +15,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from scheduler.fakeapi import FakeApi, FakeApiProcess, FakeConfig, Task, dump, eligible, generate, load, seed
-from scheduler.fakeapi.signature import sign_headers
-from scheduler.fakeapi.tasks import parse_time
+from sandbox.fakeapi import FakeApi, FakeApiProcess, FakeConfig, Task, dump, eligible, generate, load, seed
+from sandbox.fakeapi.signature import sign_headers
+from sandbox.fakeapi.tasks import parse_time
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 AK, SK = "FAKEAK0123456789", "FAKESK-secret"
@@ -582,7 +582,7 @@ def test_serves_a_seed_file(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_a_non_loopback_host() -> None:
-    from scheduler.fakeapi.cli import fake_api
+    from sandbox.fakeapi.cli import fake_api
 
     app = typer.Typer()
     app.command()(fake_api)

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.seed import Inventory, project_id_for
-from scheduler.fakeapi.server import FakeApi
-from scheduler.fakeapi.tasks import Task
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.seed import Inventory, project_id_for
+from sandbox.fakeapi.server import FakeApi
+from sandbox.fakeapi.tasks import Task
 from scheduler.inventory import KNOWN_FIELDS, MAX_FIELD_CHARS, MAX_LINE_BYTES
 from tests.support.cluster import Cluster
 from tests.support.faults import FAST, assert_one_outcome_per_task, cli_json, export_rows, figure

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.server import FakeApi
+from sandbox.redis_server import RedisServer
 from tests.support import fault_runs
 from tests.support.cluster import Cluster, fake_api
 from tests.support.faults import (
@@ -21,7 +22,6 @@ from tests.support.faults import (
     figure,
     running,
 )
-from worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.server import FakeApi
 from tests.support import fault_runs
 from tests.support.cluster import Cluster, fake_api, wait_for
 from tests.support.faults import (

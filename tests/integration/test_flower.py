@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
+from sandbox.redis_server import free_port
 from tests.support.cluster import Cluster, wait_for
-from worker.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ import pytest
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
 from worker import purge

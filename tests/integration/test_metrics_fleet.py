@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
+from sandbox.redis_server import free_port
 from tests.support.cluster import Cluster, wait_for
 from tests.unit.test_metrics import sample
-from worker.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster
 from worker.models import parse_time
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
 from worker.audit import Audit

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import redis
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
 from tests.support.secrets import (
     AuthCluster,
     PubSubRecorder,

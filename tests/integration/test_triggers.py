@@ -28,8 +28,8 @@ import pytest
 import redis
 from celery import Celery
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster, wait_for
 from worker.audit import OVER, Audit
 from worker.models import parse_time

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import redis
 
-from scheduler.fakeapi.config import FakeConfig
-from scheduler.fakeapi.server import FakeApi
-from scheduler.processes import WorkerProcess
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
+from sandbox.processes import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster
 from tests.support.faults import FAST, RunView, assert_one_outcome_per_task, explain_duplicates, export_rows, figure
 

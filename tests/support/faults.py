@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster, wait_for
 from worker.audit import Audit, FinalOutcome, Outcome
 

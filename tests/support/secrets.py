@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from scheduler.fakeapi.server import FakeApi
+from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster
 from worker.models import parse_time
 

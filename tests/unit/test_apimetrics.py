@@ -11,6 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sandbox.redis_server import free_port
 from tests.support.proxy import DropReplyProxy
 from worker.answers import ApiAnswer, Verdict
 from worker.apimetrics import (
@@ -23,7 +24,6 @@ from worker.apimetrics import (
     status_label,
 )
 from worker.keys import Keys
-from worker.redis_server import free_port
 
 API_KEY = Keys("sfs").api_metrics
 

@@ -455,9 +455,9 @@ def test_compose_file_shape() -> None:
         assert "container_name" not in svc, f"{name}: container_name prevents --scale"
     for name, svc in app_services().items():
         build = svc["build"]
-        assert (COMPOSE_FILE.parent / build["context"] / build.get("dockerfile", "Dockerfile")).resolve() == (
-            ROOT / "Dockerfile"
-        )
+        # The demo has its own image (the product's carries no fake API).
+        image = ROOT / "sandbox" / "Dockerfile" if name == "demo" else ROOT / "Dockerfile"
+        assert (COMPOSE_FILE.parent / build["context"] / build.get("dockerfile", "Dockerfile")).resolve() == image
         if name != "demo":
             assert svc["env_file"] == ".env", f"{name}: settings come from deploy/.env"
             assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -652,7 +652,7 @@ def free_port() -> int:
 def test_redis_server_accepts_the_conf(tmp_path: Path) -> None:
     import redis
 
-    from worker.redis_server import find_redis_server
+    from sandbox.redis_server import find_redis_server
 
     try:
         binary = find_redis_server()

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.fakeapi import signature
-from scheduler.fakeapi.signature import SignatureError, verify
+from sandbox.fakeapi import signature
+from sandbox.fakeapi.signature import SignatureError, verify
 
 VECTOR_HEADERS = {
     "content-type": "application/json",

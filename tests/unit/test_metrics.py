@@ -10,6 +10,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
+from sandbox.redis_server import free_port
 from scheduler.metrics import FleetCollector, broker_queue_depth, registry_for, serve_metrics
 from worker.answers import ApiAnswer, Verdict
 from worker.apimetrics import BUCKETS, ApiStats
@@ -17,7 +18,6 @@ from worker.audit import Attempt, Audit, Batch, FinalOutcome, Outcome, RunStatus
 from worker.celery_app import create_app
 from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
-from worker.redis_server import free_port
 from worker.settings import Settings, load_settings
 
 PROJECT = "0123456789abcdef0123456789abcdef"

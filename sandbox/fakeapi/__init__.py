@@ -9,11 +9,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from scheduler.fakeapi.config import ConfigError, FakeConfig
-    from scheduler.fakeapi.process import FakeApiProcess
-    from scheduler.fakeapi.seed import Inventory, dump, eligible, generate, load
-    from scheduler.fakeapi.server import FakeApi, build_inventory, serve
-    from scheduler.fakeapi.tasks import Task
+    from sandbox.fakeapi.config import ConfigError, FakeConfig
+    from sandbox.fakeapi.process import FakeApiProcess
+    from sandbox.fakeapi.seed import Inventory, dump, eligible, generate, load
+    from sandbox.fakeapi.server import FakeApi, build_inventory, serve
+    from sandbox.fakeapi.tasks import Task
 
 # Names are loaded on first use (PEP 562): the server pulls in aiohttp, which every
 # `sfs-cleanup` command would otherwise pay for at start-up because `demo` and `fake-api` are

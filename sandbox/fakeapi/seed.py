@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
-from scheduler.fakeapi.tasks import TYPES, Task, format_time, parse_time
+from sandbox.fakeapi.tasks import TYPES, Task, format_time, parse_time
 
 # Weights of a plausible fleet: mostly finished tasks, a few running or being deleted.
 _TYPE_WEIGHTS: Final = (35, 20, 25, 20)

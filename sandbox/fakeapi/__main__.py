@@ -1,10 +1,10 @@
-"""``python -m scheduler.fakeapi``: the same command as ``sfs-cleanup fake-api``."""
+"""``python -m sandbox.fakeapi``: the same command as ``sfs-cleanup fake-api``."""
 
 from __future__ import annotations
 
 import typer
 
-from scheduler.fakeapi.cli import fake_api
+from sandbox.fakeapi.cli import fake_api
 
 
 def main() -> None:

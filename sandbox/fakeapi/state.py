@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 
-from scheduler.fakeapi.seed import Inventory, new_task
-from scheduler.fakeapi.tasks import Task, format_time
+from sandbox.fakeapi.seed import Inventory, new_task
+from sandbox.fakeapi.tasks import Task, format_time
 
 
 class DeleteOutcome(Enum):

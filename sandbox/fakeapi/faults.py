@@ -11,7 +11,7 @@ import hashlib
 import random
 from enum import Enum
 
-from scheduler.fakeapi.config import FakeConfig
+from sandbox.fakeapi.config import FakeConfig
 
 
 class Fault(Enum):

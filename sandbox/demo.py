@@ -23,13 +23,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sandbox.fakeapi.process import FakeApiProcess
+from sandbox.processes import WorkerProcess
+from sandbox.redis_server import RedisServer
 from scheduler.context import Context
-from scheduler.fakeapi.process import FakeApiProcess
 from scheduler.policy import policy_from_sources
-from scheduler.processes import WorkerProcess
 from scheduler.report import exit_code, render_plan_summary, render_report, run_report
 from scheduler.runs import follow, inventory, start_run
-from worker.redis_server import RedisServer
 from worker.settings import load_settings
 
 

@@ -1,7 +1,7 @@
 """Running the fake: in a daemon thread of the caller (:class:`FakeApi`), or blocking (:func:`serve`).
 
 Both listen on a loopback address only. The thread form shares the caller's GIL, which is fine
-for tests; benchmarks use :class:`scheduler.fakeapi.process.FakeApiProcess` instead.
+for tests; benchmarks use :class:`sandbox.fakeapi.process.FakeApiProcess` instead.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from scheduler.fakeapi import seed
-from scheduler.fakeapi.config import ConfigError, FakeConfig, apply_patch, is_loopback
-from scheduler.fakeapi.seed import Inventory
-from scheduler.fakeapi.service import FakeService
+from sandbox.fakeapi import seed
+from sandbox.fakeapi.config import ConfigError, FakeConfig, apply_patch, is_loopback
+from sandbox.fakeapi.seed import Inventory
+from sandbox.fakeapi.service import FakeService
 
 T = TypeVar("T")
 _BACKLOG = 2048  # benchmarks open hundreds of connections at once

@@ -21,14 +21,14 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from scheduler.fakeapi import auth
-from scheduler.fakeapi.config import ConfigError, FakeConfig, apply_patch
-from scheduler.fakeapi.faults import Fault, FaultDice
-from scheduler.fakeapi.seed import Inventory
-from scheduler.fakeapi.state import DeleteOutcome, TaskStore
-from scheduler.fakeapi.stats import DROPPED, Deletion, Stats
-from scheduler.fakeapi.tasks import STATUSES, TYPES, Task
-from scheduler.fakeapi.window import RateLimiter
+from sandbox.fakeapi import auth
+from sandbox.fakeapi.config import ConfigError, FakeConfig, apply_patch
+from sandbox.fakeapi.faults import Fault, FaultDice
+from sandbox.fakeapi.seed import Inventory
+from sandbox.fakeapi.state import DeleteOutcome, TaskStore
+from sandbox.fakeapi.stats import DROPPED, Deletion, Stats
+from sandbox.fakeapi.tasks import STATUSES, TYPES, Task
+from sandbox.fakeapi.window import RateLimiter
 
 API_PREFIX: Final = "/v1/{project_id}/sfs-turbo/{share_id}/hpc-cache"
 SFS_ID_HEADER: Final = "X-request-id"

@@ -18,14 +18,14 @@ from typing import Any
 
 import httpx
 
-from scheduler.fakeapi.config import ConfigError, FakeConfig, apply_patch
+from sandbox.fakeapi.config import ConfigError, FakeConfig, apply_patch
 
 # The directory that holds the `scheduler` package, so the child imports this very code.
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeApiProcess:
-    """``python -m scheduler.fakeapi`` as a child process; ``with FakeApiProcess(cfg) as api: ...``."""
+    """``python -m sandbox.fakeapi`` as a child process; ``with FakeApiProcess(cfg) as api: ...``."""
 
     def __init__(self, config: FakeConfig | None = None, *, python: str = sys.executable, **overrides: Any) -> None:
         base = config or FakeConfig()
@@ -58,7 +58,7 @@ class FakeApiProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SOURCE_ROOT), env.get("PYTHONPATH")]))
         args = [
-            self.python, "-m", "scheduler.fakeapi",
+            self.python, "-m", "sandbox.fakeapi",
             "--config-file", str(config_file),
             "--ready-file", str(ready_file),
             "--quiet",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from scheduler.fakeapi import signature
-from scheduler.fakeapi.config import FakeConfig
+from sandbox.fakeapi import signature
+from sandbox.fakeapi.config import FakeConfig
 
 _PREFIX: Final = "Incorrect IAM authentication information: "
 

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.fakeapi.window import SlidingCount
+from sandbox.fakeapi.window import SlidingCount
 
 DROPPED = "dropped"  # the status key of a request whose connection was closed unanswered
 

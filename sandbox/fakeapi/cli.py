@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from scheduler.fakeapi import seed
-from scheduler.fakeapi.config import DEFAULT_TOKEN, ConfigError, FakeConfig, apply_patch, is_loopback
+from sandbox.fakeapi import seed
+from sandbox.fakeapi.config import DEFAULT_TOKEN, ConfigError, FakeConfig, apply_patch, is_loopback
 
 if TYPE_CHECKING:
-    from scheduler.fakeapi.service import FakeService
+    from sandbox.fakeapi.service import FakeService
 
 # CLI option -> config field, for the options that map one to one.
 _FIELDS = {
@@ -92,7 +92,7 @@ def fake_api(
             patch["seed_file"] = str(seed_file)
         config = apply_patch(config, patch, runtime=False)
         # Imported here: the server pulls in aiohttp, which other commands need not load.
-        from scheduler.fakeapi.server import build_inventory, serve
+        from sandbox.fakeapi.server import build_inventory, serve
 
         inventory = build_inventory(config)
     except (ConfigError, OSError, ValueError) as exc:
