@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 from celery import Celery
@@ -13,6 +15,9 @@ from worker.client import ClientConfig, SfsTurboClient
 from worker.ratelimit import FleetLimiter
 from worker.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.apimetrics import ApiStats
+
 
 @dataclass
 class Context:
@@ -20,6 +25,7 @@ class Context:
     # Inside a worker, the app already running: its connections and configuration are reused
     # instead of building a second app for every trigger.
     celery: Celery | None = field(default=None, repr=False)
+    _api_stats: ApiStats | None = field(default=None, repr=False)
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
@@ -46,4 +52,18 @@ class Context:
         from worker.auth import build_auth
 
         config = ClientConfig.from_settings(self.settings, max_connections=4)
-        return SfsTurboClient(config, auth=build_auth(self.settings, self.redis), pace=self.limiter().acquire)
+        return SfsTurboClient(
+            config,
+            auth=build_auth(self.settings, self.redis),
+            pace=self.limiter().acquire,
+            observe=self.api_stats().observe,
+        )
+
+    def api_stats(self) -> ApiStats:
+        """This process's share of the fleet's API metrics (listings), written at exit at the latest."""
+        if self._api_stats is None:
+            from worker.apimetrics import ApiStats
+
+            self._api_stats = ApiStats(self.redis, self.settings.key_prefix)
+            atexit.register(self._api_stats.close)
+        return self._api_stats

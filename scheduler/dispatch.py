@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import structlog
 from celery import Celery
 
+from scheduler.metrics import broker_queue_depth
 from worker.audit import ACTIVE, OVER, Audit, RunStatus
 from worker.celery_app import DELETE_QUEUE, PURGE_BATCH
 from worker.settings import Settings
@@ -57,7 +58,7 @@ def reconcile_run(app: Celery, audit: Audit, settings: Settings, run_id: str, *,
         return 0
     if selected is None:
         return 0  # stopped while still planning: its planner ends it, and no batch may be sent
-    if queue_depth(audit) > 0:
+    if broker_queue_depth(app) > 0:
         return 0  # jobs are still waiting: none can be declared lost yet
     now = time.time() if now is None else now
     touches = audit.last_touch(run_id)

@@ -5,6 +5,10 @@ and the fleet limiter from Redis, so the figures are fleet-wide and the same whi
 serves them (run one exporter, or several behind one scrape job). ``sfs-cleanup metrics``
 serves them on ``127.0.0.1:9808/metrics`` by default.
 
+The API families are summed by every worker process (:mod:`worker.apimetrics`) into one Redis
+hash, so they too are fleet-wide; their labels are bounded (three operations, HTTP statuses,
+the API's known error codes, ``none`` and ``other``).
+
 Exported runs are bounded: the ``recent_runs`` newest runs plus every active run among the
 ``scan_runs`` newest, so the number of series stays small however long the history is.
 
@@ -13,8 +17,13 @@ metric                                                  type     labels
 ======================================================  =======  =============================
 ``sfs_cleanup_up``                                      gauge    (1: Redis answered the scrape)
 ``sfs_cleanup_scrape_duration_seconds``                 gauge
-``sfs_cleanup_queue_messages``                          gauge    queue (waiting jobs, LLEN)
+``sfs_cleanup_queue_messages``                          gauge    queue (waiting jobs, as kombu counts them)
 ``sfs_cleanup_unacked_messages``                        gauge    (delivered, not yet acked)
+``sfs_cleanup_redis_used_memory_bytes``                 gauge    (INFO memory of the fleet's Redis)
+``sfs_cleanup_redis_maxmemory_bytes``                   gauge    (0: no limit set)
+``sfs_cleanup_workers_online``                          gauge    (worker processes with a heartbeat < 60 s old)
+``sfs_cleanup_api_request_duration_seconds``            hist.    operation (delete, show, list)
+``sfs_cleanup_api_responses_total``                     counter  operation, status, error_code
 ``sfs_cleanup_runs_active``                             gauge
 ``sfs_cleanup_run_info``                                gauge    run_id, status, trigger, dry_run
 ``sfs_cleanup_run_selected_tasks``                      gauge    run_id
@@ -44,28 +53,32 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis
 import typer
+from kombu.exceptions import ChannelError, OperationalError
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from worker.apimetrics import BUCKETS, OPERATIONS
 from worker.audit import ACTIVE, OVER, Outcome
 from worker.celery_app import CONTROL_QUEUE, DELETE_QUEUE
 from worker.keys import Keys
 from worker.settings import Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 DEFAULT_PORT = 9808
 PREFIX = "sfs_cleanup_"
 _ACTIVE = {s.value for s in ACTIVE}
 _OVER = {s.value for s in OVER}
-# kombu's Redis transport keeps priorities 3, 6 and 9 in lists of their own next to the queue.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = ("3", "6", "9")
-_UNACKED_KEY = "unacked"
 _CIRCUIT_STATES = ("closed", "open", "half-open")
+#: A worker process counts as online while its heartbeat (every 10 s) is younger than this.
+WORKER_ONLINE_WINDOW_S = 60.0
 
 
 def _text(value: Any) -> str:
@@ -142,7 +155,7 @@ class FleetCollector:
         scan_runs: int = 200,
         queues: Iterable[str] = (DELETE_QUEUE, CONTROL_QUEUE),
         redis_client: redis.Redis | None = None,
-        broker_client: redis.Redis | None = None,
+        app: Celery | None = None,
     ) -> None:
         self.settings = settings
         self.recent_runs = recent_runs
@@ -152,14 +165,17 @@ class FleetCollector:
         self.redis = redis_client or redis.Redis.from_url(
             settings.redis_url, socket_connect_timeout=3, socket_timeout=5
         )
-        broker_url = settings.broker_url or settings.redis_url
-        if broker_client is not None:
-            self.broker = broker_client
-        elif broker_url == settings.redis_url:
-            self.broker = self.redis
-        else:
-            self.broker = redis.Redis.from_url(broker_url, socket_connect_timeout=3, socket_timeout=5)
+        self._app = app
         self._limiter: Any = None
+
+    @property
+    def app(self) -> Celery:
+        """The fleet's Celery app: its broker URL and transport options are the workers' own."""
+        if self._app is None:
+            from worker.celery_app import create_app
+
+            self._app = create_app(self.settings)
+        return self._app
 
     def describe(self) -> list[Metric]:
         return []  # names are not registered up front: registration must not touch Redis
@@ -167,9 +183,18 @@ class FleetCollector:
     def collect(self) -> Iterator[Metric]:
         start = time.perf_counter()
         try:
-            families = [*self._queues(), *self._runs(), *self._ratelimit()]
+            # Redis itself first: when it is down the scrape fails fast on the short-timeout
+            # client instead of waiting for kombu's connection retries.
+            families = [
+                *self._runs(),
+                *self._ratelimit(),
+                *self._api(),
+                *self._workers(),
+                *self._redis_memory(),
+                *self._queues(),
+            ]
             up = 1.0
-        except redis.RedisError:
+        except (redis.RedisError, OperationalError):
             families, up = [], 0.0
         yield GaugeMetricFamily(PREFIX + "up", "1 if Redis answered this scrape, else 0.", value=up)
         yield from families
@@ -181,23 +206,85 @@ class FleetCollector:
 
     # --- queues ---------------------------------------------------------------------------
     def _queues(self) -> list[Metric]:
-        pipe = self.broker.pipeline(transaction=False)
-        for queue in self.queues:
-            pipe.llen(queue)
-            for step in _PRIORITY_STEPS:
-                pipe.llen(f"{queue}{_PRIORITY_SEP}{step}")
-        pipe.hlen(_UNACKED_KEY)
-        answers = [int(a) for a in pipe.execute()]
+        depths, unacked_count = read_queues(self.app, self.queues)
         depth = GaugeMetricFamily(PREFIX + "queue_messages", "Jobs waiting in a Celery queue.", labels=["queue"])
-        width = 1 + len(_PRIORITY_STEPS)
-        for index, queue in enumerate(self.queues):
-            depth.add_metric([queue], sum(answers[index * width : (index + 1) * width]))
+        for queue in self.queues:
+            depth.add_metric([queue], depths[queue])
         unacked = GaugeMetricFamily(
             PREFIX + "unacked_messages",
             "Jobs delivered to a worker and not yet acknowledged (all queues).",
-            value=answers[-1],
+            value=unacked_count,
         )
         return [depth, unacked]
+
+    # --- the API as the fleet sees it -----------------------------------------------------
+    def _api(self) -> list[Metric]:
+        raw = self.redis.hgetall(self.keys.api_metrics)
+        buckets: dict[str, list[float]] = {op: [0.0] * (len(BUCKETS) + 1) for op in OPERATIONS}
+        sums: dict[str, float] = dict.fromkeys(OPERATIONS, 0.0)
+        responses: dict[tuple[str, str, str], float] = {}
+        for key, value in raw.items():
+            kind, _, rest = _text(key).partition("|")
+            number = _num(_text(value))
+            if kind == "n":
+                parts = rest.split("|")
+                if len(parts) == 3 and parts[0] in sums:
+                    op, status, code = parts
+                    responses[(op, status, code)] = number
+            elif kind == "b":
+                op, _, le = rest.partition("|")
+                if op in buckets:
+                    buckets[op][_bucket_index(le)] += number
+            elif kind == "s" and rest in sums:
+                sums[rest] = number
+        duration = HistogramMetricFamily(
+            PREFIX + "api_request_duration_seconds",
+            "Latency of the SFS Turbo API calls of every worker process, by operation (an answer or none).",
+            labels=["operation"],
+        )
+        for op in OPERATIONS:
+            cumulative, total = [], 0.0
+            for bound, count in zip([*map(repr, BUCKETS), "+Inf"], buckets[op], strict=True):
+                total += count
+                cumulative.append((bound, total))
+            duration.add_metric([op], cumulative, sums[op])
+        answers = CounterMetricFamily(
+            PREFIX + "api_responses",
+            "API answers of every worker process, by operation, HTTP status (none: no answer) and error code.",
+            labels=["operation", "status", "error_code"],
+        )
+        for (op, status, code), count in sorted(responses.items()):
+            answers.add_metric([op, status, code], count)
+        return [duration, answers]
+
+    # --- workers and Redis itself ---------------------------------------------------------
+    def _workers(self) -> list[Metric]:
+        online = self.redis.zcount(self.keys.workers, time.time() - WORKER_ONLINE_WINDOW_S, "+inf")
+        return [
+            GaugeMetricFamily(
+                PREFIX + "workers_online",
+                f"Worker processes whose heartbeat is younger than {WORKER_ONLINE_WINDOW_S:.0f} s.",
+                value=int(online),
+            )
+        ]
+
+    def _redis_memory(self) -> list[Metric]:
+        try:
+            info = self.redis.info("memory")
+        except redis.ResponseError:
+            return []  # some managed Redis services refuse INFO: the rest of the scrape still counts
+        return [
+            GaugeMetricFamily(
+                PREFIX + "redis_used_memory_bytes",
+                "Memory used by the fleet's Redis (INFO memory used_memory).",
+                value=_num(str(info.get("used_memory", 0))),
+            ),
+            GaugeMetricFamily(
+                PREFIX + "redis_maxmemory_bytes",
+                "The fleet's Redis maxmemory (0: no limit; with noeviction, writes fail beyond it).",
+                value=_num(str(info.get("maxmemory", 0))),
+            ),
+        ]
 
     # --- runs -----------------------------------------------------------------------------
     def _scan(self) -> tuple[list[str], dict[str, float]]:
@@ -285,6 +372,43 @@ class FleetCollector:
             circuit.add_metric([name], 1.0 if state["circuit"] == name else 0.0)
         families.append(circuit)
         return families
+
+
+def _bucket_index(le: str) -> int:
+    """The exporter's bucket for a stored bound; a bound it does not know (another version's
+    layout) goes to the next larger one, so no count is lost and none lands too low."""
+    if le == "+Inf":
+        return len(BUCKETS)
+    return bisect_left(BUCKETS, _num(le, float("inf")))
+
+
+def _declared_size(channel: Any, queue: str) -> int:
+    try:
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except ChannelError:
+        # kombu's Redis transport keeps no list for an empty queue, and a passive declare of a
+        # queue with no list is "not found": nothing waits in it.
+        return 0
+
+
+def read_queues(app: Celery, queues: Iterable[str]) -> tuple[dict[str, int], int]:
+    """(jobs waiting per queue, jobs delivered and not acknowledged), through kombu's own API.
+
+    kombu counts every priority sub-queue of the Redis transport and honours the app's transport
+    options (key prefix, unacked key), so this agrees with what the workers consume.
+    """
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1)  # one try: a scrape must not sit in kombu's retry loop
+        channel = conn.default_channel
+        depths = {queue: _declared_size(channel, queue) for queue in queues}
+        unacked = int(channel.client.hlen(channel.unacked_key))
+    return depths, unacked
+
+
+def broker_queue_depth(app: Celery, queue: str = DELETE_QUEUE) -> int:
+    """Jobs waiting in one queue, priority sub-queues included (for the reconciler's "queue empty")."""
+    depths, _ = read_queues(app, (queue,))
+    return depths[queue]
 
 
 def registry_for(settings: Settings, **collector_args: Any) -> CollectorRegistry:

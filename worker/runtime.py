@@ -1,4 +1,4 @@
-"""Per-process resources of a worker: Redis, the audit, the API client, the fleet limiter.
+"""Per-process resources of a worker: Redis, the audit, the API client, the fleet limiter, API metrics.
 
 Built lazily in the process that uses them and rebuilt after a fork (an httpx pool shared
 across ``fork`` interleaves answers between processes), so a prefork child never inherits
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from worker.apimetrics import ApiStats
 from worker.audit import Audit
 from worker.client import ClientConfig, SfsTurboClient
 from worker.ratelimit import FleetLimiter
@@ -32,6 +33,7 @@ class Runtime:
     _client: SfsTurboClient | None = None
     _limiter: FleetLimiter | None = None
     _pool: ThreadPoolExecutor | None = None
+    _api_stats: ApiStats | None = None
     # The first job's threads all ask for the client at once: build each part exactly once.
     _build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -63,7 +65,20 @@ class Runtime:
                     self._pool = ThreadPoolExecutor(self.settings.batch_concurrency, thread_name_prefix="sfs-delete")
         return self._pool
 
+    @property
+    def api_stats(self) -> ApiStats:
+        """This process's API latency and answer counts; its thread also keeps the worker heartbeat."""
+        if self._api_stats is None:
+            with self._build_lock:
+                if self._api_stats is None:
+                    stats = ApiStats(self.redis, self.settings.key_prefix, heartbeat_member=self.worker_name)
+                    stats.start()  # heartbeat from now on, not only once a call was observed
+                    self._api_stats = stats
+        return self._api_stats
+
     def close(self) -> None:
+        if self._api_stats is not None:
+            self._api_stats.close()  # before the Redis client goes: its last counts need it
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
@@ -100,6 +115,8 @@ def get_runtime(settings: Settings) -> Runtime:
                 retry=RetryPolicy.from_settings(settings),
                 worker_name=f"{socket.gethostname()}:{os.getpid()}",
             )
+            # Built now, not on the first API call, so the heartbeat starts with the first job.
+            _runtime.api_stats.start()
             _pid = os.getpid()
         return _runtime
 

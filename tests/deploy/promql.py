@@ -37,7 +37,7 @@ def served_metric_names(redis_url: str) -> frozenset[str]:
 
     The settings name an API endpoint and a project so the fleet limiter's families are included;
     runs' families are served (HELP/TYPE) even with no run in Redis. Counters are served with the
-    _total suffix.
+    _total suffix, histograms as their _bucket, _sum and _count series.
     """
     from prometheus_client import generate_latest
 
@@ -55,7 +55,10 @@ def served_metric_names(redis_url: str) -> frozenset[str]:
     text = generate_latest(registry_for(settings)).decode()
     names = set()
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
-        names.add(name + "_total" if kind == "counter" and not name.endswith("_total") else name)
+        if kind == "histogram":
+            names.update(name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(name + "_total" if kind == "counter" and not name.endswith("_total") else name)
     assert names, "the exporter served no metric family"
     return frozenset(names)
 

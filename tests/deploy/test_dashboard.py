@@ -100,6 +100,10 @@ def test_dashboard_covers_what_the_on_call_needs() -> None:
         "queue depth": "sfs_cleanup_queue_messages",
         "circuit": "sfs_cleanup_ratelimit_circuit_state",
         "nightly run": "sfs_cleanup_last_run_finished_timestamp_seconds",
+        "API latency": "sfs_cleanup_api_request_duration_seconds_bucket",
+        "API answers by status": "sfs_cleanup_api_responses_total",
+        "live workers": "sfs_cleanup_workers_online",
+        "Redis memory": "sfs_cleanup_redis_used_memory_bytes",
     }.items():
         assert metric in read, f"no panel shows {topic} ({metric})"
 

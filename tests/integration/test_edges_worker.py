@@ -27,7 +27,7 @@ import redis
 
 from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
-from scheduler.planner import plan_run
+from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
 from worker.audit import Audit, Outcome, TaskRecord
 from worker.models import TaskInfo, parse_time
@@ -75,6 +75,23 @@ def _records(audit: Audit, run_id: str) -> dict[str, TaskRecord]:
 
 def _deletes_by_task(fake: FakeApi) -> Counter[str]:
     return Counter(d["task_id"] for d in fake.deleted())
+
+
+def _finished(fake: FakeApi, share: str, limit: int | None = None) -> list[TaskInfo]:
+    """The share's finished tasks with a readable end time, as full entries (status and end time)."""
+    tasks = [
+        TaskInfo(fake.project_id, share, t["task_id"], status=t["status"], end_time=parse_time(t["end_time"]))
+        for t in fake.tasks(share)
+        if t["status"] in ("SUCCESS", "FAIL") and parse_time(t.get("end_time"))
+    ]
+    return tasks[:limit]
+
+
+def _plan(audit: Audit, settings: Settings, items: list[TaskInfo], run_id: str) -> PlanResult:
+    """Plan full entries of any age: what the test is about happens at delete time."""
+    return plan_run(
+        audit, settings, Policy(older_than="0s"), iter(items), run_id=run_id, dry_run=False, trigger="t", source=""
+    )
 
 
 def _run_all(rt: Runtime, run_id: str, batches: int) -> None:
@@ -201,11 +218,7 @@ def test_a_hold_placed_while_the_job_runs_stops_the_deletes_after_it(redis_url: 
     settings = _settings(redis_url, fake, rate_limit=10.0, batch_concurrency=4)
     audit = Audit(redis.Redis.from_url(redis_url))
     share = fake.share_ids[0]
-    finished = [
-        TaskInfo(fake.project_id, share, t["task_id"], status=t["status"], end_time=parse_time(t["end_time"]))
-        for t in fake.tasks(share)
-        if t["status"] in ("SUCCESS", "FAIL") and parse_time(t.get("end_time"))
-    ][:30]
+    finished = _finished(fake, share, limit=30)
     plan = plan_run(
         audit,
         settings,
@@ -260,11 +273,7 @@ def test_a_lost_answer_then_gone_is_our_delete(redis_url: str, lossy_fake: FakeA
     settings = _settings(redis_url, fake, max_retries=12)
     audit = Audit(redis.Redis.from_url(redis_url))
     share = fake.share_ids[0]
-    finished = [
-        TaskInfo(fake.project_id, share, t["task_id"], status=t["status"], end_time=parse_time(t["end_time"]))
-        for t in fake.tasks(share)
-        if t["status"] in ("SUCCESS", "FAIL") and parse_time(t.get("end_time"))
-    ]
+    finished = _finished(fake, share)
     plan = plan_run(
         audit,
         settings,
@@ -309,14 +318,8 @@ def test_no_delete_leaves_while_redis_refuses_writes_and_no_record_is_dropped(
     client = redis.Redis.from_url(redis_url)
     audit = Audit(client)
     share = fake.share_ids[0]
-    finished = [
-        TaskInfo(fake.project_id, share, t["task_id"], status=t["status"], end_time=parse_time(t["end_time"]))
-        for t in fake.tasks(share)
-        if t["status"] in ("SUCCESS", "FAIL") and parse_time(t.get("end_time"))
-    ][:80]
-    plan_run(
-        audit, settings, Policy(older_than="0s"), iter(finished), run_id="r-oom", dry_run=False, trigger="t", source=""
-    )
+    finished = _finished(fake, share, limit=80)
+    _plan(audit, settings, finished, "r-oom")
     admin = redis.Redis.from_url(redis_url)
     old = admin.config_get("maxmemory*")
     try:

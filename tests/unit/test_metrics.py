@@ -11,8 +11,12 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sandbox.redis_server import free_port
-from scheduler.metrics import FleetCollector, registry_for, serve_metrics
+from scheduler.metrics import FleetCollector, broker_queue_depth, registry_for, serve_metrics
+from worker.answers import ApiAnswer, Verdict
+from worker.apimetrics import BUCKETS, ApiStats
 from worker.audit import Attempt, Audit, Batch, FinalOutcome, Outcome, RunStatus
+from worker.celery_app import create_app
+from worker.keys import Keys
 from worker.ratelimit import FleetLimiter
 from worker.settings import Settings, load_settings
 
@@ -149,6 +153,99 @@ def test_queue_depth_counts_every_priority_list_and_unacked_jobs(redis_url: str,
     assert sample(text, "sfs_cleanup_unacked_messages") == 2.0
 
 
+def test_queue_depth_goes_through_kombu_so_an_empty_queue_is_0_and_priorities_count(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    app = create_app(settings_for(redis_url))
+    assert broker_queue_depth(app) == 0  # no list in Redis at all: kombu's "not found" is an empty queue
+    for priority in (0, 3, 9):
+        app.send_task("sfs.purge_batch", args=["r", priority], queue="sfs.delete", priority=priority)
+    assert broker_queue_depth(app) == 3
+    assert len(redis_client.keys("sfs.delete*")) == 3  # kombu really spread them over its priority lists
+
+    text = scrape(settings_for(redis_url), app=app)
+    assert sample(text, "sfs_cleanup_queue_messages", queue="sfs.delete") == 3.0
+    assert sample(text, "sfs_cleanup_queue_messages", queue="sfs.control") == 0.0
+
+
+def _answer(status: int, code: str | None = None, latency_ms: float = 20.0) -> ApiAnswer:
+    return ApiAnswer(
+        "DELETE", "/x", status, Verdict.OK if status < 300 else Verdict.RETRYABLE, None, code, None, latency_ms
+    )
+
+
+def test_api_histogram_and_answers_sum_every_process(redis_url: str) -> None:
+    fleet = [ApiStats(redis.Redis.from_url(redis_url), "sfs", flush_interval_s=3600) for _ in range(2)]
+    for stats in fleet:
+        stats.observe("delete", _answer(202, latency_ms=3))  # bucket 0.005
+        stats.observe("delete", _answer(500, "SFS.TURBO.0005", latency_ms=80))  # bucket 0.1
+        stats.observe("delete", _answer(0, latency_ms=60_000))  # +Inf: no answer
+        stats.observe("list", _answer(200, latency_ms=300))  # bucket 0.5
+        assert stats.flush()
+        stats.close(timeout=1)
+
+    text = scrape(settings_for(redis_url))
+
+    delete = {"operation": "delete"}
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_count", **delete) == 6.0
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_sum", **delete) == pytest.approx(2 * 60.083)
+    cumulative = {"0.005": 2.0, "0.05": 2.0, "0.1": 4.0, "10.0": 4.0, "+Inf": 6.0}
+    for le, count in cumulative.items():
+        assert sample(text, "sfs_cleanup_api_request_duration_seconds_bucket", le=le, **delete) == count, le
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_bucket", le="0.25", operation="list") == 0.0
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_bucket", le="0.5", operation="list") == 2.0
+    # Every operation is served, also before its first call (rate() then starts from 0).
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_count", operation="show") == 0.0
+    answers = {
+        ("202", "none"): 2.0,
+        ("500", "SFS.TURBO.0005"): 2.0,
+        ("none", "none"): 2.0,
+    }
+    for (status, code), count in answers.items():
+        assert sample(text, "sfs_cleanup_api_responses_total", operation="delete", status=status, error_code=code) == (
+            count
+        )
+    assert sample(text, "sfs_cleanup_api_responses_total", operation="list", status="200", error_code="none") == 2.0
+    assert "# TYPE sfs_cleanup_api_request_duration_seconds histogram" in text
+
+
+def test_api_buckets_of_another_layout_fold_into_the_next_larger_bound(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # A worker of another version may store bounds this exporter does not have: none is lost or lowered.
+    redis_client.hset(Keys("sfs").api_metrics, mapping={"b|show|0.003": 1, "b|show|0.2": 2, "b|show|99": 4})
+    text = scrape(settings_for(redis_url))
+    show = {"operation": "show"}
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_bucket", le="0.005", **show) == 1.0
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_bucket", le="0.1", **show) == 1.0
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_bucket", le="0.25", **show) == 3.0
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_bucket", le=repr(BUCKETS[-1]), **show) == 3.0
+    assert sample(text, "sfs_cleanup_api_request_duration_seconds_count", **show) == 7.0
+
+
+def test_workers_online_counts_recent_heartbeats_only(redis_url: str, redis_client: redis.Redis) -> None:
+    now = time.time()
+    redis_client.zadd(Keys("sfs").workers, {"a:1": now - 5, "b:2": now - 30, "dead:3": now - 300})
+    assert sample(scrape(settings_for(redis_url)), "sfs_cleanup_workers_online") == 2.0
+
+    worker = ApiStats(redis.Redis.from_url(redis_url), "sfs", heartbeat_member="c:4", flush_interval_s=3600)
+    assert worker.flush()  # a worker process's flush writes its heartbeat
+    assert sample(scrape(settings_for(redis_url)), "sfs_cleanup_workers_online") == 3.0
+    worker.close(timeout=1)
+
+
+def test_redis_memory_and_its_limit(redis_url: str, redis_client: redis.Redis) -> None:
+    previous = redis_client.config_get("maxmemory")["maxmemory"]
+    redis_client.config_set("maxmemory", 512 * 1024 * 1024)
+    try:
+        text = scrape(settings_for(redis_url))
+    finally:
+        redis_client.config_set("maxmemory", previous)
+    used = sample(text, "sfs_cleanup_redis_used_memory_bytes")
+    assert used is not None and 100_000 < used < 512 * 1024 * 1024
+    assert sample(text, "sfs_cleanup_redis_maxmemory_bytes") == 512 * 1024 * 1024
+
+
 def test_the_fleet_limiter_state_is_exported_when_the_api_is_configured(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -183,6 +280,7 @@ def test_an_unreachable_redis_gives_up_0_and_no_stale_figures() -> None:
 
     assert sample(text, "sfs_cleanup_up") == 0.0
     assert "sfs_cleanup_queue_messages" not in text and "sfs_cleanup_run_" not in text
+    assert "sfs_cleanup_api_" not in text and "sfs_cleanup_workers_online" not in text
 
 
 def test_serve_metrics_answers_on_loopback(redis_url: str, redis_client: redis.Redis) -> None:

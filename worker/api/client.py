@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import httpx
@@ -83,14 +83,17 @@ class SfsTurboClient:
         transport: httpx.BaseTransport | None = None,
         pace: Pace | None = None,
         limiter: FleetLimiter | None = None,
+        observe: Callable[[Literal["list"], ApiAnswer], None] | None = None,
     ) -> None:
         """``pace`` is called before every request (the fleet limiter's ``acquire``), if given;
         ``limiter`` sets it to the limiter's ``acquire`` and also tells the limiter of the 429s
         of listings. A ``pace`` that is a limiter's own ``acquire`` counts as that limiter: the
         scheduler builds its listing client so, and a listing's 429 must slow the whole fleet
-        like a DELETE's.
+        like a DELETE's. ``observe("list", answer)`` is told of every listing page's answer (the
+        fleet's API metrics, :mod:`worker.apimetrics`); the deletion job observes its own calls.
         """
         self.config = config
+        self._observe = observe
         if limiter is None and isinstance(getattr(pace, "__self__", None), FleetLimiter):
             limiter = getattr(pace, "__self__")  # noqa: B009 - narrowed by the isinstance above
         self._limiter = limiter
@@ -271,6 +274,8 @@ class SfsTurboClient:
             for retry in range(retries + 1):
                 try:
                     answer, page = self.list_page(share_id, offset=offset, limit=limit, status=status, type=type)
+                    if self._observe is not None:
+                        self._observe("list", answer)
                 except RateLimitWaitTooLong as exc:
                     answer, page = _no_slot(f"{self._base(share_id)}/tasks", exc), []
                     if retry < retries:

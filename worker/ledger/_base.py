@@ -23,3 +23,4 @@ class LedgerBase:
     _stop: Script
     _abandon_stale: Script
     _gate: Script
+    _add_rejected: Script

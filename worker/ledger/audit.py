@@ -28,3 +28,4 @@ class Audit(PlanFreeze, OutcomeStore, RunStore, EventLog, LeaseStore, QueryStore
         self._stop = client.register_script(load_script("stop.lua"))
         self._abandon_stale = client.register_script(load_script("abandon_stale.lua"))
         self._gate = client.register_script(load_script("gate.lua"))
+        self._add_rejected = client.register_script(load_script("rejected.lua"))

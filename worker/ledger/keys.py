@@ -19,6 +19,7 @@ key                                type      holds
 ``P:run:{R}:out:{N}``              hash      task ID -> its one final outcome (JSON), written once
 ``P:run:{R}:att:{N}``              hash      task ID -> every attempt, one JSON object per line
 ``P:run:{R}:rejected``             list      refused input (JSON: source, line, reason, raw)
+``P:run:{R}:rejected:done``        set       tokens of the writes of refused input (a repeat stores nothing)
 ``P:run:{R}:rps``                  hash      epoch second -> API requests sent (rate compliance)
 ``P:run:{R}:badshares``            hash      share ID -> the answer that showed it missing
 ``P:run:{R}:deliv``                hash      batch number -> ``deliveries:pending`` (jobs lost in a row)
@@ -26,6 +27,8 @@ key                                type      holds
 ``P:events``                       stream    run lifecycle and refused triggers (capped)
 ``P:trigger:{key}``                string    the run that claimed a trigger's idempotency key
 ``P:rl:...``                       string    the fleet-wide rate limiter (see ``ratelimit``)
+``P:metrics:api``                  hash      API latency buckets and answers, fleet-wide (``apimetrics``)
+``P:workers``                      zset      worker processes (``hostname:pid``) by last heartbeat
 =================================  ========  ====================================================
 
 Small per-batch hashes (at most ``batch_size`` fields) keep Redis's compact listpack encoding
@@ -61,6 +64,14 @@ class Keys:
     def protected_shares(self) -> str:
         return f"{self.prefix}:protect:shares"
 
+    @property
+    def api_metrics(self) -> str:
+        return f"{self.prefix}:metrics:api"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
     def trigger(self, idempotency_key: str) -> str:
         return f"{self.prefix}:trigger:{idempotency_key}"
 
@@ -87,6 +98,9 @@ class Keys:
 
     def rejected(self, run_id: str) -> str:
         return f"{self.run(run_id)}:rejected"
+
+    def rejected_done(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:rejected:done"
 
     def rps(self, run_id: str) -> str:
         return f"{self.run(run_id)}:rps"

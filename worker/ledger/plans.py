@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -32,11 +33,10 @@ class PlanStore(LedgerBase):
         rows = [json.dumps(dict(item), separators=(",", ":"), ensure_ascii=True) for item in items]
         if not rows:
             return 0
-        pipe = self.redis.pipeline()
-        pipe.rpush(self.keys.rejected(run_id), *rows)
-        pipe.hincrby(self.keys.run(run_id), "n:rejected", len(rows))
-        pipe.hincrby(self.keys.run(run_id), "finals", len(rows))
-        pipe.execute()
+        # One token per call, claimed in the same script as the writes: redis-py sends a command
+        # again when its reply was lost, and the second run must not store the lines twice.
+        keys = [self.keys.rejected(run_id), self.keys.run(run_id), self.keys.rejected_done(run_id)]
+        self._add_rejected(keys=keys, args=[secrets.token_hex(8), *rows])
         return len(rows)
 
     def batch(self, run_id: str, number: int) -> Batch | None:

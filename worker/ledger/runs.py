@@ -133,6 +133,7 @@ class RunStore(EventLog):
             self.keys.open_batches(run_id),
             self.keys.touch(run_id),
             self.keys.rejected(run_id),
+            self.keys.rejected_done(run_id),
             self.keys.rps(run_id),
             self.keys.bad_shares(run_id),
             self.keys.deliveries(run_id),

@@ -65,12 +65,7 @@ class Sending(JobBase):
             answer = ApiAnswer(op.upper(), "", 0, Verdict.RETRYABLE, error_code="auth.unavailable", error_msg=str(exc))
         except AuthError as exc:  # the login itself was refused: no retry can fix it
             answer = ApiAnswer(op.upper(), "", 0, Verdict.FATAL, error_code="auth", error_msg=str(exc))
-        if answer.verdict is not Verdict.THROTTLED:  # a 429 is the limiter's own signal, not a result
-            # No answer at all (timeout, reset) counts as a server error too: an outage often looks so.
-            # Best effort: the circuit can miss a sample, but a DELETE's answer must not be lost
-            # to a Redis hiccup here (it is recorded with the attempt below).
-            with contextlib.suppress(redis.RedisError):
-                self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status != 400)
+        self._observed(op, answer)
         attempt = Attempt(
             n=n,
             at=time.time(),
@@ -86,6 +81,17 @@ class Sending(JobBase):
         if op == "delete" and answer.verdict is not Verdict.THROTTLED:
             state.note(attempt)
         return answer, task, attempt
+
+    def _observed(self, op: str, answer: ApiAnswer) -> None:
+        """Tell the fleet's metrics and the circuit of an answer."""
+        if not (answer.error_code or "").startswith("auth"):  # made up here: nothing was sent
+            self.rt.api_stats.observe("show" if op == "show" else "delete", answer)
+        if answer.verdict is not Verdict.THROTTLED:  # a 429 is the limiter's own signal, not a result
+            # No answer at all (timeout, reset) counts as a server error too: an outage often looks so.
+            # Best effort: the circuit can miss a sample, but a DELETE's answer must not be lost
+            # to a Redis hiccup here (it is recorded with the attempt).
+            with contextlib.suppress(redis.RedisError):
+                self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status != 400)
 
     def _acquire(self) -> None:
         """Wait for a fleet slot; a stop or leave wakes the wait, and the task goes no further.

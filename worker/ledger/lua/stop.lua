@@ -2,9 +2,15 @@
 -- A run still planning is marked the same way; its planner sees it at its next check, stops
 -- reading the inventory, and freeze.lua ends the run (see there).
 -- KEYS: 1 run hash.  ARGV: 1 final status ('aborted' or 'cancelled'), 2 reason.
+-- Returns 1 if the run is (now) stopping by this request, 0 if it was not running.
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'running' or status == 'planning' then
   redis.call('HSET', KEYS[1], 'status', 'stopping', 'stop_as', ARGV[1], 'reason', ARGV[2])
+  return 1
+end
+-- The same request again (redis-py resends a command whose reply was lost): it did stop the run.
+if status == 'stopping' and redis.call('HGET', KEYS[1], 'stop_as') == ARGV[1]
+    and redis.call('HGET', KEYS[1], 'reason') == ARGV[2] then
   return 1
 end
 return 0
