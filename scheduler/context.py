@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import redis
 from celery import Celery
 
-from worker.audit import Audit
-from worker.client import ClientConfig, SfsTurboClient
+from worker.api.client import ClientConfig, SfsTurboClient
+from worker.ledger import Audit
 from worker.ratelimit import FleetLimiter
 from worker.settings import Settings
 
@@ -49,7 +49,7 @@ class Context:
 
     def client(self) -> SfsTurboClient:
         """An API client for listing, paced by the fleet-wide limiter like the workers' deletes."""
-        from worker.auth import build_auth
+        from worker.api.auth import build_auth
 
         config = ClientConfig.from_settings(self.settings, max_connections=4)
         return SfsTurboClient(

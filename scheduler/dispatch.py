@@ -16,8 +16,8 @@ import structlog
 from celery import Celery
 
 from scheduler.metrics import broker_queue_depth
-from worker.audit import ACTIVE, OVER, Audit, RunStatus
 from worker.celery_app import DELETE_QUEUE, PURGE_BATCH
+from worker.ledger import ACTIVE, OVER, Audit, RunStatus
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)

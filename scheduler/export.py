@@ -6,7 +6,7 @@ import csv
 import json
 from typing import Any, TextIO
 
-from worker.audit import Audit
+from worker.ledger import Audit
 
 COLUMNS = [
     "run_id",

@@ -20,7 +20,7 @@ from typing import Any
 
 from scheduler.inventory import InventoryItem, Rejected
 from scheduler.policy import Policy, Selector
-from worker.audit import RECHECK_MARK, Audit, FinalOutcome, Outcome, RunStatus
+from worker.ledger import RECHECK_MARK, Audit, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
 from worker.settings import Settings
 

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from worker.audit import Audit, Outcome, RunStatus
+from worker.ledger import Audit, Outcome, RunStatus
 
 EXIT_OK = 0
 EXIT_FAILED_TASKS = 3

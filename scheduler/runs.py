@@ -18,9 +18,9 @@ from scheduler.inventory import InventoryItem, Rejected, read_live, read_manifes
 from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
 from scheduler.report import run_report
-from worker.answers import Verdict
-from worker.audit import OVER, Outcome, RunStatus, new_run_id
-from worker.client import ApiError
+from worker.api.answers import Verdict
+from worker.api.client import ApiError
+from worker.ledger import OVER, Outcome, RunStatus, new_run_id
 from worker.models import TaskInfo
 
 

@@ -22,8 +22,9 @@ from celery import Celery, Task, signals
 from pydantic import ValidationError
 
 from scheduler.context import Context
+from scheduler.jobs import DELETE_TASKS, NIGHTLY, RECONCILE, START_PURGE, cron_schedule
 from scheduler.triggers import DeleteTasks, NightlyPurge, StartPurge, explain_error
-from worker.celery_app import DELETE_TASKS, NIGHTLY, RECONCILE, START_PURGE, cron_schedule, settings_of
+from worker.celery_app import settings_of
 from worker.envelope import guarded
 from worker.models import TaskInfo
 from worker.settings import Settings, SettingsError
@@ -76,7 +77,7 @@ def _trigger_key(ctx: Context, key: str) -> str:
 
 def _claim(ctx: Context, key: str) -> tuple[str, str | None]:
     """Claim an idempotency key for a new run: (the new run's ID, the run that already holds it)."""
-    from worker.audit import new_run_id
+    from worker.ledger import new_run_id
 
     run_id = new_run_id()
     full = _trigger_key(ctx, key)

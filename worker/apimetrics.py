@@ -42,7 +42,7 @@ from typing import Final, Literal
 import redis
 import structlog
 
-from worker.answers import (
+from worker.api.answers import (
     _BUSY_CODES,
     _SHARE_MISSING_CODES,
     _THROTTLE_CODES,
@@ -52,7 +52,7 @@ from worker.answers import (
     ApiAnswer,
     normalise_code,
 )
-from worker.keys import Keys
+from worker.ledger.keys import Keys
 
 log = structlog.get_logger(__name__)
 

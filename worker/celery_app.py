@@ -29,11 +29,7 @@ PURGE_BATCH = "sfs.purge_batch"
 # Beat's schedule (below) sends these two, and `celery -A worker beat` builds it from this app.
 RECONCILE = "sfs.reconcile"
 NIGHTLY = "sfs.nightly_purge"
-# Temporary: the message triggers are the scheduler's, defined in scheduler.jobs; these copies
-# stay until the restructuring rewrites their importers (the worker cannot re-export them:
-# it never imports the scheduler). Removed at the end of the restructuring.
-START_PURGE = "sfs.start_purge"
-DELETE_TASKS = "sfs.delete_tasks"
+# The message triggers (sfs.start_purge, sfs.delete_tasks) are the scheduler's: scheduler.jobs.
 
 
 def cron_schedule(expression: str, tz: str) -> crontab:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from worker.api.client import ClientConfig, SfsTurboClient
 from worker.apimetrics import ApiStats
-from worker.audit import Audit
-from worker.client import ClientConfig, SfsTurboClient
+from worker.ledger import Audit
 from worker.ratelimit import FleetLimiter
 from worker.retry import RetryPolicy
 from worker.settings import Settings
@@ -42,7 +42,7 @@ class Runtime:
         if self._client is None:
             with self._build_lock:
                 if self._client is None:
-                    from worker.auth import build_auth
+                    from worker.api.auth import build_auth
 
                     config = ClientConfig.from_settings(self.settings)
                     self._client = SfsTurboClient(config, auth=build_auth(self.settings, self.redis))

@@ -60,8 +60,8 @@ def register(app: Celery) -> None:
 
 def guarded_batch_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
     """A malformed message on the deletion queue is acknowledged and recorded, not fatal to the worker."""
-    from worker.audit import Audit
     from worker.envelope import guarded
+    from worker.ledger import Audit
     from worker.runtime import redis_client
 
     settings = settings_of(app)

@@ -12,84 +12,38 @@ regard to case, as they must in reality.
 from __future__ import annotations
 
 import asyncio
-import json
-import random
 import time
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from typing import Any, Final
+from typing import Any
 
 from aiohttp import web
 
 from sandbox.fakeapi import auth
 from sandbox.fakeapi.config import ConfigError, FakeConfig, apply_patch
 from sandbox.fakeapi.faults import Fault, FaultDice
+from sandbox.fakeapi.responses import (
+    API_PREFIX,
+    ARRIVED,
+    BUSY,
+    GATEWAY_ID_HEADER,
+    INTERNAL_ERROR,
+    PARAMETER_ERROR,
+    SFS_ID_HEADER,
+    SHARE_ERRORS,
+    TASK_NOT_FOUND,
+    DropConnectionError,
+    Handler,
+    Inner,
+    gateway_error,
+    int_param,
+    json_response,
+    request_id,
+    sfs_error,
+)
 from sandbox.fakeapi.seed import Inventory
 from sandbox.fakeapi.state import DeleteOutcome, TaskStore
 from sandbox.fakeapi.stats import DROPPED, Deletion, Stats
 from sandbox.fakeapi.tasks import STATUSES, TYPES, Task
 from sandbox.fakeapi.window import RateLimiter
-
-API_PREFIX: Final = "/v1/{project_id}/sfs-turbo/{share_id}/hpc-cache"
-SFS_ID_HEADER: Final = "X-request-id"
-GATEWAY_ID_HEADER: Final = "X-Request-Id"
-
-# When the request being answered reached the gateway (epoch s); aiohttp runs each request in a
-# task of its own, so a context variable is per request.
-_ARRIVED: ContextVar[float] = ContextVar("sfs_fake_arrived")
-_TASK_NOT_FOUND: Final = ("SFS.TURBO.0106", "Invalid task id.")
-_PARAMETER_ERROR: Final = ("SFS.TURBO.0001", "parameter error")
-_INTERNAL_ERROR: Final = ("SFS.TURBO.0005", "Internal server error")
-_BUSY: Final = ("SFS.TURBO.0011", "The file system is being processed by another operation. Try again later.")
-_SHARE_ERRORS: Final = {
-    "400-0002": (400, "SFS.TURBO.0002", "Cluster not found"),
-    "404-0002": (404, "SFS.TURBO.0002", "Cluster not found"),
-    "403-9000": (403, "SFS.TURBO.9000", "The share does not exist or you have no permission to access it."),
-}
-
-_ids = random.Random()
-Inner = Callable[[web.Request, str], Awaitable[web.Response]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def request_id() -> str:
-    return f"{_ids.getrandbits(128):032x}"
-
-
-def _json(status: int, payload: Any, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(payload, separators=(",", ":")).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def sfs_error(status: int, error: tuple[str, str], rid: str) -> web.Response:
-    return _json(status, {"errCode": error[0], "errMsg": error[1]}, {SFS_ID_HEADER: rid})
-
-
-def gateway_error(
-    status: int, code: str, message: str, rid: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return _json(
-        status,
-        {"error_code": code, "error_msg": message, "request_id": rid},
-        {GATEWAY_ID_HEADER: rid, **(headers or {})},
-    )
-
-
-class _DropConnectionError(Exception):
-    """Close the connection without an answer."""
-
-
-def _int_param(value: str | None, default: int) -> int | None:
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        return None
 
 
 class FakeService:
@@ -155,12 +109,12 @@ class FakeService:
             stats = self.stats
             method = request.method
             arrived = time.time()
-            _ARRIVED.set(arrived)
+            ARRIVED.set(arrived)
             stats.arrive(method, time.monotonic(), arrived)
             rid = request_id()
             try:
                 response = await self._pipeline(request, inner, rid, gateway)
-            except _DropConnectionError:
+            except DropConnectionError:
                 stats.answer(method, DROPPED)
                 if request.transport is not None:
                     request.transport.abort()
@@ -186,7 +140,7 @@ class FakeService:
         if gateway and config.outage_active(time.time()):
             self.stats.injected["outage"] += 1
             if config.outage_status == 500:
-                return sfs_error(500, _INTERNAL_ERROR, rid)
+                return sfs_error(500, INTERNAL_ERROR, rid)
             return gateway_error(503, "APIGW.0201", "Backend unavailable", rid)
         return await inner(request, rid)
 
@@ -232,10 +186,10 @@ class FakeService:
         """The path's share, or the answer for a wrong project or an unknown share."""
         share_id = request.match_info["share_id"]
         if request.match_info["project_id"] != self.store.project_id:
-            return share_id, sfs_error(400, _PARAMETER_ERROR, rid)
+            return share_id, sfs_error(400, PARAMETER_ERROR, rid)
         self.store.expire(time.time())
         if not self.store.has_share(share_id):
-            status, code, message = _SHARE_ERRORS[self.config.share_error_style]
+            status, code, message = SHARE_ERRORS[self.config.share_error_style]
             return share_id, sfs_error(status, (code, message), rid)
         return share_id, None
 
@@ -247,8 +201,8 @@ class FakeService:
             return error
         config = self.config
         query = request.query
-        offset = _int_param(query.get("offset"), 0)
-        limit = _int_param(query.get("limit"), config.default_limit)
+        offset = int_param(query.get("offset"), 0)
+        limit = int_param(query.get("limit"), config.default_limit)
         task_type = query.get("type") or None
         status = query.get("status") or None
         if (
@@ -260,10 +214,12 @@ class FakeService:
             or (task_type is not None and task_type not in TYPES)
             or (status is not None and status not in STATUSES)
         ):
-            return sfs_error(400, _PARAMETER_ERROR, rid)
+            return sfs_error(400, PARAMETER_ERROR, rid)
         page = self.store.page(share_id, offset, limit, task_type, status)
         count = len(page.tasks) if config.count_is_page_size else page.total
-        return _json(200, {"tasks": [task.to_api() for task in page.tasks], "count": count}, {SFS_ID_HEADER: rid})
+        return json_response(
+            200, {"tasks": [task.to_api() for task in page.tasks], "count": count}, {SFS_ID_HEADER: rid}
+        )
 
     async def _show(self, request: web.Request, rid: str) -> web.Response:
         share_id, error = self._share(request, rid)
@@ -271,8 +227,8 @@ class FakeService:
             return error
         task = self.store.get(share_id, request.match_info["task_id"])
         if task is None:
-            return sfs_error(400, _TASK_NOT_FOUND, rid)
-        return _json(200, task.to_api(), {SFS_ID_HEADER: rid})
+            return sfs_error(400, TASK_NOT_FOUND, rid)
+        return json_response(200, task.to_api(), {SFS_ID_HEADER: rid})
 
     async def _delete(self, request: web.Request, rid: str) -> web.Response:
         share_id, error = self._share(request, rid)
@@ -290,25 +246,25 @@ class FakeService:
         if fault is not None:
             stats.injected[fault.value] += 1
             if fault is Fault.DROP:
-                raise _DropConnectionError
+                raise DropConnectionError
             if fault is Fault.FAIL_FIRST or fault is Fault.ERROR:
-                return sfs_error(500, _INTERNAL_ERROR, rid)
+                return sfs_error(500, INTERNAL_ERROR, rid)
             if fault is Fault.BUSY:
-                return sfs_error(400, _BUSY, rid)
+                return sfs_error(400, BUSY, rid)
             if fault is Fault.PERMANENT:
-                return sfs_error(400, _PARAMETER_ERROR, rid)
+                return sfs_error(400, PARAMETER_ERROR, rid)
         task = store.get(share_id, task_id)
         was_doing = task is not None and task.status == "DOING"
         if was_doing and not config.delete_doing:
-            return sfs_error(400, _BUSY, rid)
+            return sfs_error(400, BUSY, rid)
         now = time.time()
         outcome = store.delete(share_id, task_id, now, config.deleting_seconds)
-        self._count_delete(outcome, share_id, task_id, now, was_doing, _ARRIVED.get(now))
+        self._count_delete(outcome, share_id, task_id, now, was_doing, ARRIVED.get(now))
         if fault is Fault.DROP_AFTER:
-            raise _DropConnectionError
+            raise DropConnectionError
         if outcome is DeleteOutcome.ACCEPTED:
             return web.Response(status=202, headers={SFS_ID_HEADER: rid})
-        return sfs_error(400, _TASK_NOT_FOUND, rid)
+        return sfs_error(400, TASK_NOT_FOUND, rid)
 
     def _count_delete(
         self, outcome: DeleteOutcome, share_id: str, task_id: str, now: float, doing: bool, arrived: float
@@ -326,9 +282,9 @@ class FakeService:
         try:
             body = await request.json()
         except ValueError:
-            return sfs_error(400, _PARAMETER_ERROR, rid)
+            return sfs_error(400, PARAMETER_ERROR, rid)
         if not isinstance(body, dict):
-            return sfs_error(400, _PARAMETER_ERROR, rid)
+            return sfs_error(400, PARAMETER_ERROR, rid)
         task_type, target = body.get("type"), body.get("src_target")
         prefix = body.get("src_prefix", "")
         if (
@@ -339,9 +295,9 @@ class FakeService:
             or body.get("dest_target", target) != target  # documented: must equal src_target
             or body.get("dest_prefix", prefix) != prefix
         ):
-            return sfs_error(400, _PARAMETER_ERROR, rid)
+            return sfs_error(400, PARAMETER_ERROR, rid)
         task = self.store.create(share_id, str(task_type), target, prefix, time.time())
-        return _json(self.config.create_status, {"task_id": task.task_id}, {SFS_ID_HEADER: rid})
+        return json_response(self.config.create_status, {"task_id": task.task_id}, {SFS_ID_HEADER: rid})
 
     async def _no_such_api(self, request: web.Request, rid: str) -> web.Response:
         return gateway_error(
@@ -368,7 +324,7 @@ class FakeService:
         if result.token is not None:
             self.stats.tokens_issued += 1
             headers["X-Subject-Token"] = result.token
-        return _json(result.status, result.body, headers)
+        return json_response(result.status, result.body, headers)
 
     # --- /_fake/* ------------------------------------------------------------------------------
 

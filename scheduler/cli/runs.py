@@ -69,7 +69,7 @@ def runs_show(
 @friendly
 def runs_cancel(run_id: str, reason: Annotated[str, typer.Option(help="Why, for the report.")] = "") -> None:
     """Stop a run: tasks not yet deleted end as aborted."""
-    from worker.audit import RunStatus
+    from worker.ledger import RunStatus
 
     ctx = context()
     if not ctx.audit.run(run_id):

@@ -429,8 +429,8 @@ def micro_costs(
     import structlog
     from pydantic import SecretStr
 
-    from worker.audit import Attempt, Batch, FinalOutcome, Outcome
-    from worker.signer import AkSkCredentials, sign
+    from worker.api.signer import AkSkCredentials, sign
+    from worker.ledger import Attempt, Batch, FinalOutcome, Outcome
 
     fake.configure(latency_ms=0.0)
     missing = iter(f"{i:032x}" for i in range(10 * n + 100))  # unknown tasks: 400 SFS.TURBO.0106
@@ -534,7 +534,7 @@ def _yappi_top(stats: Any, deleted: int, limit: int = 25) -> list[dict[str, Any]
 
 
 def _file(frame: str) -> str:
-    """``worker/purge.py`` of a py-spy frame ``BatchJob._one (worker/purge.py:145)``."""
+    """``worker/purge/deciding.py`` of a py-spy frame ``BatchJob._one (worker/purge/deciding.py:45)``."""
     return frame.rpartition("(")[2].rpartition(":")[0]
 
 
@@ -546,22 +546,22 @@ def _ours(frame: str) -> bool:
 # ``worker`` package), and by what that frame was calling; first match wins.
 _CATEGORIES: tuple[tuple[str, Any], ...] = (
     ("logging (structlog, logging)", lambda f, below: any("structlog/" in b or "logging/" in b for b in below)),
-    ("AK/SK signing", lambda f, below: _file(f) == "worker/signer.py"),
-    ("auth header (httpx.Auth flow)", lambda f, below: _file(f) == "worker/auth.py"),
+    ("AK/SK signing", lambda f, below: _file(f) == "worker/api/signer.py"),
+    ("auth header (httpx.Auth flow)", lambda f, below: _file(f).startswith("worker/api/auth/")),
     (
         "HTTP client set-up (SSL context per client)",
         lambda f, below: any("create_default_context" in b or "SSLContext" in b for b in below),
     ),
-    ("HTTP request + answer (httpx, httpcore)", lambda f, below: _file(f) in ("worker/client.py", "worker/answers.py")),
-    ("fleet limiter (EVALSHA per request)", lambda f, below: _file(f) == "worker/ratelimit.py"),
-    ("audit: records to JSON", lambda f, below: _file(f) == "worker/audit.py" and "to_json" in f),
+    ("HTTP request + answer (httpx, httpcore)", lambda f, below: _file(f).startswith("worker/api/")),
+    ("fleet limiter (EVALSHA per request)", lambda f, below: _file(f).startswith("worker/ratelimit/")),
+    ("audit: records to JSON", lambda f, below: _file(f).startswith("worker/ledger/") and "to_json" in f),
     (
         "audit: ledger pipelines (record.lua)",
-        lambda f, below: _file(f) == "worker/audit.py" and f.startswith(("RecordBuffer", "Audit.record")),
+        lambda f, below: _file(f).startswith("worker/ledger/") and f.startswith(("RecordBuffer", "Audit.record")),
     ),
-    ("audit: reads, leases, batch set-up", lambda f, below: _file(f) == "worker/audit.py"),
+    ("audit: reads, leases, batch set-up", lambda f, below: _file(f).startswith("worker/ledger/")),
     ("thread pool hand-off", lambda f, below: any("concurrent/futures" in b or "threading.py" in b for b in below)),
-    ("job logic (purge.py)", lambda f, below: _file(f) == "worker/purge.py"),
+    ("job logic (worker/purge)", lambda f, below: _file(f).startswith("worker/purge/")),
 )
 
 
@@ -708,8 +708,8 @@ def profile(server: RedisServer, workdir: Path, *, tasks: int, latency_ms: float
     """Where a worker's CPU goes per delete: micro-costs, in-process jobs, py-spy on real workers."""
     from pydantic import SecretStr
 
-    from worker.auth import TokenAuth
-    from worker.client import ClientConfig, SfsTurboClient
+    from worker.api.auth import TokenAuth
+    from worker.api.client import ClientConfig, SfsTurboClient
     from worker.runtime import close_runtime, get_runtime
     from worker.settings import load_settings
 

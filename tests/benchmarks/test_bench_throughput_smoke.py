@@ -76,14 +76,14 @@ def test_scale_benchmark_writes_its_figures(tmp_path: Path) -> None:
 
 def test_stacks_are_classified_by_their_deepest_frame_in_our_code() -> None:
     thread = ["Thread._bootstrap (threading.py:1002)", "_worker (concurrent/futures/thread.py:83)"]
-    job = [*thread, "BatchJob._one (worker/purge.py:145)", "BatchJob._call (worker/purge.py:189)"]
+    job = [*thread, "BatchJob._one (worker/purge/deciding.py:45)", "BatchJob._call (worker/purge/sending.py:60)"]
     classify = bench_throughput.classify_stack
-    assert classify([*job, "FleetLimiter.acquire (worker/ratelimit.py:300)", "send (socket.py:1)"]).startswith(
+    assert classify([*job, "FleetLimiter.acquire (worker/ratelimit/limiter.py:200)", "send (socket.py:1)"]).startswith(
         "fleet limiter"
     )
-    http = [*job, "SfsTurboClient._call (worker/client.py:120)", "Client.request (httpx/_client.py:800)"]
+    http = [*job, "SfsTurboClient._call (worker/api/client.py:120)", "Client.request (httpx/_client.py:800)"]
     assert classify(http).startswith("HTTP request")
-    assert classify([*http, "AkSkAuth.auth_flow (worker/auth.py:194)", "sign (worker/signer.py:160)"]) == (
+    assert classify([*http, "AkSkAuth.auth_flow (worker/api/auth/aksk.py:20)", "sign (worker/api/signer.py:160)"]) == (
         "AK/SK signing"
     )
     assert classify(["Consumer.start (celery/worker/consumer/consumer.py:1)"]).startswith("Celery")

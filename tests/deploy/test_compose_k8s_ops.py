@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.deploy.promql import ROOT
-from tests.unit.test_deploy_files import all_k8s_docs, by_name, compose, redis_directives
+from tests.deploy.test_deploy_files import all_k8s_docs, by_name, compose, redis_directives
 
 DEPLOY = ROOT / "deploy"
 OPERATIONS = ROOT / "docs" / "operations.md"

@@ -340,7 +340,7 @@ def test_a_refused_iam_login_is_tried_once_by_a_fleet_starting_together(redis_cl
     import httpx
     from pydantic import SecretStr
 
-    from worker.auth import AuthError, IamLogin, IamTokenProvider
+    from worker.api.auth import AuthError, IamLogin, IamTokenProvider
 
     fleet = 10
     with FakeApi(fake_config(shares=1, tasks_per_share=5)) as fake:

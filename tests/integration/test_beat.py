@@ -35,7 +35,7 @@ from celery import Celery
 from sandbox.fakeapi.server import FakeApi
 from scheduler.service import last_slot, slot_key
 from tests.support.cluster import Cluster, fake_api, wait_for
-from worker.audit import OVER, Audit
+from worker.ledger import OVER, Audit
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ import pytest
 from pydantic import SecretStr
 
 from sandbox.fakeapi import FakeApi, FakeConfig
-from worker.answers import Verdict
-from worker.auth import TokenAuth
-from worker.client import ApiError, ClientConfig, SfsTurboClient, ShareMissingError
+from worker.api.answers import Verdict
+from worker.api.auth import TokenAuth
+from worker.api.client import ApiError, ClientConfig, SfsTurboClient, ShareMissingError
 from worker.ids import InvalidIdError
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from tests.support.proxy import DropReplyProxy, load_ledger_scripts
-from worker.audit import Attempt, Audit, Batch, FinalOutcome, Outcome, RecordBuffer, RecordResult
+from worker.ledger import Attempt, Audit, Batch, FinalOutcome, Outcome, RecordBuffer, RecordResult
 from worker.runtime import redis_client
 from worker.settings import Settings
 

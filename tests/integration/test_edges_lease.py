@@ -30,7 +30,7 @@ from tests.support.faults import (
     figure,
     running,
 )
-from worker.audit import Attempt
+from worker.ledger import Attempt
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,8 @@ from scheduler.context import Context
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
 from tests.support.cluster import Cluster, wait_for
-from worker.audit import Audit, FinalOutcome, Outcome, RunStatus
 from worker.celery_app import NIGHTLY
+from worker.ledger import Audit, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
 from worker.settings import Settings, load_settings
 

@@ -29,7 +29,7 @@ from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
-from worker.audit import Audit, Outcome, TaskRecord
+from worker.ledger import Audit, Outcome, TaskRecord
 from worker.models import TaskInfo, parse_time
 from worker.purge import CONFIRMED, RECHECK_FAILED, BatchJob
 from worker.ratelimit import FleetLimiter

@@ -32,7 +32,7 @@ from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
-from worker.audit import Audit
+from worker.ledger import Audit
 from worker.models import TaskInfo
 from worker.purge import BatchJob
 from worker.purge import job as purge_job

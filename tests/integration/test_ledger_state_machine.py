@@ -38,7 +38,7 @@ from hypothesis.stateful import (
 )
 
 from tests.support.proxy import DropReplyProxy, load_ledger_scripts
-from worker.audit import OVER, Attempt, Audit, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
+from worker.ledger import OVER, Attempt, Audit, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
 from worker.runtime import redis_client
 from worker.settings import Settings
 

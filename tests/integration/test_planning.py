@@ -101,7 +101,7 @@ def test_user_errors_are_one_line_each_and_send_nothing(cluster: Cluster, fake: 
 def test_planning_that_fails_midway_leaves_an_aborted_run_not_a_stuck_one(redis_client: redis.Redis) -> None:
     from scheduler.planner import plan_run
     from scheduler.policy import Policy
-    from worker.audit import Audit
+    from worker.ledger import Audit
     from worker.models import TaskInfo
     from worker.settings import load_settings
 
@@ -233,7 +233,7 @@ def test_a_trigger_sent_again_takes_over_from_a_dead_planner(redis_url: str, red
 def test_a_slow_planner_whose_run_was_abandoned_sends_nothing(redis_client: redis.Redis) -> None:
     from scheduler.planner import plan_run
     from scheduler.policy import Policy
-    from worker.audit import Audit, RunStatus
+    from worker.ledger import Audit, RunStatus
     from worker.models import TaskInfo
     from worker.settings import load_settings
 

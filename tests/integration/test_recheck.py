@@ -18,7 +18,7 @@ from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
-from worker.audit import Audit
+from worker.ledger import Audit
 from worker.models import TaskInfo, parse_time
 from worker.purge import BatchJob
 from worker.retry import RetryPolicy

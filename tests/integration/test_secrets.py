@@ -236,7 +236,7 @@ def _assert_cache_is_encrypted(dump: RedisDump, tokens: list[str], fake: FakeApi
     import httpx
     from pydantic import SecretStr
 
-    from worker.auth import IamLogin, IamTokenProvider
+    from worker.api.auth import IamLogin, IamTokenProvider
 
     cached = [(key, values) for key, (kind, values) in dump.entries.items() if key.startswith("sfs:auth:token:")]
     blobs = {key: values[0] for key, values in cached if not key.endswith((":lock", ":failed"))}
@@ -260,7 +260,7 @@ def _exception_texts(mode: str, fake: FakeApi, cluster: AuthCluster) -> str:
     import httpx
     from pydantic import SecretStr
 
-    from worker.auth import AuthError, IamLogin, IamTokenProvider, build_auth
+    from worker.api.auth import AuthError, IamLogin, IamTokenProvider, build_auth
 
     texts: list[str] = []
     env = {k.removeprefix("SFS_CLEANUP_").lower(): v for k, v in cluster.env().items() if k.startswith("SFS_CLEANUP_")}

@@ -17,7 +17,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from worker.auth import AuthError, IamAuth, IamLogin, IamTokenProvider, build_auth
+from worker.api.auth import AuthError, IamAuth, IamLogin, IamTokenProvider, build_auth
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -136,7 +136,7 @@ def run_workers(iam: IamMock, redis_url: str, n: int) -> list[tuple[int, str]]:
     # A forkserver (no threads, unlike this process with its IAM mock) that has imported the
     # code once: the workers then start together in a fraction of a second, as on a real host.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["worker.auth", __name__])
+    ctx.set_forkserver_preload(["worker.api.auth", __name__])
     barrier = ctx.Barrier(n)
     results = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(iam.url, redis_url, barrier, results)) for _ in range(n)]
@@ -176,7 +176,7 @@ def test_expired_cached_token_is_renewed_once(iam: IamMock, redis_url: str, redi
     # set by an older version): every worker must see it as expired, and only one log in.
     p = make_provider(iam.url, redis_url)
     now = time.time()
-    from worker.auth import CachedToken
+    from worker.api.auth import CachedToken
 
     stale = CachedToken("MIIT-stale-token", exp=now - 10, iat=now - 86410, iam_expires_at="then")
     redis_client.set(p.cache_key, p._encrypt(stale))

@@ -31,7 +31,7 @@ from celery import Celery
 from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster, wait_for
-from worker.audit import OVER, Audit
+from worker.ledger import OVER, Audit
 from worker.models import parse_time
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ import redis
 
 from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster, wait_for
-from worker.audit import Audit, FinalOutcome, Outcome
+from worker.ledger import Audit, FinalOutcome, Outcome
 
 #: Short timings for the fault tests (the settings validator's floors: job limit >= 30 s, the
 #: visibility timeout >= job limit + 60 s, reconcile_after >= lease, rate wait < job limit).

@@ -203,7 +203,7 @@ def load_ledger_scripts(url: str) -> None:
     """
     client = redis.Redis.from_url(url)
     try:
-        for entry in resources.files("worker").joinpath("ledger_lua").iterdir():
+        for entry in resources.files("worker").joinpath("ledger/lua").iterdir():
             if entry.name.endswith(".lua"):
                 client.script_load(entry.read_text())
     finally:

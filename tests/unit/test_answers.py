@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from worker.answers import (
+from worker.api.answers import (
     ApiAnswer,
     Verdict,
     classify,

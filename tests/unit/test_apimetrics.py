@@ -13,7 +13,7 @@ from redis.retry import Retry
 
 from sandbox.redis_server import free_port
 from tests.support.proxy import DropReplyProxy
-from worker.answers import ApiAnswer, Verdict
+from worker.api.answers import ApiAnswer, Verdict
 from worker.apimetrics import (
     BUCKETS,
     KNOWN_CODES,
@@ -23,7 +23,7 @@ from worker.apimetrics import (
     code_label,
     status_label,
 )
-from worker.keys import Keys
+from worker.ledger.keys import Keys
 
 API_KEY = Keys("sfs").api_metrics
 

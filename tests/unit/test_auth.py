@@ -14,7 +14,7 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from worker.auth import (
+from worker.api.auth import (
     NO_CREDENTIALS,
     AkSkAuth,
     AuthError,

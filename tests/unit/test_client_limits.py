@@ -17,9 +17,9 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from worker.answers import Verdict
-from worker.auth import IamAuth, IamLogin, IamTokenProvider
-from worker.client import ApiError, ClientConfig, SfsTurboClient
+from worker.api.answers import Verdict
+from worker.api.auth import IamAuth, IamLogin, IamTokenProvider
+from worker.api.client import ApiError, ClientConfig, SfsTurboClient
 from worker.ratelimit import FleetLimiter
 
 PROJECT = "0123456789abcdef0123456789abcdef"
@@ -27,7 +27,7 @@ SHARE = "5bc8fbbc-bde5-4099-8164-d8399f767c45"
 TASK = "fedcba9876543210fedcba9876543210"
 ENDPOINT = "https://sfs-turbo.cn-north-4.myhuaweicloud.com"
 IAM = "https://iam.example.test"
-MAX_BODY_BYTES = 1024 * 1024  # worker.client.MAX_BODY_BYTES, the documented bound
+MAX_BODY_BYTES = 1024 * 1024  # worker.api.client.MAX_BODY_BYTES, the documented bound
 TOO_LARGE = "response.too_large"
 KEY = f"sfs:rl:{PROJECT}:sfs-turbo.cn-north-4.myhuaweicloud.com:443"
 
@@ -197,7 +197,7 @@ def test_a_huge_listing_page_is_an_error_not_an_empty_page() -> None:
 
 
 def test_the_bound_is_the_documented_one() -> None:
-    from worker import client
+    from worker.api import client
 
     assert (client.MAX_BODY_BYTES, client.TOO_LARGE) == (MAX_BODY_BYTES, TOO_LARGE)
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.answers import Verdict
-from worker.client import ApiError, ClientConfig, SfsTurboClient, ShareMissingError
+from worker.api.answers import Verdict
+from worker.api.client import ApiError, ClientConfig, SfsTurboClient, ShareMissingError
 from worker.ids import InvalidIdError
 from worker.models import parse_time
 from worker.settings import SettingsError, load_settings

@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from worker.audit import Attempt, Audit, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
+from worker.ledger import Attempt, Audit, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
 
 
 def planned_run(audit: Audit, run_id: str, tasks_per_batch: list[int]) -> list[Batch]:

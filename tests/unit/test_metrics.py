@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sandbox.redis_server import free_port
 from scheduler.metrics import FleetCollector, broker_queue_depth, registry_for, serve_metrics
-from worker.answers import ApiAnswer, Verdict
+from worker.api.answers import ApiAnswer, Verdict
 from worker.apimetrics import BUCKETS, ApiStats
-from worker.audit import Attempt, Audit, Batch, FinalOutcome, Outcome, RunStatus
 from worker.celery_app import create_app
-from worker.keys import Keys
+from worker.ledger import Attempt, Audit, Batch, FinalOutcome, Outcome, RunStatus
+from worker.ledger.keys import Keys
 from worker.ratelimit import FleetLimiter
 from worker.settings import Settings, load_settings
 
@@ -302,7 +302,7 @@ def test_the_metrics_command_parses_its_options(port: int | None) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from scheduler import metrics as module
+    from scheduler.metrics import serve as module
 
     calls: list[tuple[int, str]] = []
 

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from worker import signer
-from worker.signer import AkSkCredentials, sign
+from worker.api import signer
+from worker.api.signer import AkSkCredentials, sign
 
 sdk_signer = pytest.importorskip("huaweicloudsdkcore.signer.signer")
 from huaweicloudsdkcore.auth.credentials import BasicCredentials  # noqa: E402

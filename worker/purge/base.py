@@ -8,8 +8,8 @@ import threading
 import redis
 import structlog
 
-from worker.audit import Attempt, Batch, FinalOutcome, RecordBuffer, RunStatus
 from worker.eligibility import Eligibility
+from worker.ledger import Attempt, Batch, FinalOutcome, RecordBuffer, RunStatus
 from worker.purge.state import (
     BUMP,
     LeftError,

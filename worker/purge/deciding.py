@@ -9,8 +9,8 @@ import time
 import redis
 import structlog
 
-from worker.answers import ApiAnswer, Verdict
-from worker.audit import Attempt, Batch, FinalOutcome, Outcome, RunStatus
+from worker.api.answers import ApiAnswer, Verdict
+from worker.ledger import Attempt, Batch, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
 from worker.purge.sending import Sending
 from worker.purge.state import (

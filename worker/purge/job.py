@@ -10,8 +10,8 @@ from concurrent.futures import wait
 import redis
 import structlog
 
-from worker.audit import ACTIVE, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
 from worker.eligibility import Eligibility, EligibilityError
+from worker.ledger import ACTIVE, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
 from worker.models import FINISHED_STATUSES
 from worker.purge.deciding import Deciding
 from worker.purge.state import (

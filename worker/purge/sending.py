@@ -8,9 +8,9 @@ import time
 import redis
 import structlog
 
-from worker.answers import ApiAnswer, Verdict
-from worker.audit import SENDING, UNSENT, Attempt, Batch, Gate
-from worker.auth import AuthError, AuthUnavailableError
+from worker.api.answers import ApiAnswer, Verdict
+from worker.api.auth import AuthError, AuthUnavailableError
+from worker.ledger import SENDING, UNSENT, Attempt, Batch, Gate
 from worker.models import TaskInfo
 from worker.purge.base import JobBase
 from worker.purge.state import (

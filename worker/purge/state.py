@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from worker.answers import Verdict
-from worker.audit import Attempt
+from worker.api.answers import Verdict
+from worker.ledger import Attempt
 
 # How often a job looks at its run's status (one HGET). A stop (failure threshold, cancel) wakes
 # the threads waiting for a slot this fast; the gate refuses a DELETE of a stopped run at once.
