@@ -14,7 +14,8 @@ __all__ = ["app"]
 
 @functools.cache
 def _app() -> Any:
-    from worker.celery_app import CONTROL_QUEUE, DELETE_QUEUE, create_app
+    from worker.celery_app import create_app
+    from worker.jobnames import CONTROL_QUEUE, DELETE_QUEUE
     from worker.settings import load_settings_or_exit
 
     app = create_app(load_settings_or_exit(), queues=(DELETE_QUEUE, CONTROL_QUEUE))

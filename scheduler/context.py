@@ -13,6 +13,7 @@ from celery import Celery
 from worker.api.client import ClientConfig, SfsTurboClient
 from worker.ledger import Audit
 from worker.ratelimit import FleetLimiter
+from worker.redisconn import connect
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class Context:
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+        return connect(self.settings)
 
     @functools.cached_property
     def audit(self) -> Audit:

@@ -16,7 +16,7 @@ import structlog
 from celery import Celery
 
 from scheduler.metrics import broker_queue_depth
-from worker.celery_app import DELETE_QUEUE, PURGE_BATCH
+from worker.jobnames import DELETE_QUEUE, PURGE_BATCH
 from worker.ledger import ACTIVE, OVER, Audit, RunStatus
 from worker.settings import Settings
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from worker.celery_app import CONTROL_QUEUE, NIGHTLY, RECONCILE, cron_schedule
+from worker.celery_app import cron_schedule
+from worker.jobnames import CONTROL_QUEUE, NIGHTLY, RECONCILE
 
 __all__ = ["CONTROL_QUEUE", "DELETE_TASKS", "NIGHTLY", "RECONCILE", "START_PURGE", "cron_schedule"]
 

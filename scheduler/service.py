@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from scheduler.context import Context
 from scheduler.jobs import DELETE_TASKS, NIGHTLY, RECONCILE, START_PURGE, cron_schedule
 from scheduler.triggers import DeleteTasks, NightlyPurge, StartPurge, explain_error
-from worker.celery_app import settings_of
 from worker.envelope import guarded
+from worker.jobnames import settings_of
 from worker.models import TaskInfo
 from worker.settings import Settings, SettingsError
 
@@ -155,7 +155,7 @@ def catch_up_nightly(ctx: Context, now: datetime) -> str | None:
     it sends the message once, naming the slot. A second message for a slot is harmless (the
     slot key), so this can only fill a gap, never double a run. Returns the slot sent, if any.
     """
-    from worker.celery_app import CONTROL_QUEUE
+    from worker.jobnames import CONTROL_QUEUE
 
     s = ctx.settings
     if not s.schedule_enabled:

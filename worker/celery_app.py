@@ -20,16 +20,8 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu.entity import Queue
 
+from worker.jobnames import CONTROL_QUEUE, DELETE_QUEUE, NIGHTLY, PURGE_BATCH, RECONCILE, CleanupApp
 from worker.settings import Settings, load_settings_or_exit
-
-DELETE_QUEUE = "sfs.delete"
-CONTROL_QUEUE = "sfs.control"
-
-PURGE_BATCH = "sfs.purge_batch"
-# Beat's schedule (below) sends these two, and `celery -A worker beat` builds it from this app.
-RECONCILE = "sfs.reconcile"
-NIGHTLY = "sfs.nightly_purge"
-# The message triggers (sfs.start_purge, sfs.delete_tasks) are the scheduler's: scheduler.jobs.
 
 
 def cron_schedule(expression: str, tz: str) -> crontab:
@@ -46,7 +38,7 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
     ``celery -A worker worker`` consumes deletion jobs only; ``celery -A scheduler worker`` adds
     the control queue (message triggers, the nightly purge, the reconciler).
     """
-    app = Celery("sfs_cleanup", broker=settings.broker_url, set_as_current=False)
+    app = CleanupApp(settings, "sfs_cleanup", broker=settings.broker_url, set_as_current=False)
     beat_url, beat_auth = split_credentials(settings.redis_url)
     app.conf.update(
         task_serializer="json",
@@ -100,7 +92,6 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
         }
     app.conf.beat_schedule = schedule
     app.conf.result_expires = None  # no result backend: beat adds no daily celery.backend_cleanup job
-    app.sfs_settings = settings  # not in app.conf: workers show their conf to Flower (Redis URLs and all)
     from worker.flower import configure_flower
 
     configure_flower(settings)  # `celery -A worker flower`: basic auth from SFS_CLEANUP_FLOWER_BASIC_AUTH
@@ -114,11 +105,6 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
 def default_app() -> Celery:
     """The app for ``celery -A worker``: settings from the environment, or a clear exit."""
     return create_app(load_settings_or_exit())
-
-
-def settings_of(app: Celery) -> Settings:
-    settings: Settings = app.sfs_settings
-    return settings
 
 
 def split_credentials(url: str) -> tuple[str, dict[str, str]]:

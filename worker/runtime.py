@@ -19,6 +19,7 @@ from worker.api.client import ClientConfig, SfsTurboClient
 from worker.apimetrics import ApiStats
 from worker.ledger import Audit
 from worker.ratelimit import FleetLimiter
+from worker.redisconn import connect
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 
@@ -92,14 +93,8 @@ _pid: int | None = None
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=30,
-        socket_connect_timeout=5,
-        health_check_interval=25,
-        retry_on_timeout=True,
-        max_connections=settings.batch_concurrency * 2 + 8,
-    )
+    """A worker process's client: room for every delete thread and the job's own calls."""
+    return connect(settings, max_connections=settings.batch_concurrency * 2 + 8)
 
 
 def get_runtime(settings: Settings) -> Runtime:

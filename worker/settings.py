@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     @classmethod
     def _flower_auth(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            from worker.flower import parse_basic_auth
+            from worker.basicauth import parse_basic_auth
 
             parse_basic_auth(value.get_secret_value())  # its errors never echo the value
         return value

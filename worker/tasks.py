@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from celery import Celery, Task, signals
 
-from worker.celery_app import PURGE_BATCH, settings_of
+from worker.jobnames import PURGE_BATCH, settings_of
 from worker.logging import setup_process_logging
 from worker.purge import BatchJob
 from worker.runtime import close_runtime, get_runtime

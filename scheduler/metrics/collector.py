@@ -24,9 +24,10 @@ from scheduler.metrics.families import (
 )
 from scheduler.metrics.queues import read_queues
 from worker.apimetrics import BUCKETS, OPERATIONS
-from worker.celery_app import CONTROL_QUEUE, DELETE_QUEUE
+from worker.jobnames import CONTROL_QUEUE, DELETE_QUEUE
 from worker.ledger import Outcome
 from worker.ledger.keys import Keys
+from worker.redisconn import connect
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -51,9 +52,8 @@ class FleetCollector:
         self.scan_runs = max(scan_runs, recent_runs)
         self.queues = tuple(queues)
         self.keys = Keys(settings.key_prefix)
-        self.redis = redis_client or redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=3, socket_timeout=5
-        )
+        # A scrape must answer within Prometheus' timeout (10 s by default), Redis or not.
+        self.redis = redis_client or connect(settings, socket_timeout_s=5)
         self._app = app
         self._limiter: Any = None
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import ChannelError
 
-from worker.celery_app import DELETE_QUEUE
+from worker.jobnames import DELETE_QUEUE
 
 if TYPE_CHECKING:
     from celery import Celery

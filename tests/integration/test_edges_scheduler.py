@@ -26,7 +26,7 @@ from scheduler.context import Context
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
 from tests.support.cluster import Cluster, wait_for
-from worker.celery_app import NIGHTLY
+from worker.jobnames import NIGHTLY
 from worker.ledger import Audit, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
 from worker.settings import Settings, load_settings

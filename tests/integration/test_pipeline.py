@@ -111,7 +111,8 @@ def test_a_job_delivered_twice_sends_no_second_delete(cluster: Cluster, fake: Fa
     assert code == 0 and report["outcomes"]["deleted"] == 150
     before = fake.stats()
 
-    from worker.celery_app import PURGE_BATCH, create_app
+    from worker.celery_app import create_app
+    from worker.jobnames import PURGE_BATCH
     from worker.settings import load_settings
 
     app = create_app(load_settings(redis_url=cluster.redis_url, broker_url=cluster.redis_url))

@@ -171,7 +171,7 @@ def test_a_run_whose_planner_was_killed_is_aborted_and_its_trigger_freed(
     from scheduler.context import Context
     from scheduler.dispatch import reconcile_all
     from scheduler.service import _start_claimed
-    from worker.celery_app import DELETE_QUEUE
+    from worker.jobnames import DELETE_QUEUE
     from worker.settings import load_settings
 
     child = subprocess.Popen(

@@ -96,7 +96,8 @@ def test_a_control_time_limit_the_visibility_timeout_does_not_cover_is_refused()
 def test_control_jobs_run_under_a_time_limit_the_visibility_timeout_covers() -> None:
     from scheduler import service
     from scheduler.jobs import CONTROL_QUEUE, DELETE_TASKS, NIGHTLY, START_PURGE
-    from worker.celery_app import DELETE_QUEUE, create_app
+    from worker.celery_app import create_app
+    from worker.jobnames import DELETE_QUEUE
 
     settings = load_settings(visibility_timeout_s=2000, job_time_limit_s=1800)
     app = create_app(settings, queues=(DELETE_QUEUE, CONTROL_QUEUE))
