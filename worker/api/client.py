@@ -26,7 +26,7 @@ import httpx
 
 from worker.api.answers import ApiAnswer, Verdict, classify, parse_error_body, parse_retry_after
 from worker.api.transport import MAX_BODY_BYTES, TOO_LARGE, BodyTooLargeError, read_bounded, request_id_of
-from worker.errors import UnavailableError
+from worker.errors import EXIT_USAGE, UnavailableError, UsageError
 from worker.ids import check_project_id, check_share_id, check_task_id
 from worker.models import TaskInfo, parse_time
 from worker.ratelimit import FleetLimiter, RateLimitWaitTooLong
@@ -70,6 +70,12 @@ class ApiError(UnavailableError):
 
 class ShareMissingError(ApiError):
     """The file system does not exist or is not visible to these credentials."""
+
+
+class CredentialsRefusedError(ApiError, UsageError):
+    """The API refused the credentials or the endpoint for good: a setting to fix, not an outage."""
+
+    exit_code = EXIT_USAGE
 
 
 class SfsTurboClient:
@@ -289,8 +295,7 @@ class SfsTurboClient:
                     continue
                 time.sleep(answer.retry_after_s or min(30.0, 0.25 * 2**retry))
             if not answer.ok:
-                error = ShareMissingError if answer.verdict is Verdict.SHARE_MISSING else ApiError
-                raise error(answer)
+                raise _error_for(answer)
             yield from page
             if len(page) < limit:
                 return
@@ -330,3 +335,12 @@ def _task_from(project_id: str, share_id: str, item: dict[str, Any]) -> TaskInfo
         end_time=parse_time(item.get("end_time")),
         raw={k: str(v) for k, v in item.items() if isinstance(v, str | int | float)},
     )
+
+
+def _error_for(answer: ApiAnswer) -> ApiError:
+    """The error a failed listing raises: its kind says what the user should do."""
+    if answer.verdict is Verdict.SHARE_MISSING:
+        return ShareMissingError(answer)
+    if answer.verdict in (Verdict.FATAL, Verdict.AUTH_RENEW):
+        return CredentialsRefusedError(answer)
+    return ApiError(answer)

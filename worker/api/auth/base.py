@@ -10,7 +10,7 @@ from typing import Final
 
 import httpx
 
-from worker.errors import UnavailableError
+from worker.errors import EXIT_UNAVAILABLE, UnavailableError, UsageError
 
 NO_CREDENTIALS: Final = (
     "no credentials configured: set SFS_CLEANUP_AUTH_TOKEN, the IAM_* login, or ACCESS_KEY/SECRET_KEY"
@@ -18,16 +18,18 @@ NO_CREDENTIALS: Final = (
 _JSON: Final = "application/json"
 
 
-class AuthError(UnavailableError):
+class AuthError(UsageError):
     """Credentials that cannot work, one line saying what to fix. Never holds a secret.
 
     Only plain ``str`` arguments, so that it survives pickling through Celery.
     """
 
 
-class AuthUnavailableError(AuthError):
+class AuthUnavailableError(AuthError, UnavailableError):
     """IAM could not be asked (no answer, 5xx, 429, a login by another worker that never ended):
     a transient failure, worth retrying later, unlike a plain :class:`AuthError`."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 def put_token(request: httpx.Request, token: str) -> None:
