@@ -12,6 +12,7 @@ from celery import Celery
 
 from worker.api.client import ClientConfig, SfsTurboClient
 from worker.ledger import Audit
+from worker.ledger.layout import check_layout
 from worker.ratelimit import FleetLimiter
 from worker.redisconn import connect
 from worker.settings import Settings
@@ -34,7 +35,9 @@ class Context:
 
     @functools.cached_property
     def audit(self) -> Audit:
-        return Audit(self.redis, prefix=self.settings.key_prefix, retention_s=self.settings.retention_days * 86400)
+        audit = Audit(self.redis, prefix=self.settings.key_prefix, retention_s=self.settings.retention_days * 86400)
+        check_layout(self.redis, audit.keys)  # a CLI or scheduler of another key layout stops here
+        return audit
 
     @functools.cached_property
     def app(self) -> Celery:

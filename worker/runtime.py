@@ -18,6 +18,8 @@ import redis
 from worker.api.client import ClientConfig, SfsTurboClient
 from worker.apimetrics import ApiStats
 from worker.ledger import Audit
+from worker.ledger.keys import Keys
+from worker.ledger.layout import check_layout
 from worker.ratelimit import FleetLimiter
 from worker.redisconn import connect
 from worker.retry import RetryPolicy
@@ -103,6 +105,7 @@ def get_runtime(settings: Settings) -> Runtime:
     with _lock:
         if _runtime is None or _pid != os.getpid():
             client = redis_client(settings)
+            check_layout(client, Keys(settings.key_prefix))  # a process of another layout stops here
             _runtime = Runtime(
                 settings=settings,
                 redis=client,

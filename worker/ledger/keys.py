@@ -24,6 +24,7 @@ key                                type      holds
 ``P:run:{R}:badshares``            hash      share ID -> the answer that showed it missing
 ``P:run:{R}:deliv``                hash      batch number -> ``deliveries:pending`` (jobs lost in a row)
 ``P:protect:tasks`` / ``:shares``  set       live protection lists, read at delete time
+``P:layout``                       string    the key layout's version (``worker.ledger.layout``)
 ``P:events``                       stream    run lifecycle and refused triggers (capped)
 ``P:trigger:{key}``                string    the run that claimed a trigger's idempotency key
 ``P:rl:...``                       string    the fleet-wide rate limiter (see ``ratelimit``)
@@ -51,6 +52,10 @@ class Keys:
     @property
     def active_runs(self) -> str:
         return f"{self.prefix}:runs:active"
+
+    @property
+    def layout(self) -> str:
+        return f"{self.prefix}:layout"
 
     @property
     def events(self) -> str:
