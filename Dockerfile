@@ -8,7 +8,7 @@
 # All configuration comes from SFS_CLEANUP_* environment variables at run time: nothing secret
 # is baked in. Build from the repository root:  docker build -t sfs-turbo-cleanup:0.1.0 .
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
 # Builder: install the project and its pinned dependencies into a virtualenv.

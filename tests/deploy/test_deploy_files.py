@@ -189,7 +189,7 @@ def test_dockerfile_is_multi_stage_on_python_slim() -> None:
     base = froms[-1].split()[0]
     for name, default in dockerfile_args().items():
         base = base.replace("${" + name + "}", default)
-    assert base == "python:3.11-slim"
+    assert base == "python:3.11.14-slim-bookworm", "the base image is pinned to a patch release"
     copies = [ins.value for ins in final_stage() if ins.keyword == "COPY"]
     assert "--from=builder /opt/venv /opt/venv" in copies
 
@@ -485,7 +485,7 @@ def test_compose_interpolates_nothing_but_the_redis_password() -> None:
 
 def test_compose_redis_is_durable_and_password_protected() -> None:
     redis_svc = compose()["services"]["redis"]
-    assert redis_svc["image"] == "redis:7-alpine"
+    assert redis_svc["image"] == "redis:7.4-alpine"
     command = " ".join(redis_svc["command"])
     assert "/usr/local/etc/redis/redis.conf" in command
     assert '--requirepass "$$REDIS_PASSWORD"' in command
