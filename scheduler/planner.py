@@ -308,18 +308,7 @@ def _plan_items(
 
 def _record_dry_run(audit: Audit, run_id: str) -> RunStatus:
     """A dry run decides everything at plan time: ``would_delete`` for each task, nothing sent."""
-    at = datetime.now(UTC).timestamp()
-    final = FinalOutcome(Outcome.WOULD_DELETE, at)
-    pipe = audit.redis.pipeline(transaction=False)
-    queued = 0
-    for batch in audit.iter_batches(run_id):
-        for task_id in batch.task_ids:
-            audit.record(batch, task_id, final=final, pipe=pipe)
-            queued += 1
-        if queued >= 5000:
-            pipe.execute()
-            queued = 0
-    pipe.execute()
+    audit.settle_all(run_id, FinalOutcome(Outcome.WOULD_DELETE, datetime.now(UTC).timestamp()))
     status = audit.status(run_id) or RunStatus.FINISHED
     if status in (RunStatus.FINISHED, RunStatus.ABORTED, RunStatus.CANCELLED):
         audit.on_run_over(run_id)

@@ -33,7 +33,16 @@ class PlanFreeze(OutcomeStore, PlanStore):
     def _abort_unsent(self, run_id: str) -> None:
         """Record ``aborted`` for every planned task of a run stopped before its first job."""
         why = self.run(run_id).get("reason") or "stopped"
-        final = FinalOutcome(Outcome.ABORTED, time.time(), reason=f"{why} (while planning: never sent)"[:500])
+        self.settle_all(
+            run_id, FinalOutcome(Outcome.ABORTED, time.time(), reason=f"{why} (while planning: never sent)"[:500])
+        )
+
+    def settle_all(self, run_id: str, final: FinalOutcome) -> None:
+        """Record one final outcome for every planned task still without one, in pipelines.
+
+        For runs decided without a job: a dry run (``would_delete``) and a run stopped while it
+        was planning (``aborted``). Each record is the usual once-only write.
+        """
         pipe = self.redis.pipeline(transaction=False)
         queued = 0
         for batch in self.iter_batches(run_id):
