@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     # --- Schedule and monitoring ----------------------------------------------------------
     schedule_cron: str = Field("0 2 * * *", description="Nightly purge, as a cron expression.")
     schedule_timezone: str = Field("UTC", description="Time zone of the cron expression (UTC avoids DST).")
-    schedule_enabled: bool = Field(True, description="Let beat send the nightly purge.")
+    schedule_enabled: bool = Field(False, description="Let beat send the nightly purge (opt-in).")
     beat_lock_timeout_s: int = Field(
         90, ge=5, le=3600, description="RedBeat lock: a standby beat takes over after this."
     )

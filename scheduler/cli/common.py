@@ -49,6 +49,27 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: The word a person types to let a run delete tasks (without ``--yes``, on a terminal).
+CONSENT_WORD = "delete"
+
+
+def require_consent(yes: bool, what: str) -> None:
+    """No deletion without the user's consent: ``--yes``, or the word typed back on a terminal.
+
+    Asked before anything is planned: refused, nothing is written and nothing is sent. A script
+    (no terminal on standard input) that did not say ``--yes`` is refused with one line.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(
+            f"{what} deletes tasks: add --yes to confirm (nothing was planned or sent; --dry-run shows what would go)"
+        )
+    answer = typer.prompt(f"{what} deletes tasks for real. Type {CONSENT_WORD!r} to go on", default="")
+    if answer.strip() != CONSENT_WORD:
+        raise UserError("not confirmed: nothing was planned or sent")
+
+
 def context() -> Context:
     from worker.logging import setup_process_logging
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from scheduler.cli.common import UserError, context, err, finish, friendly, out, print_json
+from scheduler.cli.common import UserError, context, err, finish, friendly, out, print_json, require_consent
 from scheduler.report import render_plan_summary, run_report
 
 
@@ -28,6 +28,7 @@ def purge(
     run_id: Annotated[
         str | None, typer.Option(help="Use this run ID (letters, digits, '-'; not an existing run's).")
     ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm the deletion without being asked (scripts).")] = False,
 ) -> None:
     """Select tasks, freeze the plan as a new run, and enqueue its deletion jobs.
 
@@ -59,6 +60,8 @@ def purge(
     )
     if manifest is not None and not manifest.is_file():
         raise UserError(f"manifest {manifest} does not exist or is not a file")
+    if not dry_run:
+        require_consent(yes, "this purge")
     items, source = inventory(ctx, chosen, manifest)
     plan = start_run(ctx, chosen, items, source=source, dry_run=dry_run, trigger="cli", run_id=run_id)
     if not as_json:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from scheduler.cli.common import UserError, context, err, finish, friendly, out, print_json
+from scheduler.cli.common import UserError, context, err, finish, friendly, out, print_json, require_consent
 from scheduler.report import render_report, run_report
 
 runs_app = typer.Typer(help="List, show, follow, cancel and replay runs.", no_args_is_help=True)
@@ -88,6 +88,7 @@ def runs_replay(
     include_aborted: Annotated[bool, typer.Option("--include-aborted", help="Also retry aborted tasks.")] = False,
     wait: Annotated[bool, typer.Option("--wait")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm the deletion without being asked (scripts).")] = False,
 ) -> None:
     """Retry a run's failed tasks as a new run linked to the old one."""
     from scheduler.policy import policy_from_sources
@@ -96,6 +97,7 @@ def runs_replay(
     ctx = context()
     if not ctx.audit.run(run_id):
         raise UserError(f"no run {run_id!r}")
+    require_consent(yes, "this replay")
     policy = policy_from_sources(settings=ctx.settings, file=None, overrides={"max_deletions": None})
     plan = start_run(
         ctx,

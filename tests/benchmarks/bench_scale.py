@@ -355,7 +355,19 @@ def profile_cli(env: dict[str, str], args: list[str], *, label: str, workdir: Pa
     """cProfile of one ``purge`` (the scheduler is one thread): where planning's time goes."""
     stats_file = workdir / "plan.pstats"
     measured = procstat.run_measured(
-        [sys.executable, "-m", "cProfile", "-o", str(stats_file), "-m", "scheduler.cli", "purge", *args, "--json"],
+        [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            str(stats_file),
+            "-m",
+            "scheduler.cli",
+            "purge",
+            *args,
+            "--json",
+            "--yes",
+        ],
         env=env,
         cwd=ROOT,
         timeout_s=900,

@@ -277,7 +277,7 @@ def stop_workers(workers: list[WorkerProcess]) -> None:
 def purge_cli(env: dict[str, str], *args: str, timeout_s: float, workdir: Path) -> tuple[procstat.Measured, Any]:
     """``sfs-cleanup purge ARGS --json`` as a measured child; its measurement and JSON report."""
     measured = procstat.run_measured(
-        [sys.executable, "-m", "scheduler.cli", "purge", *args, "--json"],
+        [sys.executable, "-m", "scheduler.cli", "purge", *args, "--json", "--yes"],
         env=env,
         cwd=ROOT,
         timeout_s=timeout_s,

@@ -355,7 +355,7 @@ class Harness:
         timeout = 120 + 10 * spec.deletions / spec.rate
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(
-            [sys.executable, "-m", "scheduler.cli", "purge", "--older-than", "7d", "--wait", "--json"],
+            [sys.executable, "-m", "scheduler.cli", "purge", "--older-than", "7d", "--wait", "--json", "--yes"],
             env=env,
             capture_output=True,
             text=True,

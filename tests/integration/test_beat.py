@@ -110,7 +110,12 @@ def beats() -> Iterator[list[Beat]]:
 
 
 def start_cluster(redis_url: str, fake: FakeApi, tmp: Path, cron: str) -> Cluster:
-    cluster = Cluster(redis_url=redis_url, fake=fake, tmp=tmp, settings={"SFS_CLEANUP_SCHEDULE_CRON": cron})
+    cluster = Cluster(
+        redis_url=redis_url,
+        fake=fake,
+        tmp=tmp,
+        settings={"SFS_CLEANUP_SCHEDULE_CRON": cron, "SFS_CLEANUP_SCHEDULE_ENABLED": "true"},
+    )
     cluster.start_worker("control", app="scheduler", queues="sfs.control")
     cluster.start_worker("deleter", concurrency=2)
     return cluster
@@ -257,7 +262,7 @@ def pretend_last_run(redis_url: str, cron: str, when: datetime) -> None:
     from worker.celery_app import create_app
     from worker.settings import load_settings
 
-    app: Any = create_app(load_settings(redis_url=redis_url, schedule_cron=cron))
+    app: Any = create_app(load_settings(redis_url=redis_url, schedule_cron=cron, schedule_enabled=True))
     ensure_conf(app)
     entry = RedBeatSchedulerEntry.from_key(RedBeatSchedulerEntry.generate_key(app, "nightly-purge"), app=app)
     entry.reschedule(last_run_at=when)

@@ -25,7 +25,7 @@ from sandbox.fakeapi.server import FakeApi
 from scheduler.context import Context
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, as_script, wait_for
 from worker.jobnames import NIGHTLY
 from worker.ledger import Audit, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
@@ -167,7 +167,7 @@ def slow_cluster(redis_url: str, slow_fake: FakeApi, tmp_path: Path) -> Iterator
 
 def _popen(cluster: Cluster, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "scheduler.cli", *args],
+        [sys.executable, "-m", "scheduler.cli", *as_script(args)],
         env=cluster.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -378,7 +378,9 @@ def test_a_nightly_run_whose_planning_failed_leaves_its_slot_to_the_catch_up(clu
     from scheduler.service import catch_up_nightly, handle_trigger
 
     slot = (datetime.now(UTC) - timedelta(minutes=5)).replace(second=0, microsecond=0)
-    settings = settings_for(cluster, schedule_cron=f"{slot.minute} {slot.hour} * * *", auth_token="not-the-token")
+    settings = settings_for(
+        cluster, schedule_cron=f"{slot.minute} {slot.hour} * * *", schedule_enabled=True, auth_token="not-the-token"
+    )
     ctx = Context(settings)
     with pytest.raises(Exception) as failure:
         handle_trigger(ctx, NIGHTLY, "m-night", (), {})

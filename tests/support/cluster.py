@@ -62,7 +62,7 @@ class Cluster:
         self, *args: str, check: bool = False, timeout: float = 300, **env: str
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "scheduler.cli", *args],
+            [sys.executable, "-m", "scheduler.cli", *as_script(args)],
             env=self.env(**env),
             capture_output=True,
             text=True,
@@ -90,6 +90,16 @@ class Cluster:
         for worker in self.workers:
             worker.stop(grace=20)
         self.workers.clear()
+
+
+def as_script(args: tuple[str, ...] | list[str]) -> list[str]:
+    """A command as a script runs it: a deleting ``purge`` or ``runs replay`` says ``--yes``.
+
+    The refusal without it is tested on its own (``test_consent.py``), calling the CLI directly.
+    """
+    argv = list(args)
+    deletes = (argv[:1] == ["purge"] and "--dry-run" not in argv) or argv[:2] == ["runs", "replay"]
+    return [*argv, "--yes"] if deletes and "--yes" not in argv else argv
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> Any:

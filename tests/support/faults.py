@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from sandbox.fakeapi.server import FakeApi
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, as_script, wait_for
 from worker.ledger import Audit, FinalOutcome, Outcome
 
 #: Short timings for the fault tests (the settings validator's floors: job limit >= 30 s, the
@@ -150,7 +150,7 @@ def background_cli(cluster: Cluster, name: str, *args: str, **env: str) -> Backg
     out, err = cluster.tmp / f"{name}.out", cluster.tmp / f"{name}.err"
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler.cli", *args], env=cluster.env(**env), stdout=o, stderr=e
+            [sys.executable, "-m", "scheduler.cli", *as_script(args)], env=cluster.env(**env), stdout=o, stderr=e
         )
     return Background(proc, out, err)
 

@@ -284,7 +284,7 @@ def test_a_key_whose_run_was_never_created_is_given_back(redis_url: str, redis_c
 def test_a_slot_nobody_claimed_is_sent_again_once_within_the_window(redis_url: str, redis_client: redis.Redis) -> None:
     from scheduler.service import catch_up_nightly
 
-    ctx = Context(load_settings(redis_url=redis_url, schedule_cron="0 2 * * *"))
+    ctx = Context(load_settings(redis_url=redis_url, schedule_cron="0 2 * * *", schedule_enabled=True))
     slot = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
 
     assert catch_up_nightly(ctx, slot + timedelta(seconds=60)) is None  # beat's own message may still come
