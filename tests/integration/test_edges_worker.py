@@ -87,10 +87,23 @@ def _finished(fake: FakeApi, share: str, limit: int | None = None) -> list[TaskI
     return tasks[:limit]
 
 
-def _plan(audit: Audit, settings: Settings, items: list[TaskInfo], run_id: str) -> PlanResult:
-    """Plan full entries of any age: what the test is about happens at delete time."""
+def _plan(
+    audit: Audit, settings: Settings, items: list[TaskInfo], run_id: str, *, older_than: str = "0s", bare: bool = False
+) -> PlanResult:
+    """Plan the entries (any age by default): what the test is about happens at delete time.
+
+    ``bare``: the entries are a manifest's, IDs only, which the worker shows before deleting.
+    """
     return plan_run(
-        audit, settings, Policy(older_than="0s"), iter(items), run_id=run_id, dry_run=False, trigger="t", source=""
+        audit,
+        settings,
+        Policy(older_than=older_than),
+        iter(items),
+        run_id=run_id,
+        dry_run=False,
+        trigger="manifest" if bare else "t",
+        source="manifest:test" if bare else "",
+        trust_bare_entries=bare,
     )
 
 
@@ -135,17 +148,7 @@ def test_bare_entries_are_deleted_only_if_they_pass_the_whole_policy(redis_url: 
     assert young and running and any(eligible(t) for t in tasks), "the seed must give every kind"
     # A manifest of bare entries (IDs only): the planner cannot judge them, the worker must.
     items = [TaskInfo(fake.project_id, share, t["task_id"]) for t in tasks]
-    plan = plan_run(
-        audit,
-        settings,
-        Policy(older_than="7d"),
-        iter(items),
-        run_id="r-bare",
-        dry_run=False,
-        trigger="manifest",
-        source="manifest:test",
-        trust_bare_entries=True,
-    )
+    plan = _plan(audit, settings, items, "r-bare", older_than="7d", bare=True)
     with _runtime(settings, audit) as rt:
         _run_all(rt, "r-bare", plan.batches)
 
@@ -176,17 +179,7 @@ def test_a_show_that_never_succeeds_sends_no_delete(redis_url: str, down_fake: F
     share = fake.share_ids[0]
     finished = [t for t in fake.tasks(share) if t["status"] in ("SUCCESS", "FAIL")]
     items = [TaskInfo(fake.project_id, share, t["task_id"]) for t in finished]
-    plan = plan_run(
-        audit,
-        settings,
-        Policy(older_than="0s"),
-        iter(items),
-        run_id="r-down",
-        dry_run=False,
-        trigger="manifest",
-        source="manifest:test",
-        trust_bare_entries=True,
-    )
+    plan = _plan(audit, settings, items, "r-down", bare=True)
     fake.configure(outage=True, outage_status=503)  # every call answers 503, shows included
     # The circuit is not what is tested here: it must not hold the shows back for minutes.
     with _runtime(settings, audit, circuit_min_calls=10**9) as rt:
