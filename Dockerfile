@@ -2,7 +2,7 @@
 #
 # One image for every role of sfs-turbo-cleanup:
 #   worker (default)  celery --quiet -A worker worker --loglevel INFO -E
-#   beat              celery --quiet -A worker beat --loglevel INFO --scheduler redbeat.RedBeatScheduler
+#   beat              celery --quiet -A scheduler beat --loglevel INFO --scheduler redbeat.RedBeatScheduler
 #   flower            celery --quiet -A worker flower ...   (see deploy/docker-compose.yml)
 #   the CLI           sfs-cleanup ...
 # All configuration comes from SFS_CLEANUP_* environment variables at run time: nothing secret

@@ -22,7 +22,8 @@ from celery import Celery, Task, signals
 from pydantic import ValidationError
 
 from scheduler.context import Context
-from scheduler.jobs import DELETE_TASKS, NIGHTLY, RECONCILE, START_PURGE, cron_schedule
+from scheduler.jobs import CONTROL_QUEUE, DELETE_TASKS, NIGHTLY, RECONCILE, START_PURGE
+from scheduler.schedule import cron_schedule
 from scheduler.triggers import DeleteTasks, NightlyPurge, StartPurge, explain_error
 from worker.envelope import guarded
 from worker.jobnames import settings_of
@@ -155,8 +156,6 @@ def catch_up_nightly(ctx: Context, now: datetime) -> str | None:
     it sends the message once, naming the slot. A second message for a slot is harmless (the
     slot key), so this can only fill a gap, never double a run. Returns the slot sent, if any.
     """
-    from worker.jobnames import CONTROL_QUEUE
-
     s = ctx.settings
     if not s.schedule_enabled:
         return None

@@ -13,23 +13,13 @@ Reliability choices (see the README's "How it works"):
 from __future__ import annotations
 
 import functools
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from celery import Celery
-from celery.schedules import crontab
 from kombu.entity import Queue
 
-from worker.jobnames import CONTROL_QUEUE, DELETE_QUEUE, NIGHTLY, PURGE_BATCH, RECONCILE, CleanupApp
+from worker.jobnames import CONTROL_QUEUE, DELETE_QUEUE, PURGE_BATCH, CleanupApp
 from worker.settings import Settings, load_settings_or_exit
-
-
-def cron_schedule(expression: str, tz: str) -> crontab:
-    parts = expression.split()
-    if len(parts) != 5:
-        raise ValueError(f"SFS_CLEANUP_SCHEDULE_CRON {expression!r}: want 5 fields: minute hour day month weekday")
-    minute, hour, day, month, weekday = parts
-    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
 
 
 def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,)) -> Celery:
@@ -81,16 +71,7 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
         redbeat_lock_timeout=settings.beat_lock_timeout_s,
         beat_max_loop_interval=settings.beat_max_loop_interval_s,
     )
-    schedule: dict[str, Any] = {
-        "reconcile": {"task": RECONCILE, "schedule": 60.0, "options": {"queue": CONTROL_QUEUE, "expires": 55}},
-    }
-    if settings.schedule_enabled:
-        schedule["nightly-purge"] = {
-            "task": NIGHTLY,
-            "schedule": cron_schedule(settings.schedule_cron, settings.schedule_timezone),
-            "options": {"queue": CONTROL_QUEUE},
-        }
-    app.conf.beat_schedule = schedule
+    app.conf.beat_schedule = {}  # the scheduler adds its own (scheduler.schedule)
     app.conf.result_expires = None  # no result backend: beat adds no daily celery.backend_cleanup job
     from worker.flower import configure_flower
 

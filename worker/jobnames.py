@@ -1,9 +1,8 @@
 """The queues and job names of the fleet, in one table, and the app type that carries the settings.
 
-Job names are stable and explicit so that other systems can send them by name. The message
-triggers (``sfs.start_purge``, ``sfs.delete_tasks``) are the scheduler's own: see
-:mod:`scheduler.jobs`. Beat sends the two scheduled ones, and ``celery -A worker beat`` builds
-its schedule from the worker's app, so those names live here.
+Job names are stable and explicit so that other systems can send them by name. The worker
+runs one job; the control jobs (message triggers, the nightly purge, the reconciler) and the
+beat schedule are the scheduler's own: see :mod:`scheduler.jobs`.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ DELETE_QUEUE: Final = "sfs.delete"
 CONTROL_QUEUE: Final = "sfs.control"
 
 PURGE_BATCH: Final = "sfs.purge_batch"  # one plan batch, on DELETE_QUEUE
-RECONCILE: Final = "sfs.reconcile"  # beat, every minute, on CONTROL_QUEUE
-NIGHTLY: Final = "sfs.nightly_purge"  # beat, on the schedule, on CONTROL_QUEUE
 
 
 class CleanupApp(Celery):  # type: ignore[misc]  # Celery is untyped

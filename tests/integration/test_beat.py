@@ -1,7 +1,7 @@
-"""The nightly schedule: ``celery -A worker beat`` (RedBeat), two of them, one run per schedule slot.
+"""The nightly schedule: ``celery -A scheduler beat`` (RedBeat), two of them, one run per schedule slot.
 
 Real processes: Redis, the fake API, a control worker (``celery -A scheduler worker -Q
-sfs.control``), a deletion worker, and two ``celery -A worker beat``. The beats run with
+sfs.control``), a deletion worker, and two ``celery -A scheduler beat``. The beats run with
 ``--max-interval 1`` and ``redbeat_lock_timeout=(int)5`` on the command line (Celery's own
 ``key=(type)value`` configuration arguments), so a standby takes over within seconds instead of
 the production 90 s.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import json
 import subprocess
 import sys
 import time
@@ -46,7 +47,7 @@ _OVER = {s.value for s in OVER}
 
 @dataclass
 class Beat:
-    """``celery -A worker beat`` as a child process group, logging to a file."""
+    """``celery -A scheduler beat`` as a child process group, logging to a file."""
 
     name: str
     proc: subprocess.Popen[bytes]
@@ -56,7 +57,7 @@ class Beat:
     def start(cls, cluster: Cluster, name: str) -> Beat:
         log_path = cluster.tmp / f"{name}.log"
         args = [
-            sys.executable, "-m", "celery", "--quiet", "-A", "worker", "beat", "-l", "INFO",
+            sys.executable, "-m", "celery", "--quiet", "-A", "scheduler", "beat", "-l", "INFO",
             "--max-interval", "1", f"redbeat_lock_timeout=(int){LOCK_TIMEOUT_S}",
         ]  # fmt: skip
         with log_path.open("ab") as log:
@@ -266,3 +267,27 @@ def pretend_last_run(redis_url: str, cron: str, when: datetime) -> None:
     ensure_conf(app)
     entry = RedBeatSchedulerEntry.from_key(RedBeatSchedulerEntry.generate_key(app, "nightly-purge"), app=app)
     entry.reschedule(last_run_at=when)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_beat_says_at_start_whether_the_nightly_purge_is_on(
+    redis_url: str, fake: FakeApi, tmp_path: Path, beats: list[Beat], enabled: bool
+) -> None:
+    settings = {"SFS_CLEANUP_SCHEDULE_ENABLED": str(enabled).lower(), "SFS_CLEANUP_SCHEDULE_CRON": "30 3 * * 1"}
+    cluster = Cluster(redis_url=redis_url, fake=fake, tmp=tmp_path, settings=settings)
+    beat = Beat.start(cluster, "beat")
+    beats.append(beat)
+    try:
+        line = wait_for(
+            lambda: next((json.loads(x) for x in beat.log().splitlines() if '"beat schedule"' in x), None),
+            timeout=60,
+            what="beat's schedule line",
+        )
+        assert line["nightly_purge"] == ("on" if enabled else "off")
+        if enabled:
+            assert line["cron"] == "30 3 * * 1" and line["shares"] == ",".join(fake.share_ids)
+        else:
+            assert "SFS_CLEANUP_SCHEDULE_ENABLED=true" in line["hint"]
+        assert beat.log().count('"beat schedule"') == 1
+    finally:
+        beat.stop()

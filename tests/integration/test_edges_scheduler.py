@@ -23,10 +23,10 @@ import redis
 from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from scheduler.context import Context
+from scheduler.jobs import NIGHTLY
 from scheduler.planner import plan_run
 from scheduler.policy import Policy
 from tests.support.cluster import Cluster, as_script, wait_for
-from worker.jobnames import NIGHTLY
 from worker.ledger import Audit, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
 from worker.settings import Settings, load_settings

@@ -1,0 +1,69 @@
+"""The beat schedule: the reconciler every minute and, when enabled, the nightly purge.
+
+``celery -A scheduler beat`` sends these; the worker's app has no schedule, so ``worker/``
+names nothing of the scheduler's. Beat logs once at start whether the nightly purge is on, and
+what it will run, so that "is the schedule on?" is answered by the first lines of its log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+from celery.schedules import crontab
+
+from scheduler.jobs import CONTROL_QUEUE, NIGHTLY, RECONCILE
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def cron_schedule(expression: str, tz: str) -> crontab:
+    parts = expression.split()
+    if len(parts) != 5:
+        raise ValueError(f"SFS_CLEANUP_SCHEDULE_CRON {expression!r}: want 5 fields: minute hour day month weekday")
+    minute, hour, day, month, weekday = parts
+    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Celery's ``beat_schedule`` for these settings."""
+    schedule: dict[str, dict[str, Any]] = {
+        "reconcile": {"task": RECONCILE, "schedule": 60.0, "options": {"queue": CONTROL_QUEUE, "expires": 55}},
+    }
+    if settings.schedule_enabled:
+        schedule["nightly-purge"] = {
+            "task": NIGHTLY,
+            "schedule": cron_schedule(settings.schedule_cron, settings.schedule_timezone),
+            "options": {"queue": CONTROL_QUEUE},
+        }
+    return schedule
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """What beat will run, as one log line's fields."""
+    if not settings.schedule_enabled:
+        return {
+            "nightly_purge": "off",
+            "hint": "set SFS_CLEANUP_SCHEDULE_ENABLED=true to purge on SFS_CLEANUP_SCHEDULE_CRON",
+        }
+    return {
+        "nightly_purge": "on",
+        "cron": settings.schedule_cron,
+        "timezone": settings.schedule_timezone,
+        "older_than": settings.older_than,
+        "statuses": ",".join(settings.statuses),
+        "types": ",".join(settings.types) or "all",
+        "shares": ",".join(settings.share_ids) or "(none set)",
+        "max_deletions": settings.max_deletions,
+    }
+
+
+def install(app: Celery, settings: Settings) -> None:
+    """Give ``app`` the schedule, and log it once when beat starts."""
+    app.conf.beat_schedule = beat_schedule(settings)
+
+    @signals.beat_init.connect(weak=False, dispatch_uid="sfs-beat-schedule")
+    def _announce(**_: Any) -> None:
+        log.info("beat schedule", reconcile="every 60 s", **describe(settings))
