@@ -30,6 +30,7 @@ from scheduler.context import Context
 from scheduler.policy import policy_from_sources
 from scheduler.report import exit_code, render_plan_summary, render_report, run_report
 from scheduler.runs import follow, inventory, start_run
+from worker.ledger import Trigger
 from worker.settings import load_settings
 
 
@@ -146,14 +147,14 @@ def _run(stack: ExitStack, console: Console, workdir: Path, o: DemoOptions) -> i
     policy = policy_from_sources(settings=settings, file=None, overrides={})
     console.rule("Dry run")
     items, source = inventory(ctx, policy, None)
-    dry = start_run(ctx, policy, items, source=source, dry_run=True, trigger="demo")
+    dry = start_run(ctx, policy, items, source=source, dry_run=True, trigger=Trigger.DEMO)
     render_plan_summary(dry.as_dict(), console)
     console.print(f"dry run {dry.run_id}: {dry.planned} tasks would be deleted; nothing was sent")
 
     console.rule("Purge")
     fake.reset_stats()
     items, source = inventory(ctx, policy, None)
-    plan = start_run(ctx, policy, items, source=source, dry_run=False, trigger="demo")
+    plan = start_run(ctx, policy, items, source=source, dry_run=False, trigger=Trigger.DEMO)
     report = follow(ctx, plan.run_id, console=console)
     stats = fake.stats()
     render_report(report, Console())

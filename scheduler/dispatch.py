@@ -92,9 +92,21 @@ def reconcile_all(
         if status is None or RunStatus(_text(status)) in OVER:
             audit.forget_active(run_id)  # its keys expired, or it ended without leaving the index
             continue
-        if RunStatus(_text(status)) is RunStatus.PLANNING or selected is None:
+        if RunStatus(_text(status)) is RunStatus.HELD:
+            expire_held(audit, settings, run_id, now=now)
+        elif RunStatus(_text(status)) is RunStatus.PLANNING or selected is None:
             # A planner killed mid-plan (control worker lost) would leave the run planning for ever.
             audit.abandon_stale_planning(run_id, settings.planning_stale_s)
         else:
             done[run_id] = reconcile_run(app, audit, settings, run_id, now=now)
     return done
+
+
+def expire_held(audit: Audit, settings: Settings, run_id: str, *, now: float | None = None) -> bool:
+    """Cancel a held run nobody approved within ``approval_timeout_s``: its tasks end aborted."""
+    held_at = audit.redis.hget(audit.keys.run(run_id), "held_at")
+    now = time.time() if now is None else now
+    if held_at is None or now - float(held_at) < settings.approval_timeout_s:
+        return False
+    # The reason is the bare word, so alerts and notifications can match it.
+    return audit.request_stop(run_id, RunStatus.CANCELLED, "approval_timeout")

@@ -28,6 +28,7 @@ _FLUSH_BATCHES = 200
 # A planner's heartbeat: far more often than any sensible SFS_CLEANUP_PLANNING_STALE_S.
 _BEAT_EVERY_S = 5.0
 _FLUSH_REJECTED = 1000
+SAMPLE_SIZE = 10
 
 
 @dataclass
@@ -43,9 +44,34 @@ class PlanResult:
     not_selected: Counter[str] = field(default_factory=Counter)
     shares: Counter[str] = field(default_factory=Counter)
     explicit: int = 0  # entries planned without status and age rules: rechecked at delete time
+    types: Counter[str] = field(default_factory=Counter)
+    oldest_end: datetime | None = None  # of the planned tasks whose end time is known
+    newest_end: datetime | None = None
+    sample: list[str] = field(default_factory=list)  # the first planned tasks, share/task
+    cap: int | None = None
+    hold_reason: str | None = None  # why the run waits for approval (nothing sent until then)
+
+    def note(self, item: TaskInfo) -> None:
+        """Count a planned task into what the plan shows before anyone consents to it."""
+        self.types[item.type or "unknown"] += 1
+        if (end := item.end_time) is not None:
+            self.oldest_end = end if self.oldest_end is None else min(self.oldest_end, end)
+            self.newest_end = end if self.newest_end is None else max(self.newest_end, end)
+        if len(self.sample) < SAMPLE_SIZE:
+            self.sample.append(f"{item.share_id}/{item.task_id}")
+
+    def summary(self) -> dict[str, Any]:
+        """What a reviewer sees of the selection, beyond the counts (stored with the run)."""
+        return {
+            "types": dict(self.types),
+            "oldest_end": self.oldest_end.isoformat() if self.oldest_end else None,
+            "newest_end": self.newest_end.isoformat() if self.newest_end else None,
+            "sample": self.sample,
+            "cap": self.cap,
+        }
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        return self.summary() | {
             "run_id": self.run_id,
             "status": self.status.value,
             "dry_run": self.dry_run,
@@ -56,6 +82,7 @@ class PlanResult:
             "batches": self.batches,
             "not_selected": dict(self.not_selected),
             "shares": dict(self.shares),
+            "hold_reason": self.hold_reason,
         }
 
 
@@ -201,12 +228,15 @@ def plan_run(
     extra_meta: dict[str, Any] | None = None,
     explicit: bool = False,
     trust_bare_entries: bool = False,
+    hold_if: Callable[[PlanResult], str | None] | None = None,
 ) -> PlanResult:
     """Create the run, write its plan, and freeze it. No job is sent yet.
 
     ``explicit`` runs (a list of tasks sent by another system, or a replay) skip the status and
     age rules, whose inputs such a list does not carry; instead every task is shown just before
     its delete and skipped unless it is finished. Protection lists and the cap still apply.
+    ``hold_if`` sees the finished plan of a run that is not dry: a reason it gives holds the run
+    (status ``held``: frozen, nothing sent until it is approved).
     ``trust_bare_entries`` (manifests) treats each entry that has neither a status nor an end
     time the same way, while entries that carry them go through the whole policy.
     """
@@ -227,7 +257,7 @@ def plan_run(
             **(extra_meta or {}),
         },
     )
-    result = PlanResult(run_id=run_id, status=RunStatus.PLANNING, dry_run=dry_run)
+    result = PlanResult(run_id=run_id, status=RunStatus.PLANNING, dry_run=dry_run, cap=policy.max_deletions)
     selector = Selector(policy, now or datetime.now(UTC))
     fingerprints = _Fingerprints()
     writer = _PlanWriter(audit, run_id, settings.batch_size, result)
@@ -260,9 +290,14 @@ def plan_run(
         raise
     writer.finish()
     result.selected = result.planned + result.rejected
+    result.hold_reason = None if dry_run or hold_if is None else hold_if(result)
+    held = {"hold_reason": result.hold_reason, "held_at": time.time()} if result.hold_reason else {}
     result.status = audit.freeze(
         run_id,
         result.selected,
+        start_as=RunStatus.HELD if result.hold_reason else RunStatus.RUNNING,
+        summary=json.dumps(result.summary()),
+        **held,
         batches=result.batches,
         planned=result.planned,
         seen=result.seen,
@@ -304,6 +339,7 @@ def _plan_items(
             result.not_selected[why] += 1
         else:
             writer.add(item.share_id, item.task_id, recheck=recheck(item))
+            result.note(item)
 
 
 def _record_dry_run(audit: Audit, run_id: str) -> RunStatus:

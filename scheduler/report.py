@@ -10,12 +10,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from worker.ledger import Audit, Outcome, RunStatus
+from worker.ledger import Audit, Outcome, RunMeta, RunStatus
 
 EXIT_OK = 0
 EXIT_FAILED_TASKS = 3
 EXIT_STOPPED = 4
 EXIT_NOT_OVER = 5
+EXIT_HELD = 7  # planned and held for approval: nothing sent
 
 
 def _iso(value: str | None) -> str | None:
@@ -36,11 +37,14 @@ def run_report(audit: Audit, run_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "status": meta.get("status"),
-        "dry_run": meta.get("dry_run") == "1",
+        "dry_run": RunMeta.of(meta).dry_run,
         "trigger": meta.get("trigger"),
         "source": meta.get("source"),
         "parent_run": meta.get("parent_run"),
         "reason": meta.get("reason") or None,
+        "hold_reason": meta.get("hold_reason") or None,
+        "approved_by": meta.get("approved_by") or None,
+        "plan": json.loads(meta.get("summary") or "{}"),
         "selected": selected,
         "outcomes": outcomes,
         "pending": max(0, selected - sum(outcomes.values())) if selected >= 0 else None,
@@ -59,8 +63,11 @@ def run_report(audit: Audit, run_id: str) -> dict[str, Any]:
 
 
 def exit_code(report: dict[str, Any]) -> int:
-    """0: finished, no failed task. 3: finished with failed tasks. 4: aborted or cancelled. 5: not over."""
+    """0: finished, no failed task. 3: finished with failed tasks. 4: aborted or cancelled.
+    5: not over. 7: held for approval."""
     status = report.get("status")
+    if status == RunStatus.HELD:
+        return EXIT_HELD
     if status in (RunStatus.ABORTED, RunStatus.CANCELLED):
         return EXIT_STOPPED
     if status != RunStatus.FINISHED:
@@ -108,4 +115,13 @@ def render_plan_summary(plan: dict[str, Any], console: Console) -> None:
         table.add_row(f"not selected: {reason}", str(count))
     for share, count in sorted(plan["shares"].items()):
         table.add_row(f"share {share}", str(count))
+    for kind, count in sorted(plan.get("types", {}).items()):
+        table.add_row(f"type {kind}", str(count))
+    if plan.get("oldest_end"):
+        table.add_row("ended between", f"{plan['oldest_end']} and {plan['newest_end']}")
+    table.add_row("cap", "none" if plan.get("cap") is None else str(plan["cap"]))
+    for n, task in enumerate(plan.get("sample", [])):
+        table.add_row("sample" if n == 0 else "", task)
+    if plan.get("hold_reason") and plan["hold_reason"] != "awaiting_consent":
+        table.add_row("held", str(plan["hold_reason"]))
     console.print(table)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from kombu.exceptions import OperationalError
@@ -14,22 +15,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from scheduler.context import Context
 from scheduler.dispatch import dispatch_run, reconcile_run
+from scheduler.guard import AWAITING_CONSENT, anomaly_guard, plan_meta, plan_problems
 from scheduler.inventory import InventoryItem, Rejected, read_live, read_manifest
 from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
 from scheduler.report import run_report
 from worker.api.answers import Verdict
 from worker.api.client import ApiError
-from worker.ledger import OVER, Outcome, RunStatus, new_run_id
+from worker.ledger import OVER, Outcome, RunMeta, RunStatus, Source, SourceKind, Trigger, new_run_id
 from worker.models import TaskInfo
 
 
-def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iterable[InventoryItem], str]:
+def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iterable[InventoryItem], Source]:
     """The manifest if one is given, else the live listing of the policy's (or configured) shares."""
     s = ctx.settings
     if manifest is not None:
         items = read_manifest(manifest, default_project_id=s.project_id, only_default_project=s.project_id is not None)
-        return items, f"manifest:{manifest.name}"
+        return items, Source(SourceKind.MANIFEST, manifest.name)
     s.require_api()
     assert s.project_id is not None
     shares = list(policy.shares) or s.share_ids
@@ -53,7 +55,18 @@ def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iter
                     raise  # credentials or endpoint that no share can get past: stop, say what to fix
                 yield Rejected(f"live:{share_id}", 0, f"listing failed: {exc.answer.describe()}", share_id)
 
-    return listed(), "live:" + ",".join(shares)
+    return listed(), Source(SourceKind.LIVE, ",".join(shares))
+
+
+HoldRule = Literal["consent", "anomaly"] | None
+
+
+def _awaiting_consent(plan: PlanResult) -> str | None:
+    return AWAITING_CONSENT
+
+
+def _setting_file(ctx: Context) -> Path | None:
+    return Path(ctx.settings.policy_file) if ctx.settings.policy_file else None
 
 
 def start_run(
@@ -61,15 +74,28 @@ def start_run(
     policy: Policy,
     items: Iterable[InventoryItem],
     *,
-    source: str,
+    source: Source,
     dry_run: bool,
-    trigger: str,
+    trigger: Trigger,
     run_id: str | None = None,
     parent_run: str | None = None,
     explicit: bool = False,
     extra_meta: dict[str, Any] | None = None,
+    policy_file: Path | None = None,
+    hold: HoldRule = None,
 ) -> PlanResult:
-    """Plan the run, freeze it, and send its jobs (none for a dry run)."""
+    """Plan the run, freeze it, and send its jobs (none for a dry run, none for a held run).
+
+    ``hold`` decides whether the frozen plan waits for approval: ``CONSENT`` (the CLI asks
+    first), ``ANOMALY`` (the anomaly guard judges it: unattended runs), or ``None`` (it goes).
+    """
+    guard_meta = plan_meta(ctx.settings, policy, policy_file or _setting_file(ctx))
+    hold_if: Callable[[PlanResult], str | None] | None = None
+    if hold == "consent":
+        hold_if = _awaiting_consent
+    elif hold == "anomaly":
+        listed = source.kind is SourceKind.LIVE
+        hold_if = anomaly_guard(ctx.audit, ctx.settings, guard_meta["policy_fp"], listed=listed)
     plan = plan_run(
         ctx.audit,
         ctx.settings,
@@ -78,15 +104,33 @@ def start_run(
         run_id=run_id or new_run_id(),
         dry_run=dry_run,
         trigger=trigger,
-        source=source,
+        source=str(source),
         parent_run=parent_run,
         explicit=explicit,
-        trust_bare_entries=source.startswith("manifest:"),
-        extra_meta=extra_meta,
+        trust_bare_entries=source.kind is SourceKind.MANIFEST,
+        extra_meta=guard_meta | (extra_meta or {}),
+        hold_if=hold_if,
     )
     if plan.status is RunStatus.RUNNING:
         dispatch_run(ctx.app, ctx.audit, plan.run_id)
     return plan
+
+
+def release(ctx: Context, run_id: str, *, by: str, how: str) -> list[str]:
+    """Send a held run's jobs once it is checked (:func:`plan_problems`); the problems otherwise.
+
+    The release is atomic (held -> running, once), so two approvals at once dispatch once.
+    """
+    meta = ctx.audit.run(run_id)
+    status = RunMeta.of(meta).status
+    if status is not RunStatus.HELD:
+        return [f"run {run_id} is {status.value if status else 'unknown'}, not held: nothing to approve"]
+    if problems := plan_problems(meta, ctx.settings):
+        return problems
+    if not ctx.audit.release(run_id, by, how):
+        return [f"run {run_id} is no longer held ({ctx.audit.status(run_id)}): approved or cancelled meanwhile"]
+    dispatch_run(ctx.app, ctx.audit, run_id)
+    return []
 
 
 #: How long ``follow`` keeps waiting for an unreachable Redis (or broker) before giving up.
@@ -114,7 +158,7 @@ def follow(
     ) as progress:
         bar = progress.add_task(f"run {run_id}", total=max(report["selected"], 0), detail="")
         unreachable_since: float | None = None
-        while report["status"] not in OVER:
+        while report["status"] not in OVER and report["status"] != RunStatus.HELD:
             if deadline is not None and time.monotonic() > deadline:
                 break
             time.sleep(poll_s)
@@ -147,7 +191,31 @@ def follow(
 
 def replay_items(ctx: Context, run_id: str, include_aborted: bool) -> Iterator[InventoryItem]:
     """The tasks of a run that ended failed (and aborted, if asked), to plan again."""
-    wanted = {Outcome.FAILED} | ({Outcome.ABORTED} if include_aborted else set())
+    return tasks_ended(ctx, run_id, {Outcome.FAILED} | ({Outcome.ABORTED} if include_aborted else set()))
+
+
+def apply_dry_run(ctx: Context, run_id: str) -> PlanResult | list[str]:
+    """A new run of exactly the tasks a dry run would have deleted, under the dry run's policy;
+    each is shown just before its DELETE and skipped unless still eligible (holds, status, age).
+    The problems (:func:`plan_problems`) instead, if the plan is stale or made differently."""
+    meta = ctx.audit.run(run_id)
+    if problems := plan_problems(meta, ctx.settings):
+        return problems
+    policy = Policy.model_validate(json.loads(meta["policy"]))
+    return start_run(
+        ctx,
+        policy,
+        tasks_ended(ctx, run_id, {Outcome.WOULD_DELETE}),
+        source=Source(SourceKind.PLAN, run_id),
+        dry_run=False,
+        trigger=Trigger.APPLY,
+        parent_run=run_id,
+        explicit=True,
+    )
+
+
+def tasks_ended(ctx: Context, run_id: str, wanted: set[Outcome]) -> Iterator[InventoryItem]:
+    """The tasks of a run whose final outcome is one of ``wanted``."""
     project_id = ctx.audit.run(run_id).get("project_id", ctx.settings.project_id or "")
     for batch in ctx.audit.iter_batches(run_id):
         for record in ctx.audit.task_records(batch):

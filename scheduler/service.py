@@ -27,6 +27,7 @@ from scheduler.schedule import cron_schedule
 from scheduler.triggers import DeleteTasks, NightlyPurge, StartPurge, explain_error
 from worker.envelope import guarded
 from worker.jobnames import settings_of
+from worker.ledger import Source, SourceKind, Trigger
 from worker.models import TaskInfo
 from worker.settings import Settings, SettingsError
 
@@ -115,7 +116,7 @@ def _start_claimed(ctx: Context, key: str | None, start: Callable[[str | None], 
 
 
 def start_purge(
-    ctx: Context, trigger: StartPurge, *, source: str, extra_meta: dict[str, Any] | None = None
+    ctx: Context, trigger: StartPurge, *, started_by: Trigger, extra_meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     from scheduler.policy import policy_from_sources
     from scheduler.runs import inventory, start_run
@@ -131,8 +132,9 @@ def start_purge(
             items,
             source=inv_source,
             dry_run=trigger.dry_run,
-            trigger=source,
+            trigger=started_by,
             run_id=run_id,
+            hold="anomaly",
             extra_meta={"requested_by": trigger.requested_by, "idempotency_key": trigger.idempotency_key}
             | (extra_meta or {}),
         )
@@ -222,11 +224,12 @@ def delete_tasks(ctx: Context, trigger: DeleteTasks) -> dict[str, Any]:
             ctx,
             policy,
             items,
-            source="message:delete_tasks",
+            source=Source(SourceKind.MESSAGE, "delete_tasks"),
             dry_run=trigger.dry_run,
-            trigger="message",
+            trigger=Trigger.MESSAGE,
             explicit=True,
             run_id=run_id,
+            hold="anomaly",
             extra_meta={
                 "requested_by": trigger.requested_by,
                 "request_reason": trigger.reason,
@@ -257,7 +260,9 @@ def nightly_purge(ctx: Context, message: NightlyPurge, now: datetime) -> dict[st
         raise TriggerRefusedError(f"slot {message.slot!r} is in the future (now {now.isoformat(timespec='seconds')})")
     slot_iso = slot.isoformat().replace("+00:00", "Z")
     trigger = StartPurge(idempotency_key=slot_key(slot))
-    return start_purge(ctx, trigger, source="schedule", extra_meta={"schedule_slot": slot_iso}) | {"slot": slot_iso}
+    return start_purge(ctx, trigger, started_by=Trigger.SCHEDULE, extra_meta={"schedule_slot": slot_iso}) | {
+        "slot": slot_iso
+    }
 
 
 def handle_trigger(ctx: Context, name: str, message_id: str | None, args: Any, kwargs: Any) -> dict[str, Any]:
@@ -268,7 +273,7 @@ def handle_trigger(ctx: Context, name: str, message_id: str | None, args: Any, k
         return _reject(ctx, name, message_id, "positional arguments are not accepted; send kwargs")
     try:
         if name == START_PURGE:
-            return start_purge(ctx, StartPurge.model_validate(kwargs), source="message")
+            return start_purge(ctx, StartPurge.model_validate(kwargs), started_by=Trigger.MESSAGE)
         if name == DELETE_TASKS:
             return delete_tasks(ctx, DeleteTasks.model_validate(kwargs))
         if name == NIGHTLY:

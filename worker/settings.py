@@ -116,6 +116,22 @@ class Settings(BaseSettings):
     failure_threshold_ratio: float = Field(0.5, gt=0, le=1, description="Stop a run above this failed share.")
     failure_threshold_min_attempts: int = Field(1000, ge=1, description="... once this many tasks were tried.")
 
+    # --- Guard rails: consent, reviewed plans, the anomaly guard ---------------------------
+    plan_max_age_s: int = Field(
+        86400, ge=60, description="`runs apply` refuses a plan older than this (seconds; default 24 h)."
+    )
+    approval_timeout_s: int = Field(
+        86400, ge=60, description="A held run not approved within this ends cancelled (approval_timeout)."
+    )
+    anomaly_factor: float = Field(
+        3.0, gt=1, description="Hold an unattended run selecting more than this times the recent median."
+    )
+    anomaly_min_tasks: int = Field(1000, ge=0, description="... and at least this many tasks (never hold fewer).")
+    anomaly_max_fraction: float = Field(
+        0.9, gt=0, le=1, description="Hold an unattended run selecting more than this share of the listed tasks."
+    )
+    anomaly_history: int = Field(7, ge=3, le=100, description="Finished runs of the same policy to take the median of.")
+
     # --- Selection defaults (flags and policy files override) -----------------------------
     policy_file: str | None = Field(None, description="A YAML or TOML policy file.")
     older_than: str = Field("7d", description="Only tasks that ended longer ago than this.")

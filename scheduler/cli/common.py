@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 
 from scheduler.context import Context
+from scheduler.planner import PlanResult
 from scheduler.report import EXIT_OK, exit_code, render_report
 from worker.errors import CleanupError, InfrastructureError, UsageError
 from worker.settings import load_settings
@@ -49,25 +51,54 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-#: The word a person types to let a run delete tasks (without ``--yes``, on a terminal).
-CONSENT_WORD = "delete"
+def confirm(yes: bool, count: int, what: str) -> bool | None:
+    """The user's consent to delete ``count`` tasks: ``--yes``, or the number typed back on a
+    terminal (as aws-nuke has the account typed back: a reflex "y" is not consent).
 
-
-def require_consent(yes: bool, what: str) -> None:
-    """No deletion without the user's consent: ``--yes``, or the word typed back on a terminal.
-
-    Asked before anything is planned: refused, nothing is written and nothing is sent. A script
-    (no terminal on standard input) that did not say ``--yes`` is refused with one line.
+    True: consented. False: refused at the terminal. None: no terminal to ask and no ``--yes``.
     """
     if yes:
-        return
+        return True
     if not sys.stdin.isatty():
+        return None
+    answer = str(typer.prompt(f"{what} deletes {count} task(s) for real. Type {count} to go on", default="", err=True))
+    return answer.strip().replace(",", "") == str(count)
+
+
+def send_when_consented(ctx: Context, plan: PlanResult, yes: bool, what: str) -> None:
+    """Release a plan held for consent once the user agrees; otherwise it stays held, unsent,
+    and the error says how to send it later (exit 2)."""
+    from scheduler.runs import release
+
+    answer = confirm(yes, plan.planned, what)
+    if answer is not True:
+        first = "add --yes to confirm" if answer is None else "not confirmed"
         raise UserError(
-            f"{what} deletes tasks: add --yes to confirm (nothing was planned or sent; --dry-run shows what would go)"
+            f"{first}: nothing was sent; the plan is stored as run {plan.run_id} (held): "
+            f"send exactly it with `sfs-cleanup runs apply {plan.run_id}`, or cancel it with `sfs-cleanup runs cancel`"
         )
-    answer = typer.prompt(f"{what} deletes tasks for real. Type {CONSENT_WORD!r} to go on", default="")
-    if answer.strip() != CONSENT_WORD:
-        raise UserError("not confirmed: nothing was planned or sent")
+    if problems := release(ctx, plan.run_id, by=operator(), how="consent"):
+        raise PlanRefusedError(problems)
+
+
+class PlanRefusedError(UsageError):
+    """A stored plan that must not be sent as it is (stale, or made under other settings)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+    @property
+    def lines(self) -> list[str]:
+        return self.problems
+
+
+def operator() -> str:
+    """Who consented, for the record (the OS user; no secret)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def context() -> Context:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from scheduler.cli.common import UserError, context, err, finish, friendly, out, print_json, require_consent
+from scheduler.cli.common import UserError, context, err, finish, friendly, out, print_json, send_when_consented
 from scheduler.report import render_plan_summary, run_report
 
 
@@ -30,14 +30,16 @@ def purge(
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm the deletion without being asked (scripts).")] = False,
 ) -> None:
-    """Select tasks, freeze the plan as a new run, and enqueue its deletion jobs.
+    """Select tasks, show the plan, and send it once you agree (type the number of tasks, or --yes).
 
-    Exit codes: 0 the run finished with no failed task (or was started, without --wait);
-    3 it finished with failed tasks; 4 it was aborted or cancelled; 2 bad settings or input.
+    Without a terminal and without --yes, the plan is stored (held) and nothing is sent: exit 2;
+    `sfs-cleanup runs apply RUN_ID` sends exactly that plan later. Exit codes: see `sfs-cleanup
+    --help` (0 clean, 3 failed tasks, 4 aborted or cancelled, 2 bad usage or input, 6 unreachable).
     """
     from scheduler.policy import policy_from_sources
     from scheduler.runs import follow, inventory, start_run
     from worker.ids import explain
+    from worker.ledger import RunStatus, Trigger
 
     ctx = context()
     if run_id is not None:
@@ -60,13 +62,25 @@ def purge(
     )
     if manifest is not None and not manifest.is_file():
         raise UserError(f"manifest {manifest} does not exist or is not a file")
-    if not dry_run:
-        require_consent(yes, "this purge")
     items, source = inventory(ctx, chosen, manifest)
-    plan = start_run(ctx, chosen, items, source=source, dry_run=dry_run, trigger="cli", run_id=run_id)
+    plan = start_run(
+        ctx,
+        chosen,
+        items,
+        source=source,
+        dry_run=dry_run,
+        trigger=Trigger.CLI,
+        run_id=run_id,
+        policy_file=policy,
+        hold=None if dry_run else "consent",
+    )
     if not as_json:
         render_plan_summary(plan.as_dict(), err)
-        err.print(f"run [bold]{plan.run_id}[/bold]: {plan.status.value}, {plan.selected} selected")
+    if plan.status is RunStatus.HELD:
+        send_when_consented(ctx, plan, yes, "this purge")
+    if not as_json:
+        state = "dry run, nothing sent" if dry_run else str(ctx.audit.status(plan.run_id) or plan.status.value)
+        err.print(f"run [bold]{plan.run_id}[/bold]: {state}, {plan.selected} selected")
     if not (wait or dry_run):
         if as_json:
             print_json(run_report(ctx.audit, plan.run_id))

@@ -7,7 +7,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from scheduler.cli.common import UserError, context, err, finish, friendly, out, print_json, require_consent
+from scheduler.cli.common import (
+    PlanRefusedError,
+    UserError,
+    context,
+    err,
+    finish,
+    friendly,
+    operator,
+    out,
+    print_json,
+    send_when_consented,
+)
+from scheduler.context import Context
 from scheduler.report import render_report, run_report
 
 runs_app = typer.Typer(help="List, show, follow, cancel and replay runs.", no_args_is_help=True)
@@ -58,7 +70,10 @@ def runs_show(
     ctx = context()
     if not ctx.audit.run(run_id):
         raise UserError(f"no run {run_id!r}")
-    report = follow(ctx, run_id, console=None if as_json else err) if wait else run_report(ctx.audit, run_id)
+    if wait:
+        finish(follow(ctx, run_id, console=None if as_json else err), as_json)  # exits with the run's code
+        return
+    report = run_report(ctx.audit, run_id)
     if as_json:
         print_json(report)
     else:
@@ -93,24 +108,92 @@ def runs_replay(
     """Retry a run's failed tasks as a new run linked to the old one."""
     from scheduler.policy import policy_from_sources
     from scheduler.runs import follow, replay_items, start_run
+    from worker.ledger import RunStatus, Source, SourceKind, Trigger
 
     ctx = context()
     if not ctx.audit.run(run_id):
         raise UserError(f"no run {run_id!r}")
-    require_consent(yes, "this replay")
     policy = policy_from_sources(settings=ctx.settings, file=None, overrides={"max_deletions": None})
     plan = start_run(
         ctx,
         policy,
         replay_items(ctx, run_id, include_aborted),
-        source=f"replay:{run_id}",
+        source=Source(SourceKind.REPLAY, run_id),
         dry_run=False,
-        trigger="replay",
+        trigger=Trigger.REPLAY,
         parent_run=run_id,
         explicit=True,
+        hold="consent",
     )
+    if plan.status is RunStatus.HELD:
+        send_when_consented(ctx, plan, yes, "this replay")
     err.print(f"run [bold]{plan.run_id}[/bold] replays {plan.selected} task(s) of {run_id}")
     if not wait:
         out.print(plan.run_id)
         return
     finish(follow(ctx, plan.run_id, console=None if as_json else err), as_json)
+
+
+@runs_app.command("apply")
+@friendly
+def runs_apply(
+    plan_id: Annotated[str, typer.Argument(help="A held run, or a finished dry run.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the run to its end.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send exactly a reviewed plan: a held run's, or a dry run's tasks as a new run.
+
+    Each task is still checked just before its DELETE (holds, status, age). Refused, and why, when
+    the plan is older than SFS_CLEANUP_PLAN_MAX_AGE_S or was made under other settings or policy.
+    """
+    from scheduler.runs import apply_dry_run, release
+    from worker.ledger import RunMeta, RunStatus
+
+    ctx = context()
+    meta = RunMeta.of(ctx.audit.run(plan_id))
+    if meta.status is RunStatus.HELD:
+        if problems := release(ctx, plan_id, by=operator(), how="apply"):
+            raise PlanRefusedError(problems)
+        run_id = plan_id
+    elif meta.dry_run and meta.status is RunStatus.FINISHED:
+        result = apply_dry_run(ctx, plan_id)
+        if isinstance(result, list):
+            raise PlanRefusedError(result)
+        run_id = result.run_id
+    elif meta.status is None:
+        raise UserError(f"no run {plan_id!r}")
+    else:
+        why = "a dry run that did not finish" if meta.dry_run else meta.status.value
+        raise UserError(f"run {plan_id} is {why}: only a held run or a finished dry run can be applied")
+    _started(ctx, run_id, f"applies plan {plan_id}", wait, as_json)
+
+
+@runs_app.command("approve")
+@friendly
+def runs_approve(
+    run_id: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the run to its end.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Let a held run go (held by the anomaly guard, or waiting for consent)."""
+    from scheduler.runs import release
+
+    ctx = context()
+    if not ctx.audit.run(run_id):
+        raise UserError(f"no run {run_id!r}")
+    if problems := release(ctx, run_id, by=operator(), how="approve"):
+        raise PlanRefusedError(problems)
+    _started(ctx, run_id, "approved", wait, as_json)
+
+
+def _started(ctx: Context, run_id: str, what: str, wait: bool, as_json: bool) -> None:
+    from scheduler.runs import follow
+
+    if wait:
+        finish(follow(ctx, run_id, console=None if as_json else err), as_json)
+        return
+    if as_json:
+        print_json(run_report(ctx.audit, run_id))
+    else:
+        err.print(f"run [bold]{run_id}[/bold] {what}: running")
+        out.print(run_id)

@@ -25,7 +25,7 @@ from scheduler.metrics.families import (
 from scheduler.metrics.queues import read_queues
 from worker.apimetrics import BUCKETS, OPERATIONS
 from worker.jobnames import CONTROL_QUEUE, DELETE_QUEUE
-from worker.ledger import Outcome
+from worker.ledger import Outcome, RunMeta
 from worker.ledger.keys import Keys
 from worker.redisconn import connect
 from worker.settings import Settings
@@ -208,7 +208,7 @@ class FleetCollector:
                 continue  # expired between the two reads
             status, trigger = meta.get("status", ""), meta.get("trigger", "")
             one = [run_id]
-            f["run_info"].add_metric([run_id, status, trigger, "true" if meta.get("dry_run") == "1" else "false"], 1)
+            f["run_info"].add_metric([run_id, status, trigger, "true" if RunMeta.of(meta).dry_run else "false"], 1)
             total, finals = num(meta.get("selected"), -1.0), num(meta.get("finals"))
             f["run_selected_tasks"].add_metric(one, total)
             f["run_done_tasks"].add_metric(one, finals)

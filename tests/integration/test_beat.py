@@ -18,9 +18,9 @@ the production 90 s.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
-import json
 import subprocess
 import sys
 import time

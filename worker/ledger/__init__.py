@@ -27,6 +27,7 @@ from worker.ledger.records import (
     encode_batch,
     new_run_id,
 )
+from worker.ledger.runmeta import RunMeta, Source, SourceKind, Trigger
 
 __all__ = [
     "ACTIVE",
@@ -43,8 +44,12 @@ __all__ = [
     "Outcome",
     "RecordBuffer",
     "RecordResult",
+    "RunMeta",
     "RunStatus",
+    "Source",
+    "SourceKind",
     "TaskRecord",
+    "Trigger",
     "encode_batch",
     "new_run_id",
 ]

@@ -21,6 +21,7 @@ class LedgerBase:
     _record: Script
     _freeze: Script
     _stop: Script
+    _release: Script
     _abandon_stale: Script
     _gate: Script
     _add_rejected: Script

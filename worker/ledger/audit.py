@@ -26,6 +26,7 @@ class Audit(PlanFreeze, OutcomeStore, RunStore, EventLog, LeaseStore, QueryStore
         self._record = client.register_script(load_script("record.lua"))
         self._freeze = client.register_script(load_script("freeze.lua"))
         self._stop = client.register_script(load_script("stop.lua"))
+        self._release = client.register_script(load_script("release.lua"))
         self._abandon_stale = client.register_script(load_script("abandon_stale.lua"))
         self._gate = client.register_script(load_script("gate.lua"))
         self._add_rejected = client.register_script(load_script("rejected.lua"))

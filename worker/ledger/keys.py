@@ -8,7 +8,7 @@ them stay atomic on a cluster too.
 key                                type      holds
 =================================  ========  ====================================================
 ``P:runs``                         zset      run IDs scored by creation time (newest last)
-``P:runs:active``                  zset      runs not yet over (planning, running, stopping), by
+``P:runs:active``                  zset      runs not yet over (planning, held, running, stopping), by
                                              creation time: what the reconciler walks
 ``P:run:{R}``                      hash      the run: status, policy, totals, counters ``n:<outcome>``,
                                              ``attempts``, ``retries``, ``throttled``, ``finals``

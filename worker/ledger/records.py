@@ -31,6 +31,7 @@ class Outcome(StrEnum):
 
 class RunStatus(StrEnum):
     PLANNING = "planning"
+    HELD = "held"  # planned and frozen; nothing is sent until it is approved (or it expires)
     RUNNING = "running"
     STOPPING = "stopping"  # cancel or failure threshold: the rest end as aborted
     FINISHED = "finished"

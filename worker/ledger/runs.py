@@ -90,10 +90,14 @@ class RunStore(EventLog):
 
     def request_stop(self, run_id: str, final_status: RunStatus, reason: str) -> bool:
         """Stop a run: tasks without an outcome end as ``aborted``. False if it was not running."""
-        changed = bool(self._stop(keys=[self.keys.run(run_id)], args=[final_status.value, reason]))
-        if changed:
+        return self._request_stop(run_id, final_status, reason) > 0
+
+    def _request_stop(self, run_id: str, final_status: RunStatus, reason: str) -> int:
+        """stop.lua's answer: 0 not running, 1 stopping, 2 stopping and it was held (no job)."""
+        answer = int(self._stop(keys=[self.keys.run(run_id)], args=[final_status.value, reason]))
+        if answer:
             self.event("run_stopping", run_id=run_id, reason=reason)
-        return changed
+        return answer
 
     def run(self, run_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(self.keys.run(run_id))

@@ -10,7 +10,7 @@ import redis
 import structlog
 
 from worker.api.answers import ApiAnswer, Verdict
-from worker.ledger import Attempt, Batch, FinalOutcome, Outcome, RunStatus
+from worker.ledger import Attempt, Batch, FinalOutcome, Outcome, RunMeta, RunStatus
 from worker.models import TaskInfo
 from worker.purge.sending import Sending
 from worker.purge.state import (
@@ -50,7 +50,7 @@ class Deciding(Sending):
                 Outcome.FAILED, time.time(), code="share_missing", msg=self.share_missing, reason="share_missing"
             )
             return failed, None
-        if self.meta.get("dry_run") == "1":
+        if RunMeta.of(self.meta).dry_run:
             return FinalOutcome(Outcome.WOULD_DELETE, time.time()), None
         if self._rechecks(batch, task_id):
             if self.rules is None:
