@@ -35,6 +35,7 @@ SELECTION_SETTINGS: Final = (
     "api_endpoint",
     "share_ids",
     "policy_file",
+    "policies_file",
     "older_than",
     "statuses",
     "types",
@@ -75,6 +76,8 @@ def plan_meta(settings: Settings, policy: Policy, policy_file: Path | None) -> d
     if policy_file is not None:
         meta["policy_file_path"] = str(policy_file.resolve())
         meta["policy_file_sha256"] = file_digest(policy_file)
+    if settings.policies_file:
+        meta["policies_file_sha256"] = file_digest(Path(settings.policies_file))
     return meta
 
 
@@ -104,6 +107,10 @@ def plan_problems(meta: Mapping[str, str], settings: Settings, now: float | None
             problems.append(f"plan {run_id} was made with the policy file {path}, which is gone")
         elif file_digest(file) != meta.get("policy_file_sha256"):
             problems.append(f"plan {run_id} was made with a different policy: {path} changed since")
+    if (digest := meta.get("policies_file_sha256")) and settings.policies_file:
+        file = Path(settings.policies_file)
+        if not file.is_file() or file_digest(file) != digest:
+            problems.append(f"plan {run_id} was made with different named policies: {file} changed since")
     return problems
 
 

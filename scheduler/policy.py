@@ -183,7 +183,7 @@ def _validate(data: Mapping[str, Any], source: str) -> Policy:
         raise PolicyError(_error_lines(source, exc)) from None
 
 
-def _parse_file(path: Path) -> Any:
+def parse_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".toml"):
         raise PolicyError([f"{path}: unsupported file type {suffix or '(none)'!r}; use .yaml, .yml or .toml"])
@@ -220,7 +220,7 @@ def load_policy_file(path: Path) -> Policy:
     Fields the file does not set stay unset (``model_fields_set``), so that lower layers show
     through in :func:`policy_from_sources`.
     """
-    data = _parse_file(path)
+    data = parse_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -243,8 +243,11 @@ def _settings_fields(settings: Settings) -> dict[str, Any]:
     }
 
 
-def policy_from_sources(*, settings: Settings, file: Path | None, overrides: Mapping[str, Any]) -> Policy:
-    """The run's policy: ``overrides`` (flags; ``None`` values ignored) > policy file > settings.
+def policy_from_sources(
+    *, settings: Settings, file: Path | None, overrides: Mapping[str, Any], named: Policy | None = None
+) -> Policy:
+    """The run's policy: ``overrides`` (flags; ``None`` values ignored) > policy file > ``named``
+    (a policy of the policies file, :mod:`scheduler.policies`) > settings.
 
     ``file`` defaults to ``settings.policy_file``. The settings' ``share_ids`` are the default
     ``shares``. Each source is validated on its own, so every error names its source (``flags``,
@@ -254,6 +257,8 @@ def policy_from_sources(*, settings: Settings, file: Path | None, overrides: Map
     problems: list[str] = []
     layers: list[Policy] = []
     sources: list[tuple[str, Mapping[str, Any] | Path]] = [("settings", _settings_fields(settings))]
+    if named is not None:
+        sources.append((f"policy {named.name or '(named)'}", named.model_dump(include=named.model_fields_set)))
     path = file if file is not None else (Path(settings.policy_file) if settings.policy_file else None)
     if path is not None:
         sources.append((str(path), path))

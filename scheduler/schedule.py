@@ -11,20 +11,13 @@ from typing import Any
 
 import structlog
 from celery import Celery, signals
-from celery.schedules import crontab
 
+from scheduler.cron import cron_schedule
 from scheduler.jobs import CONTROL_QUEUE, NIGHTLY, RECONCILE
+from scheduler.policies import schedules
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-def cron_schedule(expression: str, tz: str) -> crontab:
-    parts = expression.split()
-    if len(parts) != 5:
-        raise ValueError(f"SFS_CLEANUP_SCHEDULE_CRON {expression!r}: want 5 fields: minute hour day month weekday")
-    minute, hour, day, month, weekday = parts
-    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -33,11 +26,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "reconcile": {"task": RECONCILE, "schedule": 60.0, "options": {"queue": CONTROL_QUEUE, "expires": 55}},
     }
     if settings.schedule_enabled:
-        schedule["nightly-purge"] = {
-            "task": NIGHTLY,
-            "schedule": cron_schedule(settings.schedule_cron, settings.schedule_timezone),
-            "options": {"queue": CONTROL_QUEUE},
-        }
+        for s in schedules(settings):
+            schedule[s.entry] = {
+                "task": NIGHTLY,
+                "schedule": cron_schedule(s.cron, s.timezone),
+                "kwargs": {} if s.policy is None else {"policy": s.policy},
+                "options": {"queue": CONTROL_QUEUE},
+            }
     return schedule
 
 
@@ -47,6 +42,13 @@ def describe(settings: Settings) -> dict[str, Any]:
         return {
             "nightly_purge": "off",
             "hint": "set SFS_CLEANUP_SCHEDULE_ENABLED=true to purge on SFS_CLEANUP_SCHEDULE_CRON",
+        }
+    named = [s for s in schedules(settings) if s.policy is not None]
+    if named:
+        return {
+            "nightly_purge": "on",
+            "policies": {s.policy: f"{s.cron} ({s.timezone})" for s in named},
+            "policies_file": settings.policies_file,
         }
     return {
         "nightly_purge": "on",

@@ -13,17 +13,17 @@ from it (a JSON object as the body would otherwise stop the worker), acknowledge
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 from celery import Celery, Task, signals
 from pydantic import ValidationError
 
 from scheduler.context import Context
+from scheduler.cron import last_slot
 from scheduler.jobs import CONTROL_QUEUE, DELETE_TASKS, NIGHTLY, RECONCILE, START_PURGE
-from scheduler.schedule import cron_schedule
+from scheduler.policies import schedule_of, schedules
 from scheduler.triggers import DeleteTasks, NightlyPurge, StartPurge, explain_error
 from worker.envelope import guarded
 from worker.jobnames import settings_of
@@ -35,42 +35,6 @@ log = structlog.get_logger(__name__)
 
 _TRIGGER_TTL_S = 7 * 86400
 _MAX_ID_CHARS = 255
-
-
-def last_slot(expression: str, tz: str, now: datetime) -> datetime:
-    """The most recent time at or before ``now`` that the cron expression names (minute precision).
-
-    Beat may send late (a restart, a slow failover) or twice (a manual trigger of the same slot);
-    every such message maps to the same slot, and the slot is what is claimed once.
-    """
-    cron = cron_schedule(expression, tz)
-    local = now.astimezone(ZoneInfo(tz)).replace(second=0, microsecond=0)
-    for minutes in range(0, 60 * 24 * 366):
-        t = local - timedelta(minutes=minutes)
-        if (
-            t.minute in cron.minute
-            and t.hour in cron.hour
-            and t.day in cron.day_of_month
-            and t.month in cron.month_of_year
-            and (t.isoweekday() % 7) in cron.day_of_week
-        ):
-            return t.astimezone(UTC)
-    raise ValueError(f"cron {expression!r} names no time in the past year")
-
-
-def slot_key(slot: datetime) -> str:
-    """The idempotency key of a schedule slot: ``nightly-20261129T0200Z`` (always UTC)."""
-    return f"nightly-{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
-
-
-def nightly_slot(settings: Settings, slot: str | None, now: datetime) -> datetime:
-    """The schedule slot a ``sfs.nightly_purge`` message stands for (see ``NightlyPurge``)."""
-    when = now
-    if slot:
-        when = datetime.fromisoformat(slot)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=ZoneInfo(settings.schedule_timezone))
-    return last_slot(settings.schedule_cron, settings.schedule_timezone, when)
 
 
 def _trigger_key(ctx: Context, key: str) -> str:
@@ -118,11 +82,13 @@ def _start_claimed(ctx: Context, key: str | None, start: Callable[[str | None], 
 def start_purge(
     ctx: Context, trigger: StartPurge, *, started_by: Trigger, extra_meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    from scheduler.policies import named_policy
     from scheduler.policy import policy_from_sources
     from scheduler.runs import inventory, start_run
 
     overrides = trigger.policy.model_dump(exclude_none=True)
-    policy = policy_from_sources(settings=ctx.settings, file=None, overrides=overrides)
+    named = named_policy(ctx.settings, trigger.policy_name) if trigger.policy_name else None
+    policy = policy_from_sources(settings=ctx.settings, file=None, overrides=overrides, named=named)
 
     def start(run_id: str | None) -> dict[str, Any]:
         items, inv_source = inventory(ctx, policy, None)
@@ -158,21 +124,23 @@ def catch_up_nightly(ctx: Context, now: datetime) -> str | None:
     it sends the message once, naming the slot. A second message for a slot is harmless (the
     slot key), so this can only fill a gap, never double a run. Returns the slot sent, if any.
     """
-    s = ctx.settings
-    if not s.schedule_enabled:
+    if not ctx.settings.schedule_enabled:
         return None
-    slot = last_slot(s.schedule_cron, s.schedule_timezone, now)
-    age = (now - slot).total_seconds()
-    if not CATCH_UP_AFTER_S <= age <= CATCH_UP_WITHIN_S:
-        return None
-    key = _trigger_key(ctx, slot_key(slot))
-    if ctx.redis.exists(key) or not ctx.redis.set(f"{key}:catch-up", "1", nx=True, ex=CATCH_UP_WITHIN_S):
-        return None
-    slot_iso = slot.isoformat().replace("+00:00", "Z")
-    ctx.app.send_task(NIGHTLY, kwargs={"slot": slot_iso}, queue=CONTROL_QUEUE)
-    ctx.audit.event("nightly_catch_up", slot=slot_iso)
-    log.warning("no run claimed the latest schedule slot; sending the nightly purge again", slot=slot_iso)
-    return slot_iso
+    sent = None
+    for schedule in schedules(ctx.settings):  # each scheduled policy has its own slots
+        slot = last_slot(schedule.cron, schedule.timezone, now)
+        age = (now - slot).total_seconds()
+        if not CATCH_UP_AFTER_S <= age <= CATCH_UP_WITHIN_S:
+            continue
+        key = _trigger_key(ctx, schedule.key(slot))
+        if ctx.redis.exists(key) or not ctx.redis.set(f"{key}:catch-up", "1", nx=True, ex=CATCH_UP_WITHIN_S):
+            continue
+        sent = slot.isoformat().replace("+00:00", "Z")
+        named = {} if schedule.policy is None else {"policy": schedule.policy}
+        ctx.app.send_task(NIGHTLY, kwargs={"slot": sent} | named, queue=CONTROL_QUEUE)
+        ctx.audit.event("nightly_catch_up", slot=sent, **named)
+        log.warning("no run claimed the latest schedule slot; sending the nightly purge again", slot=sent, **named)
+    return sent
 
 
 # --- Messages that are not well-formed Celery messages ----------------------------------------
@@ -255,14 +223,14 @@ def nightly_purge(ctx: Context, message: NightlyPurge, now: datetime) -> dict[st
     A slot in the future is refused: it would claim that night's key ahead of time, and the
     night itself would then purge only what had ended by the time this message ran.
     """
-    slot = nightly_slot(ctx.settings, message.slot, now)
+    schedule = schedule_of(ctx.settings, message.policy)
+    slot = schedule.slot(message.slot, now)
     if (slot - now).total_seconds() > SLOT_CLOCK_SKEW_S:
         raise TriggerRefusedError(f"slot {message.slot!r} is in the future (now {now.isoformat(timespec='seconds')})")
     slot_iso = slot.isoformat().replace("+00:00", "Z")
-    trigger = StartPurge(idempotency_key=slot_key(slot))
-    return start_purge(ctx, trigger, started_by=Trigger.SCHEDULE, extra_meta={"schedule_slot": slot_iso}) | {
-        "slot": slot_iso
-    }
+    trigger = StartPurge(idempotency_key=schedule.key(slot), policy_name=message.policy)
+    meta = {"schedule_slot": slot_iso} | ({"schedule_policy": message.policy} if message.policy else {})
+    return start_purge(ctx, trigger, started_by=Trigger.SCHEDULE, extra_meta=meta) | {"slot": slot_iso}
 
 
 def handle_trigger(ctx: Context, name: str, message_id: str | None, args: Any, kwargs: Any) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from pydantic import (
 from worker.durations import parse_duration
 from worker.ids import MAX_ID_LENGTH, explain
 
+PolicyName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
 MAX_EXPLICIT_TASKS = 10_000
 MAX_SHARES = 1_000
 
@@ -82,6 +84,9 @@ class StartPurge(_Strict):
     """``sfs.start_purge``: plan and run a purge of the configured shares by a policy."""
 
     policy: PolicyInput = PolicyInput()
+    policy_name: PolicyName | None = Field(
+        None, description="A named policy of SFS_CLEANUP_POLICIES_FILE; `policy` fields override it."
+    )
     dry_run: bool = False
     idempotency_key: IdempotencyKey | None = Field(
         None, description="A second message with the same key (within 7 days) starts no second run."
@@ -112,9 +117,13 @@ class NightlyPurge(_Strict):
     ``slot`` (ISO 8601; without an offset it is read in the schedule's time zone) names the
     schedule slot to run; it maps to the latest slot of the cron expression at or before it.
     Absent, the slot is the latest one at or before the time the job runs (what beat sends).
+    Each named policy with a schedule has its own slots (and its own once-only key per slot).
     """
 
     slot: Annotated[str, StringConstraints(max_length=40)] | None = None
+    policy: PolicyName | None = Field(
+        None, description="The named policy whose schedule this is (absent: the settings' policy and schedule)."
+    )
 
     @field_validator("slot")
     @classmethod

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
 
     # --- Selection defaults (flags and policy files override) -----------------------------
     policy_file: str | None = Field(None, description="A YAML or TOML policy file.")
+    policies_file: str | None = Field(
+        None, description="A file of named policies, each with its own schedule (docs/scheduling.md)."
+    )
     older_than: str = Field("7d", description="Only tasks that ended longer ago than this.")
     statuses: CommaList = Field(default_factory=lambda: ["SUCCESS", "FAIL"], description="Never DOING/DELETING.")
     types: CommaList = Field(default_factory=list, description="Empty: every type.")

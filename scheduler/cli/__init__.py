@@ -13,6 +13,7 @@ import typer
 from scheduler.cli.audit import audit_app
 from scheduler.cli.check import check, reconcile, trigger_schemas
 from scheduler.cli.common import UserError, context, err, friendly, out, print_json
+from scheduler.cli.policy import policy_app
 from scheduler.cli.protect import protect_app
 from scheduler.cli.purge import purge
 from scheduler.cli.runs import runs_app
@@ -29,6 +30,7 @@ __all__ = [
     "friendly",
     "main",
     "out",
+    "policy_app",
     "print_json",
     "protect_app",
     "runs_app",
@@ -49,6 +51,7 @@ app.command("trigger-schemas")(trigger_schemas)
 app.add_typer(runs_app, name="runs")
 app.add_typer(audit_app, name="audit")
 app.add_typer(protect_app, name="protect")
+app.add_typer(policy_app, name="policy")
 
 #: Commands other distributions add (the sandbox's ``demo`` and ``fake-api``): the product names
 #: none of them, so it installs and runs without them.

@@ -20,6 +20,9 @@ def purge(
     manifest: Annotated[Path | None, typer.Option(help="JSON-lines or CSV file of tasks instead of listing.")] = None,
     max_deletions: Annotated[int | None, typer.Option(help="Cap on deletions in this run.")] = None,
     policy: Annotated[Path | None, typer.Option(help="A YAML or TOML policy file.")] = None,
+    policy_name: Annotated[
+        str | None, typer.Option(help="A named policy of SFS_CLEANUP_POLICIES_FILE (flags and --policy override it).")
+    ] = None,
     protect_task: Annotated[list[str] | None, typer.Option(help="Task ID never to delete (repeat).")] = None,
     protect_share: Annotated[list[str] | None, typer.Option(help="Share ID never to touch (repeat).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Record what would be deleted; send no DELETE.")] = False,
@@ -36,6 +39,7 @@ def purge(
     `sfs-cleanup runs apply RUN_ID` sends exactly that plan later. Exit codes: see `sfs-cleanup
     --help` (0 clean, 3 failed tasks, 4 aborted or cancelled, 2 bad usage or input, 6 unreachable).
     """
+    from scheduler.policies import named_policy
     from scheduler.policy import policy_from_sources
     from scheduler.runs import follow, inventory, start_run
     from worker.ids import explain
@@ -49,6 +53,7 @@ def purge(
             raise UserError(f"--run-id {run_id!r}: a run with this ID already exists; choose another")
     chosen = policy_from_sources(
         settings=ctx.settings,
+        named=named_policy(ctx.settings, policy_name) if policy_name else None,
         file=policy,
         overrides={
             "older_than": older_than,

@@ -34,7 +34,7 @@ import pytest
 from celery import Celery
 
 from sandbox.fakeapi.server import FakeApi
-from scheduler.service import last_slot, slot_key
+from scheduler.cron import last_slot, slot_key
 from tests.support.cluster import Cluster, fake_api, wait_for
 from worker.ledger import OVER, Audit
 

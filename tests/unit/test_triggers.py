@@ -13,7 +13,8 @@ from kombu.exceptions import DecodeError
 from pydantic import ValidationError
 
 from scheduler.context import Context
-from scheduler.service import _start_claimed, last_slot, nightly_slot, slot_key
+from scheduler.cron import last_slot, nightly_slot, slot_key
+from scheduler.service import _start_claimed
 from scheduler.triggers import (
     MAX_EXPLICIT_TASKS,
     DeleteTasks,
