@@ -98,7 +98,10 @@ def plan_problems(meta: Mapping[str, str], settings: Settings, now: float | None
         problems.append(f"plan {run_id} records no settings to compare with (made by an older version): plan again")
     else:
         then, current = json.loads(stored), settings_view(settings)
-        changed = [f"{k} ({then.get(k)!r} then, {current.get(k)!r} now)" for k in current if then.get(k) != current[k]]
+        # A setting added since the plan was made counts as unset then ("").
+        changed = [
+            f"{k} ({then.get(k, '')!r} then, {current[k]!r} now)" for k in current if then.get(k, "") != current[k]
+        ]
         if changed:
             problems.append(f"plan {run_id} was made under different settings: {'; '.join(changed)}")
     if path := meta.get("policy_file_path"):

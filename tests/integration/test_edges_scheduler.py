@@ -211,7 +211,7 @@ def test_a_run_cancelled_while_planning_ends_cancelled_with_its_counters_adding_
     assert outcomes["aborted"] > 0  # planned before the cancel, never sent
     assert outcomes["aborted"] + outcomes["rejected"] == report["selected"]
     assert report["seen"] < 300  # the listing was not read to its end
-    assert show_code == 0 and json.loads(show_out.strip().splitlines()[-1])["status"] == "cancelled"
+    assert show_code == 4 and json.loads(show_out.strip().splitlines()[-1])["status"] == "cancelled"  # its exit code
     assert delete_count(slow_fake) == 0
     # Over: its keys have their retention, and the reconciler's index has let it go.
     assert r.ttl(f"sfs:run:{{{run_id}}}") > 0 and r.ttl(f"sfs:run:{{{run_id}}}:plan") > 0
