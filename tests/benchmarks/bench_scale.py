@@ -38,7 +38,7 @@ from sandbox.fakeapi.seed import project_id_for
 from sandbox.fakeapi.tasks import format_time
 from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
-from tests.benchmarks.bench_throughput import (
+from tests.benchmarks.ours import (
     OurConfig,
     already_gone_records,
     clean_env,
