@@ -17,8 +17,9 @@ from typing import Any
 
 from sandbox.fakeapi.process import FakeApiProcess
 from tests.benchmarks import procstat
-from tests.benchmarks.ours import AK, SK, clean_env, share_ids_for, write_seed
+from tests.benchmarks.ours import AK, SK, share_ids_for, write_seed
 from tests.benchmarks.results import ROOT
+from tests.support.environment import inherited
 
 
 # --- The baseline: the official SDK, sequential --------------------------------------------------
@@ -85,7 +86,7 @@ def run_baseline(tasks: int, latency_ms: float, workdir: Path, page: int = 1000)
     ).start() as fake:
         assert fake.proc is not None
         meter = procstat.CpuMeter({"fake": fake.proc.pid}).start()
-        env = clean_env()
+        env = inherited()
         measured = procstat.run_measured(
             [
                 sys.executable, "-m", "tests.benchmarks.bench_throughput", "--baseline-child",

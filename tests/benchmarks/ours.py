@@ -9,9 +9,7 @@ the settings of every process of the service for a run, and the audit of tasks t
 from __future__ import annotations
 
 import json
-import os
 import random
-import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +25,8 @@ from sandbox.processes import WorkerProcess
 from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
 from tests.benchmarks.results import ROOT
+from tests.support import environment
+from tests.support.environment import ServiceEnv, aksk_auth, cli_command, stop_workers, token_auth
 
 AK = "BENCHAKAAAAAAAAAAAAA"
 SK = "bench-secret-key-not-a-secret"
@@ -88,64 +88,35 @@ class OurConfig:
         return f"{self.auth} w{self.workers}x{self.procs} c{self.concurrency} b{self.batch_size}"
 
 
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SFS_CLEANUP_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 def service_env(redis_url: str, fake: FakeApiProcess, cfg: OurConfig, **extra: str) -> dict[str, str]:
     """The settings of every process of our service for one run (no rate limit to speak of)."""
-    env = clean_env()
-    env.update(
-        {
-            "SFS_CLEANUP_REDIS_URL": redis_url,
-            "SFS_CLEANUP_API_ENDPOINT": fake.url,
-            "SFS_CLEANUP_PROJECT_ID": fake.project_id,
-            "SFS_CLEANUP_SHARE_IDS": ",".join(fake.share_ids),
-            "SFS_CLEANUP_RATE_LIMIT": "100000",
-            "SFS_CLEANUP_RATE_BURST": "1000",
-            "SFS_CLEANUP_BATCH_SIZE": str(cfg.batch_size),
-            "SFS_CLEANUP_BATCH_CONCURRENCY": str(cfg.concurrency),
-            "SFS_CLEANUP_SCHEDULE_ENABLED": "false",
-            "SFS_CLEANUP_KEY_PREFIX": "bench",
-            "SFS_CLEANUP_LOG_FORMAT": "json",
-            "SFS_CLEANUP_LOG_LEVEL": "INFO",  # the default; Celery's " ready." line is INFO too
-        }
-    )
-    if cfg.auth == "aksk":
-        env["SFS_CLEANUP_ACCESS_KEY"], env["SFS_CLEANUP_SECRET_KEY"] = AK, SK
-    else:
-        env["SFS_CLEANUP_AUTH_TOKEN"] = fake.token
-    env.update(extra)
-    return env
+    auth = aksk_auth(AK, SK) if cfg.auth == "aksk" else token_auth(fake.token)
+    settings = {
+        "SFS_CLEANUP_RATE_LIMIT": "100000",
+        "SFS_CLEANUP_RATE_BURST": "1000",
+        "SFS_CLEANUP_BATCH_SIZE": str(cfg.batch_size),
+        "SFS_CLEANUP_BATCH_CONCURRENCY": str(cfg.concurrency),
+        "SFS_CLEANUP_SCHEDULE_ENABLED": "false",
+        "SFS_CLEANUP_KEY_PREFIX": "bench",
+        "SFS_CLEANUP_LOG_FORMAT": "json",
+        "SFS_CLEANUP_LOG_LEVEL": "INFO",  # the default; Celery's " ready." line is INFO too
+    }
+    return ServiceEnv.for_fake(redis_url, fake, auth=auth, settings=settings).env(**extra)
 
 
 def start_workers(env: dict[str, str], cfg: OurConfig, logdir: Path) -> list[WorkerProcess]:
+    """``cfg.workers`` Celery workers (bench1, bench2, ...) of ``cfg.procs`` pool processes each, ready."""
     workers = [
         WorkerProcess(name=f"bench{i + 1}", env=env, log_path=logdir / f"worker{i + 1}.log", concurrency=cfg.procs)
         for i in range(cfg.workers)
     ]
-    try:
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.wait_ready(timeout=120)
-    except BaseException:
-        stop_workers(workers)
-        raise
-    return workers
-
-
-def stop_workers(workers: list[WorkerProcess]) -> None:
-    for worker in workers:
-        worker.stop(grace=20)
+    return environment.start_workers(workers, timeout=120)
 
 
 def purge_cli(env: dict[str, str], *args: str, timeout_s: float, workdir: Path) -> tuple[procstat.Measured, Any]:
     """``sfs-cleanup purge ARGS --json`` as a measured child; its measurement and JSON report."""
     measured = procstat.run_measured(
-        [sys.executable, "-m", "scheduler.cli", "purge", *args, "--json", "--yes"],
+        cli_command("purge", *args, "--json"),
         env=env,
         cwd=ROOT,
         timeout_s=timeout_s,

@@ -29,9 +29,9 @@ from tests.benchmarks.ours import (
     service_env,
     share_ids_for,
     start_workers,
-    stop_workers,
     write_seed,
 )
+from tests.support.environment import stop_workers
 
 console = Console(stderr=True)
 
