@@ -62,4 +62,4 @@ if command -v kubectl >/dev/null 2>&1; then
 else
     step "kubectl not installed: rendering is checked by the test's own kustomization loader"
 fi
-# tests/deploy/test_deploy_files.py runs with the rest of the test suite (make test).
+# tests/deploy/ (one test module per kind of file) runs with the rest of the test suite (make test).

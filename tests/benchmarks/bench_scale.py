@@ -38,17 +38,16 @@ from sandbox.fakeapi.seed import project_id_for
 from sandbox.fakeapi.tasks import format_time
 from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
-from tests.benchmarks.bench_throughput import (
+from tests.benchmarks.ours import (
     OurConfig,
     already_gone_records,
-    clean_env,
     purge_cli,
     service_env,
     share_ids_for,
     start_workers,
-    stop_workers,
 )
 from tests.benchmarks.results import RESULTS_DIR, ROOT, finish, new_doc, targets_table, workdir_for
+from tests.support.environment import ServiceEnv, cli_args, stop_workers, token_auth
 
 PREFIX = "bench"
 QUEUE = "sfs.delete"
@@ -203,20 +202,19 @@ def plan_once(
 
 
 def manifest_env(server: RedisServer, project_id: str) -> dict[str, str]:
-    env = clean_env()
-    env.update(
-        {
-            "SFS_CLEANUP_REDIS_URL": server.url,
-            "SFS_CLEANUP_PROJECT_ID": project_id,
-            # Never called by a manifest plan with no workers; set so the settings are complete.
-            "SFS_CLEANUP_API_ENDPOINT": "http://127.0.0.1:9",
-            "SFS_CLEANUP_AUTH_TOKEN": "unused",
+    """The CLI's settings for a manifest plan: no shares (the manifest names them), no worker."""
+    return ServiceEnv(
+        redis_url=server.url,
+        # Never called by a manifest plan with no workers; set so the settings are complete.
+        endpoint="http://127.0.0.1:9",
+        project_id=project_id,
+        auth=token_auth("unused"),
+        settings={
             "SFS_CLEANUP_KEY_PREFIX": PREFIX,
             "SFS_CLEANUP_SCHEDULE_ENABLED": "false",
             "SFS_CLEANUP_LOG_FORMAT": "json",
-        }
-    )
-    return env
+        },
+    ).env()
 
 
 def manifest_runs(server: RedisServer, sizes: list[int], shares: int, workdir: Path) -> list[dict[str, Any]]:
@@ -355,19 +353,7 @@ def profile_cli(env: dict[str, str], args: list[str], *, label: str, workdir: Pa
     """cProfile of one ``purge`` (the scheduler is one thread): where planning's time goes."""
     stats_file = workdir / "plan.pstats"
     measured = procstat.run_measured(
-        [
-            sys.executable,
-            "-m",
-            "cProfile",
-            "-o",
-            str(stats_file),
-            "-m",
-            "scheduler.cli",
-            "purge",
-            *args,
-            "--json",
-            "--yes",
-        ],
+        [sys.executable, "-m", "cProfile", "-o", str(stats_file), *cli_args("purge", *args, "--json")],
         env=env,
         cwd=ROOT,
         timeout_s=900,

@@ -18,8 +18,6 @@ import math
 import os
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,7 +36,8 @@ from sandbox.fakeapi.window import RateLimiter
 from sandbox.processes import WorkerProcess
 from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
-from tests.benchmarks.results import RESULTS_DIR, ROOT, new_doc, write_json  # noqa: F401  (bench_ratelimit's import)
+from tests.benchmarks.results import RESULTS_DIR, new_doc, write_json  # noqa: F401  (bench_ratelimit's import)
+from tests.support.environment import ServiceEnv, inherited, run_cli, start_workers, stop_workers
 
 SHARES = 4
 
@@ -261,17 +260,19 @@ class Harness:
         try:
             fake.start()
             env = self._env(spec, fake)
-            for i in range(spec.workers):
-                worker = WorkerProcess(
-                    name=f"bench{i + 1}",
-                    env=env,
-                    log_path=rundir / f"worker{i + 1}.log",
-                    concurrency=spec.concurrency,
-                    app="worker" if spec.kind == "ours" else "tests.benchmarks.builtin_app",
-                )
-                workers.append(worker.start())
-            for worker in workers:
-                worker.wait_ready(timeout=120)
+            workers = start_workers(
+                [
+                    WorkerProcess(
+                        name=f"bench{i + 1}",
+                        env=env,
+                        log_path=rundir / f"worker{i + 1}.log",
+                        concurrency=spec.concurrency,
+                        app="worker" if spec.kind == "ours" else "tests.benchmarks.builtin_app",
+                    )
+                    for i in range(spec.workers)
+                ],
+                timeout=120,
+            )
             self._say(f"{spec.name}: {spec.workers} worker(s) ready, {spec.deletions} deletions")
             assert fake.proc is not None
             sessions = {
@@ -298,8 +299,7 @@ class Harness:
             }
             cpu["purge_cli"] = round(cli_cpu, 2)
         finally:
-            for worker in workers:
-                worker.stop(grace=20)
+            stop_workers(workers)
             fake.stop()
         result = figures(spec, stats, deleted, audit)
         if sent:
@@ -316,9 +316,8 @@ class Harness:
         return result
 
     def _env(self, spec: RunSpec, fake: FakeApiProcess) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SFS_CLEANUP_", "BENCH_"))}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         if spec.kind == "builtin":
+            env = inherited()
             env.update(
                 {
                     "BENCH_BROKER_URL": self.redis_url,
@@ -329,39 +328,25 @@ class Harness:
                 }
             )
             return env
-        env.update(
-            {
-                "SFS_CLEANUP_REDIS_URL": self.redis_url,
-                "SFS_CLEANUP_API_ENDPOINT": fake.url,
-                "SFS_CLEANUP_PROJECT_ID": fake.project_id,
-                "SFS_CLEANUP_SHARE_IDS": ",".join(fake.share_ids),
-                "SFS_CLEANUP_AUTH_TOKEN": fake.token,
-                "SFS_CLEANUP_RATE_LIMIT": f"{spec.rate:g}",
-                "SFS_CLEANUP_RATE_BURST": str(spec.burst),
-                "SFS_CLEANUP_BATCH_CONCURRENCY": str(spec.batch_concurrency),
-                "SFS_CLEANUP_SCHEDULE_ENABLED": "false",
-                "SFS_CLEANUP_LOG_FORMAT": "json",
-                "SFS_CLEANUP_LOG_LEVEL": "INFO",  # the harness waits for Celery's " ready." line
-            }
-        )
+        settings = {
+            "SFS_CLEANUP_RATE_LIMIT": f"{spec.rate:g}",
+            "SFS_CLEANUP_RATE_BURST": str(spec.burst),
+            "SFS_CLEANUP_BATCH_CONCURRENCY": str(spec.batch_concurrency),
+            "SFS_CLEANUP_SCHEDULE_ENABLED": "false",
+            "SFS_CLEANUP_LOG_FORMAT": "json",
+            "SFS_CLEANUP_LOG_LEVEL": "INFO",  # the harness waits for Celery's " ready." line
+        }
         if spec.headroom is not None:
-            env["SFS_CLEANUP_RATE_HEADROOM"] = f"{spec.headroom:g}"
+            settings["SFS_CLEANUP_RATE_HEADROOM"] = f"{spec.headroom:g}"
         if spec.ramp_s is not None:
-            env["SFS_CLEANUP_RATE_RAMP_S"] = f"{spec.ramp_s:g}"
-        return env
+            settings["SFS_CLEANUP_RATE_RAMP_S"] = f"{spec.ramp_s:g}"
+        return ServiceEnv.for_fake(self.redis_url, fake, settings=settings).env()
 
     def _purge(self, spec: RunSpec, env: dict[str, str]) -> tuple[dict[str, Any], float]:
         """``sfs-cleanup purge --wait --json``; our audit's report, and the CLI's CPU seconds."""
         timeout = 120 + 10 * spec.deletions / spec.rate
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        done = subprocess.run(
-            [sys.executable, "-m", "scheduler.cli", "purge", "--older-than", "7d", "--wait", "--json", "--yes"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        done = run_cli(env, "purge", "--older-than", "7d", "--wait", "--json", timeout=timeout)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmarks import bench_scale, bench_throughput, procstat
+from tests.benchmarks import bench_scale, bench_throughput, procstat, profiling
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def test_scale_benchmark_writes_its_figures(tmp_path: Path) -> None:
 def test_stacks_are_classified_by_their_deepest_frame_in_our_code() -> None:
     thread = ["Thread._bootstrap (threading.py:1002)", "_worker (concurrent/futures/thread.py:83)"]
     job = [*thread, "BatchJob._one (worker/purge/deciding.py:45)", "BatchJob._call (worker/purge/sending.py:60)"]
-    classify = bench_throughput.classify_stack
+    classify = profiling.classify_stack
     assert classify([*job, "FleetLimiter.acquire (worker/ratelimit/limiter.py:200)", "send (socket.py:1)"]).startswith(
         "fleet limiter"
     )

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.files import all_k8s_docs, by_name, compose, redis_directives
 from tests.deploy.promql import ROOT
-from tests.deploy.test_deploy_files import all_k8s_docs, by_name, compose, redis_directives
 
 DEPLOY = ROOT / "deploy"
 OPERATIONS = ROOT / "docs" / "operations.md"

@@ -29,14 +29,12 @@ import pytest
 
 from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
+from tests.support.environment import aksk_auth, iam_auth, token_auth
 from tests.support.secrets import (
     AuthCluster,
-    aksk_auth,
     eligible_tasks,
     forget_tokens,
-    iam_auth,
     poll,
-    token_auth,
     write_manifest,
 )
 

@@ -30,17 +30,15 @@ import redis
 
 from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
+from tests.support.environment import aksk_auth, iam_auth, token_auth
 from tests.support.secrets import (
     AuthCluster,
     PubSubRecorder,
     RedisDump,
-    aksk_auth,
     dump_redis,
     find_leaks,
-    iam_auth,
     issued_tokens,
     poll,
-    token_auth,
     write_manifest,
 )
 from worker.settings import load_settings

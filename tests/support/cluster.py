@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,57 +16,55 @@ import redis
 from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from sandbox.processes import WorkerProcess
+from tests.support.environment import ServiceEnv, as_script, run_cli, start_workers, stop_workers
 
-ROOT = Path(__file__).resolve().parents[2]
+# as_script lives in tests.support.environment; tests import it from here too.
+__all__ = ["CLUSTER_SETTINGS", "Cluster", "as_script", "fake_api", "wait_for"]
+
+#: What every cluster's processes run with unless a test says otherwise: a rate limit no test
+#: reaches, short retry back-offs, JSON logs (:attr:`Cluster.settings` overrides them).
+CLUSTER_SETTINGS: dict[str, str] = {
+    "SFS_CLEANUP_RATE_LIMIT": "2000",
+    "SFS_CLEANUP_RATE_BURST": "50",
+    "SFS_CLEANUP_RETRY_BACKOFF_BASE_S": "0.05",
+    "SFS_CLEANUP_RETRY_BACKOFF_MAX_S": "0.5",
+    "SFS_CLEANUP_LOG_FORMAT": "json",
+}
 
 
 @dataclass
 class Cluster:
+    """Redis, the fake API and the workers a test started; the environment of every process of it
+    (:class:`~tests.support.environment.ServiceEnv`)."""
+
     redis_url: str
     fake: FakeApi
     tmp: Path
     settings: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
+    #: The credentials; None: the fake's token.
+    auth: dict[str, str] | None = None
+
+    def service(self) -> ServiceEnv:
+        return ServiceEnv.for_fake(
+            self.redis_url, self.fake, auth=self.auth, settings={**CLUSTER_SETTINGS, **self.settings}
+        )
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SFS_CLEANUP_")}
-        env.update(
-            {
-                "SFS_CLEANUP_REDIS_URL": self.redis_url,
-                "SFS_CLEANUP_API_ENDPOINT": self.fake.url,
-                "SFS_CLEANUP_PROJECT_ID": self.fake.project_id,
-                "SFS_CLEANUP_SHARE_IDS": ",".join(self.fake.share_ids),
-                "SFS_CLEANUP_AUTH_TOKEN": self.fake.token,
-                "SFS_CLEANUP_RATE_LIMIT": "2000",
-                "SFS_CLEANUP_RATE_BURST": "50",
-                "SFS_CLEANUP_RETRY_BACKOFF_BASE_S": "0.05",
-                "SFS_CLEANUP_RETRY_BACKOFF_MAX_S": "0.5",
-                "SFS_CLEANUP_LOG_FORMAT": "json",
-                "PYTHONPATH": str(ROOT),
-            }
-        )
-        env.update(self.settings)
-        env.update(extra)
-        return env
+        return self.service().env(**extra)
 
     def start_worker(self, name: str, concurrency: int = 1, **kwargs: Any) -> WorkerProcess:
         worker = WorkerProcess(
             name=name, env=self.env(), log_path=self.tmp / f"{name}.log", concurrency=concurrency, **kwargs
         )
-        self.workers.append(worker.start())
-        return worker.wait_ready()
+        self.workers.append(worker)
+        start_workers([worker])
+        return worker
 
     def cli(
         self, *args: str, check: bool = False, timeout: float = 300, **env: str
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "scheduler.cli", *as_script(args)],
-            env=self.env(**env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        result = run_cli(self.env(**env), *args, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"sfs-cleanup {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
@@ -87,19 +83,8 @@ class Cluster:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop(grace=20)
+        stop_workers(self.workers)
         self.workers.clear()
-
-
-def as_script(args: tuple[str, ...] | list[str]) -> list[str]:
-    """A command as a script runs it: a deleting ``purge`` or ``runs replay`` says ``--yes``.
-
-    The refusal without it is tested on its own (``test_consent.py``), calling the CLI directly.
-    """
-    argv = list(args)
-    deletes = (argv[:1] == ["purge"] and "--dry-run" not in argv) or argv[:2] == ["runs", "replay"]
-    return [*argv, "--yes"] if deletes and "--yes" not in argv else argv
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2, what: str = "") -> Any:

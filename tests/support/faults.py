@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +20,8 @@ from typing import Any
 import redis
 
 from sandbox.fakeapi.server import FakeApi
-from tests.support.cluster import Cluster, as_script, wait_for
+from tests.support.cluster import Cluster, wait_for
+from tests.support.environment import cli_command
 from worker.ledger import Audit, FinalOutcome, Outcome
 
 #: Short timings for the fault tests (the settings validator's floors: job limit >= 30 s, the
@@ -149,9 +149,7 @@ class Background:
 def background_cli(cluster: Cluster, name: str, *args: str, **env: str) -> Background:
     out, err = cluster.tmp / f"{name}.out", cluster.tmp / f"{name}.err"
     with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler.cli", *as_script(args)], env=cluster.env(**env), stdout=o, stderr=e
-        )
+        proc = subprocess.Popen(cli_command(*args), env=cluster.env(**env), stdout=o, stderr=e)
     return Background(proc, out, err)
 
 

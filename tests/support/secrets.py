@@ -21,51 +21,14 @@ from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster
 from worker.models import parse_time
 
-AUTH_VARIABLES = (
-    "SFS_CLEANUP_AUTH_TOKEN",
-    "SFS_CLEANUP_IAM_ENDPOINT",
-    "SFS_CLEANUP_IAM_USER",
-    "SFS_CLEANUP_IAM_PASSWORD",
-    "SFS_CLEANUP_IAM_DOMAIN",
-    "SFS_CLEANUP_ACCESS_KEY",
-    "SFS_CLEANUP_SECRET_KEY",
-    "SFS_CLEANUP_SECURITY_TOKEN",
-)
-
 
 @dataclass
 class AuthCluster(Cluster):
-    """A :class:`Cluster` whose credentials are exactly ``auth`` (the base one always sets a token)."""
+    """A :class:`Cluster` whose credentials are exactly ``auth``: none until the test sets them
+    (the base one uses the fake's token). The helpers that make them are in
+    :mod:`tests.support.environment` (``token_auth``, ``iam_auth``, ``aksk_auth``)."""
 
-    auth: dict[str, str] = field(default_factory=dict)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = super().env()
-        for name in AUTH_VARIABLES:
-            env.pop(name, None)
-        env.update(self.auth)
-        env.update(extra)
-        return env
-
-
-def token_auth(token: str) -> dict[str, str]:
-    return {"SFS_CLEANUP_AUTH_TOKEN": token}
-
-
-def iam_auth(fake: FakeApi, user: str, password: str, domain: str) -> dict[str, str]:
-    return {
-        "SFS_CLEANUP_IAM_ENDPOINT": fake.url,
-        "SFS_CLEANUP_IAM_USER": user,
-        "SFS_CLEANUP_IAM_PASSWORD": password,
-        "SFS_CLEANUP_IAM_DOMAIN": domain,
-    }
-
-
-def aksk_auth(access_key: str, secret_key: str, security_token: str | None = None) -> dict[str, str]:
-    env = {"SFS_CLEANUP_ACCESS_KEY": access_key, "SFS_CLEANUP_SECRET_KEY": secret_key}
-    if security_token is not None:
-        env["SFS_CLEANUP_SECURITY_TOKEN"] = security_token
-    return env
+    auth: dict[str, str] | None = field(default_factory=dict)
 
 
 # --- Inventories -------------------------------------------------------------------------------
