@@ -174,6 +174,18 @@ def catch_up_nightly(ctx: Context, now: datetime) -> str | None:
     return slot_iso
 
 
+def unclaimed_nightly_slot(ctx: Context, now: datetime) -> datetime | None:
+    """The latest schedule slot if it is past the catch-up window and no run claimed it (a missed
+    night, for :mod:`scheduler.notify`); slots older than a claim's life cannot be judged."""
+    s = ctx.settings
+    if not s.schedule_enabled:
+        return None
+    slot = last_slot(s.schedule_cron, s.schedule_timezone, now)
+    if not CATCH_UP_WITHIN_S < (now - slot).total_seconds() < _TRIGGER_TTL_S:
+        return None
+    return None if ctx.redis.exists(_trigger_key(ctx, slot_key(slot))) else slot
+
+
 # --- Messages that are not well-formed Celery messages ----------------------------------------
 
 
@@ -309,10 +321,15 @@ def register(app: Celery) -> None:
 
     @app.task(name=RECONCILE, acks_late=False, ignore_result=True)
     def reconcile_task() -> dict[str, int]:
-        """Re-send jobs of active runs that the queue lost, and a lost nightly message (every minute)."""
+        """Re-send jobs of active runs that the queue lost, and a lost nightly message; notify
+        runs that need a human (every minute)."""
         from scheduler.dispatch import reconcile_all
+        from scheduler.notify import notify_pending
 
         c = Context(settings, celery=app)
-        done = reconcile_all(c.app, c.audit, settings)
-        catch_up_nightly(c, datetime.now(UTC))
+        try:
+            done = reconcile_all(c.app, c.audit, settings)
+            catch_up_nightly(c, datetime.now(UTC))
+        finally:  # a run the reconciler trips on must not also silence the news of it
+            notify_pending(c, missed_slot=unclaimed_nightly_slot(c, datetime.now(UTC)))
         return done
