@@ -174,16 +174,17 @@ def catch_up_nightly(ctx: Context, now: datetime) -> str | None:
     return slot_iso
 
 
-def unclaimed_nightly_slot(ctx: Context, now: datetime) -> datetime | None:
-    """The latest schedule slot if it is past the catch-up window and no run claimed it (a missed
-    night, for :mod:`scheduler.notify`); slots older than a claim's life cannot be judged."""
+def unclaimed_nightly_slots(ctx: Context, now: datetime) -> list[tuple[datetime, str | None]]:
+    """The latest schedule slot if it is past the catch-up window and no run claimed it: a missed
+    night, for :mod:`scheduler.notify`, with its schedule's name (None: the one schedule).
+    Slots older than a claim's life cannot be judged."""
     s = ctx.settings
     if not s.schedule_enabled:
-        return None
+        return []
     slot = last_slot(s.schedule_cron, s.schedule_timezone, now)
     if not CATCH_UP_WITHIN_S < (now - slot).total_seconds() < _TRIGGER_TTL_S:
-        return None
-    return None if ctx.redis.exists(_trigger_key(ctx, slot_key(slot))) else slot
+        return []
+    return [] if ctx.redis.exists(_trigger_key(ctx, slot_key(slot))) else [(slot, None)]
 
 
 # --- Messages that are not well-formed Celery messages ----------------------------------------
@@ -331,5 +332,5 @@ def register(app: Celery) -> None:
             done = reconcile_all(c.app, c.audit, settings)
             catch_up_nightly(c, datetime.now(UTC))
         finally:  # a run the reconciler trips on must not also silence the news of it
-            notify_pending(c, missed_slot=unclaimed_nightly_slot(c, datetime.now(UTC)))
+            notify_pending(c, missed_slots=unclaimed_nightly_slots(c, datetime.now(UTC)))
         return done

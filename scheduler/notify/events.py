@@ -48,6 +48,7 @@ class Event:
     at: float  # when it happened (epoch s): the run's end or the slot
     run: Mapping[str, str] = field(default_factory=dict)  # the run's hash; empty for a missed slot
     slot: str | None = None  # ISO time of a missed slot
+    schedule: str | None = None  # which schedule's slot, when there are several
 
     @property
     def run_id(self) -> str | None:
@@ -88,32 +89,39 @@ def run_events(audit: Audit, wanted: Iterable[str], limit: int = RECENT_RUNS) ->
         kind = run_event_kind(meta)
         if kind is None or kind.value not in wanted:
             continue
-        at = _float(meta.get("finished_at")) if kind in RUN_ENDS else 0.0
+        when = "finished_at" if kind in RUN_ENDS else "held_at"
+        at = _float(meta.get(when))
         events.append(Event(kind, f"{kind.value}:{meta['run_id']}", at or _float(meta.get("created_at")), meta))
     return sorted(events, key=lambda e: e.at)
 
 
-def missed_slot_event(audit: Audit, settings: Settings, slot: datetime | None, now: float) -> Event | None:
-    """The event for an unclaimed schedule slot, unless the schedule was off at that time.
+def missed_slot_events(
+    audit: Audit, settings: Settings, slots: Iterable[tuple[datetime, str | None]], now: float
+) -> list[Event]:
+    """The events for unclaimed schedule slots, unless the schedule was off at that time.
 
-    ``slot`` comes from the scheduler service (the slot past its catch-up window that no run
-    claimed). The first pass that sees the schedule enabled writes when it did: a slot before
-    then was never the schedule's to run, so enabling the schedule at noon does not report that
-    night's slot as missed.
+    ``slots`` come from the scheduler service: each schedule's latest slot past its catch-up
+    window that no run claimed, with the schedule's name (None when there is only one). The
+    first pass that sees the schedule enabled writes when it did: a slot before then was never
+    the schedule's to run, so enabling the schedule at noon does not report that night's slot.
     """
     key = audit.keys.notify_schedule_on
     if not settings.schedule_enabled:
         audit.redis.delete(key)
-        return None
+        return []
     audit.redis.set(key, repr(now), nx=True)
     on_since = _float(_text(audit.redis.get(key) or b""))
-    if slot is None or EventKind.NIGHTLY_MISSED.value not in settings.notify_events:
-        return None
-    at = slot.timestamp()
-    if on_since and at < on_since:
-        return None
-    iso = _iso(at)
-    return Event(EventKind.NIGHTLY_MISSED, f"{EventKind.NIGHTLY_MISSED.value}:{iso}", at, slot=iso)
+    if EventKind.NIGHTLY_MISSED.value not in settings.notify_events:
+        return []
+    events = []
+    for slot, schedule in slots:
+        at = slot.timestamp()
+        if on_since and at < on_since:
+            continue
+        iso = _iso(at)
+        key = ":".join([EventKind.NIGHTLY_MISSED.value, *([schedule] if schedule else []), iso])
+        events.append(Event(EventKind.NIGHTLY_MISSED, key, at, slot=iso, schedule=schedule))
+    return events
 
 
 # --- What is said ------------------------------------------------------------------------------
@@ -130,8 +138,10 @@ def summary(event: Event) -> str:
     if event.kind is EventKind.RUN_CANCELLED:
         return f"run {run_id} was cancelled" + (f": {run['reason']}" if run.get("reason") else "")
     if event.kind is EventKind.RUN_HELD:
-        return f"run {run_id} is held: its plan waits for an approval"
-    return f"no run claimed the nightly schedule slot {event.slot}"
+        why = f" ({run['hold_reason']})" if run.get("hold_reason") else ""
+        return f"run {run_id} is held{why}: its plan waits for an approval"
+    which = f" of schedule {event.schedule}" if event.schedule else ""
+    return f"no run claimed the nightly schedule slot {event.slot}{which}"
 
 
 def commands(event: Event) -> dict[str, str]:
@@ -143,7 +153,10 @@ def commands(event: Event) -> dict[str, str]:
         "show": f"sfs-cleanup runs show {run_id}",
         "export": f"sfs-cleanup audit export {run_id} --format csv --output {run_id}.csv",
     }
-    if event.kind is EventKind.RUN_FAILED:
+    if event.kind is EventKind.RUN_HELD:
+        # The guard rails' commands: a release that holds runs has them.
+        found |= {"approve": f"sfs-cleanup runs approve {run_id}", "cancel": f"sfs-cleanup runs cancel {run_id}"}
+    elif event.kind is EventKind.RUN_FAILED:
         found["replay"] = f"sfs-cleanup runs replay {run_id} --wait"
     elif event.kind in RUN_ENDS:
         found["replay"] = f"sfs-cleanup runs replay {run_id} --include-aborted --wait"
@@ -163,10 +176,12 @@ def payload(event: Event, settings: Settings) -> dict[str, Any]:
         "run_id": event.run_id,
         "status": run.get("status") or None,
         "reason": (run.get("reason") or "")[:_MAX_REASON_CHARS] or None,
+        "hold_reason": run.get("hold_reason") or None,
         "dry_run": run.get("dry_run") == "1" if run else None,
         "trigger": run.get("trigger") or None,
         "requested_by": run.get("requested_by") or None,
         "schedule_slot": run.get("schedule_slot") or event.slot,
+        "schedule": event.schedule,
         "parent_run": run.get("parent_run") or None,
         "selected": _int(run.get("selected")) if run.get("selected") else None,
         "outcomes": {o.value: _int(run.get(f"n:{o.value}")) for o in Outcome} if run else None,
@@ -191,6 +206,7 @@ def text(event: Event, settings: Settings) -> tuple[str, str]:
         ("run", "run_id"),
         ("status", "status"),
         ("reason", "reason"),
+        ("held because", "hold_reason"),
         ("trigger", "trigger"),
         ("slot", "schedule_slot"),
         ("selected", "selected"),

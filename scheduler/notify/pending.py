@@ -18,7 +18,7 @@ import structlog
 
 from scheduler.context import Context
 from scheduler.notify.delivery import Delivery, Target, send_budget_s
-from scheduler.notify.events import RUN_ENDS, Event, missed_slot_event, run_events, scrub, secrets_of
+from scheduler.notify.events import RUN_ENDS, Event, missed_slot_events, run_events, scrub, secrets_of
 from scheduler.notify.outbox import Outbox, Released
 from scheduler.notify.smn import SmnTarget
 from scheduler.notify.webhook import WebhookTarget
@@ -51,7 +51,7 @@ def notify_pending(
     ctx: Context,
     now: datetime | None = None,
     *,
-    missed_slot: datetime | None = None,
+    missed_slots: Sequence[tuple[datetime, str | None]] = (),
     targets: Sequence[Target] | None = None,
     max_passes: int = MAX_PASSES,
     budget_s: float = PASS_BUDGET_S,
@@ -59,20 +59,20 @@ def notify_pending(
     """Send what is pending; returns how many sends succeeded, failed, and how many were
     already done or being done by another pass (``skipped``).
 
-    ``missed_slot`` is the schedule slot past its catch-up window that no run claimed
-    (:func:`scheduler.service.unclaimed_nightly_slot`). ``targets`` replaces the configured ones
-    (tests); those built here are closed at the end.
+    ``missed_slots`` are the schedule slots past their catch-up window that no run claimed, with
+    their schedule's name (:func:`scheduler.service.unclaimed_nightly_slots`). ``targets``
+    replaces the configured ones (tests); those built here are closed at the end.
     """
     at = now.timestamp() if now is not None else time.time()
     counts = {"sent": 0, "failed": 0, "skipped": 0}
     # Kept current whether or not anything is configured: it dates when the schedule was enabled.
-    missed = missed_slot_event(ctx.audit, ctx.settings, missed_slot, at)
+    missed = missed_slot_events(ctx.audit, ctx.settings, missed_slots, at)
     chosen = configured_targets(ctx) if targets is None else list(targets)
     try:
         if not chosen:
             return counts
         found = run_events(ctx.audit, ctx.settings.notify_events)
-        events = sorted([*found, *([missed] if missed else [])], key=lambda e: e.at)
+        events = sorted([*found, *missed], key=lambda e: e.at)
         outbox = Outbox(
             ctx.redis,
             ctx.audit.keys,

@@ -320,7 +320,8 @@ def test_held_runs_and_a_missed_night_are_told_once_by_two_schedulers(
     # A held run, written the way the ledger writes runs (its status string set as a later release would).
     audit = Audit(redis.Redis.from_url(cluster.redis_url))
     audit.create_run("run-held", {"trigger": "message", "dry_run": False, "requested_by": "ci"})
-    client.hset("sfs:run:{run-held}", mapping={"status": "held", "selected": "12"})
+    held = {"status": "held", "selected": "12", "hold_reason": "anomaly", "held_at": str(time.time())}
+    client.hset("sfs:run:{run-held}", mapping=held)
     # The schedule: enabled long ago, its latest slot 40 minutes old (past the catch-up window), unclaimed.
     slot = (datetime.now(UTC) - timedelta(minutes=40)).replace(second=0, microsecond=0)
     client.set("sfs:notify:schedule-on", str(time.time() - 86400))
@@ -356,8 +357,9 @@ def test_held_runs_and_a_missed_night_are_told_once_by_two_schedulers(
     assert sorted(hooks) == expected and sorted(smn) == expected
     for s in schedulers:  # both took part: prefetch 1 shares the burst between them
         assert re.search(r"Task sfs\.reconcile\[[^\]]+\] received", s.log()), s.name
-    held = next(r.json() for r in receiver.ok() if r.json()["kind"] == EventKind.RUN_HELD)
-    assert held["status"] == "held" and held["requested_by"] == "ci" and held["selected"] == 12
+    body = next(r.json() for r in receiver.ok() if r.json()["kind"] == EventKind.RUN_HELD)
+    assert body["status"] == "held" and body["requested_by"] == "ci" and body["selected"] == 12
+    assert body["hold_reason"] == "anomaly"
     missed = next(r.json() for r in receiver.ok() if r.json()["kind"] == EventKind.NIGHTLY_MISSED)
     assert missed["schedule_slot"] == slot_iso and missed["run_id"] is None
     assert secrets_in(cluster, receiver, fake, *(s.log() for s in schedulers)) == []
@@ -366,19 +368,22 @@ def test_held_runs_and_a_missed_night_are_told_once_by_two_schedulers(
 def test_a_slot_from_before_the_schedule_was_enabled_is_not_missed(
     cluster: Cluster, fake: FakeApi, receiver: Receiver
 ) -> None:
-    from scheduler.service import unclaimed_nightly_slot
+    from scheduler.service import unclaimed_nightly_slots
 
     slot = (datetime.now(UTC) - timedelta(minutes=40)).replace(second=0, microsecond=0)
     cron = f"{slot.minute} {slot.hour} * * *"
     ctx = Context(settings_of(cluster, schedule_enabled=True, schedule_cron=cron))
-    missed = unclaimed_nightly_slot(ctx, datetime.now(UTC))
-    assert missed == slot
-    assert notify_pending(ctx, missed_slot=missed)["sent"] == 0, "first seen enabled now: that slot was not its"
+    missed = unclaimed_nightly_slots(ctx, datetime.now(UTC))
+    assert missed == [(slot, None)]
+    assert notify_pending(ctx, missed_slots=missed)["sent"] == 0, "first seen enabled now: that slot was not its"
     ctx.redis.set("sfs:notify:schedule-on", str(slot.timestamp() - 60))
-    assert notify_pending(ctx, missed_slot=missed)["sent"] == 2
+    assert notify_pending(ctx, missed_slots=missed)["sent"] == 2
     # A run claiming the slot (its trigger key) means it was not missed.
     ctx.redis.set(f"sfs:trigger:nightly-{slot:%Y%m%dT%H%MZ}", "some-run")
-    assert unclaimed_nightly_slot(ctx, datetime.now(UTC)) is None
+    assert unclaimed_nightly_slots(ctx, datetime.now(UTC)) == []
+    # Switched off, the schedule forgets when it was on: enabled again, it starts afresh.
+    notify_pending(Context(settings_of(cluster, schedule_enabled=False)))
+    assert not ctx.redis.exists("sfs:notify:schedule-on")
 
 
 # --- SMN with each authentication mode --------------------------------------------------------------------

@@ -106,6 +106,14 @@ def test_the_webhook_body_holds_what_the_on_call_needs() -> None:
     json.dumps(body)  # plain JSON
 
 
+def test_a_held_run_says_why_and_how_to_let_it_go() -> None:
+    meta = run_meta("held", hold_reason="anomaly: 4000 tasks, 10x the median", held_at="1795918800")
+    body = payload(event_of(meta), settings())
+    assert body["hold_reason"] == "anomaly: 4000 tasks, 10x the median" and body["status"] == "held"
+    assert body["commands"]["approve"] == f"sfs-cleanup runs approve {RUN}" and "replay" not in body["commands"]
+    assert body["summary"] == f"run {RUN} is held (anomaly: 4000 tasks, 10x the median): its plan waits for an approval"
+
+
 def test_a_missed_slot_names_the_slot_and_what_to_look_at() -> None:
     event = Event(EventKind.NIGHTLY_MISSED, "nightly_missed:2026-11-29T02:00:00Z", 0.0, slot="2026-11-29T02:00:00Z")
     body = payload(event, settings())
@@ -113,6 +121,8 @@ def test_a_missed_slot_names_the_slot_and_what_to_look_at() -> None:
     assert body["outcomes"] is None and body["hint"] == "sfs-cleanup runs list"
     subject, message = text(event, settings())
     assert "2026-11-29T02:00:00Z" in subject and "Nightly run missing" in message
+    named = Event(EventKind.NIGHTLY_MISSED, "nightly_missed:weekly:x", 0.0, slot="x", schedule="weekly")
+    assert payload(named, settings())["schedule"] == "weekly" and "of schedule weekly" in text(named, settings())[0]
 
 
 @pytest.mark.parametrize("status", ["finished", "aborted", "cancelled", "held"])
