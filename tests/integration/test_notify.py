@@ -24,6 +24,7 @@ import redis
 from sandbox.fakeapi.server import FakeApi
 from sandbox.processes import WorkerProcess
 from scheduler.context import Context
+from scheduler.jobs import CONTROL_QUEUE, RECONCILE
 from scheduler.notify import notify_pending
 from scheduler.notify.events import EventKind
 from scheduler.notify.outbox import GAVE_UP, Outbox, Released
@@ -31,7 +32,6 @@ from tests.support.cluster import Cluster, fake_api, wait_for
 from tests.support.receiver import Receiver
 from tests.support.secrets import aksk_auth, dump_redis, find_leaks, iam_auth
 from worker.celery_app import create_app
-from worker.jobnames import CONTROL_QUEUE, RECONCILE
 from worker.ledger import Audit
 from worker.settings import Settings, load_settings
 
