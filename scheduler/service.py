@@ -143,6 +143,19 @@ def catch_up_nightly(ctx: Context, now: datetime) -> str | None:
     return sent
 
 
+def unclaimed_nightly_slots(ctx: Context, now: datetime) -> list[tuple[datetime, str | None]]:
+    """The latest schedule slot if it is past the catch-up window and no run claimed it: a missed
+    night, for :mod:`scheduler.notify`, with its schedule's name (None: the one schedule).
+    Slots older than a claim's life cannot be judged."""
+    s = ctx.settings
+    if not s.schedule_enabled:
+        return []
+    slot = last_slot(s.schedule_cron, s.schedule_timezone, now)
+    if not CATCH_UP_WITHIN_S < (now - slot).total_seconds() < _TRIGGER_TTL_S:
+        return []
+    return [] if ctx.redis.exists(_trigger_key(ctx, slot_key(slot))) else [(slot, None)]
+
+
 # --- Messages that are not well-formed Celery messages ----------------------------------------
 
 
@@ -281,10 +294,15 @@ def register(app: Celery) -> None:
 
     @app.task(name=RECONCILE, acks_late=False, ignore_result=True)
     def reconcile_task() -> dict[str, int]:
-        """Re-send jobs of active runs that the queue lost, and a lost nightly message (every minute)."""
+        """Re-send jobs of active runs that the queue lost, and a lost nightly message; notify
+        runs that need a human (every minute)."""
         from scheduler.dispatch import reconcile_all
+        from scheduler.notify import notify_pending
 
         c = Context(settings, celery=app)
-        done = reconcile_all(c.app, c.audit, settings)
-        catch_up_nightly(c, datetime.now(UTC))
+        try:
+            done = reconcile_all(c.app, c.audit, settings)
+            catch_up_nightly(c, datetime.now(UTC))
+        finally:  # a run the reconciler trips on must not also silence the news of it
+            notify_pending(c, missed_slots=unclaimed_nightly_slots(c, datetime.now(UTC)))
         return done

@@ -112,6 +112,12 @@ def setup_process_logging(settings: Any) -> None:
     """Logging for one process (a worker, the CLI): the settings' level and format, to stderr,
     with every configured secret value masked wherever it appears."""
     configure_logging(settings.log_level, settings.log_format)
-    for secret in (settings.auth_token, settings.iam_password, settings.secret_key, settings.security_token):
+    for secret in (
+        settings.auth_token,
+        settings.iam_password,
+        settings.secret_key,
+        settings.security_token,
+        settings.notify_webhook_url,
+    ):
         if secret is not None:
             register_secret(secret.get_secret_value())

@@ -84,6 +84,9 @@ class FakeConfig:
     drop_after_effect: bool = False  # True: the dropped DELETE still took effect (a lost 202)
     fault_seed: int | None = None  # None: fault dice are not reproducible
 
+    # --- SMN (the publish call of Simple Message Notification, for notifications) ----------
+    smn_fail_first: int = 0  # the first K publishes (since start or reset_stats) answer 500
+
     def validate(self) -> FakeConfig:
         """Raise :class:`ConfigError` listing every bad field; return self when all are fine."""
         problems = [*self._range_problems(), *self._choice_problems()]
@@ -103,6 +106,7 @@ class FakeConfig:
             "deleting_seconds",
             "rate_limit_rps",
             "fail_first_k",
+            "smn_fail_first",
             "shares",
             "tasks_per_share",
         ):

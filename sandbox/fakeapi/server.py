@@ -191,6 +191,10 @@ class FakeApi:
     def deleted(self) -> list[dict[str, Any]]:
         return self._on_loop(self.service.stats.deleted_records)
 
+    def smn_messages(self) -> list[dict[str, Any]]:
+        """Every message SMN accepted, oldest first (as ``GET /_fake/smn``)."""
+        return self._on_loop(lambda: list(self.service.stats.smn_published))
+
     def reset_stats(self) -> None:
         self._on_loop(self.service.stats.reset)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.fakeapi import auth
+from sandbox.fakeapi import auth, smn
 from sandbox.fakeapi.config import ConfigError, FakeConfig, apply_patch
 from sandbox.fakeapi.faults import Fault, FaultDice
 from sandbox.fakeapi.responses import (
@@ -91,6 +91,7 @@ class FakeService:
         add("DELETE", API_PREFIX + "/task/{task_id}", self._api(self._delete))
         add("POST", API_PREFIX + "/task", self._api(self._create))
         add("POST", "/v3/auth/tokens", self._iam_login)
+        add("POST", "/v2/{project_id}/notifications/topics/{topic_urn}/publish", self._smn_publish)
         add("GET", "/_fake/stats", self._c_stats)
         add("POST", "/_fake/reset_stats", self._c_reset_stats)
         add("GET", "/_fake/config", self._c_config)
@@ -100,6 +101,7 @@ class FakeService:
         add("GET", "/_fake/deleted", self._c_deleted)
         add("GET", "/_fake/info", self._c_info)
         add("POST", "/_fake/revoke_tokens", self._c_revoke)
+        add("GET", "/_fake/smn", self._c_smn)
         # Last: anything else is the gateway's "no such API", whatever the method.
         add("*", "/{tail:.*}", self._api(self._no_such_api, gateway=False))
         return app
@@ -144,25 +146,33 @@ class FakeService:
             return gateway_error(503, "APIGW.0201", "Backend unavailable", rid)
         return await inner(request, rid)
 
+    async def _authenticate(self, request: web.Request, rid: str, config: FakeConfig) -> web.Response | None:
+        """The gateway's refusal of the request's credentials, if it refuses them."""
+        if not config.auth_required:
+            return None
+        headers = request.headers
+        signed = "Authorization" in headers and "X-Auth-Token" not in headers
+        body = await request.read() if signed and request.body_exists else b""
+        url = request.rel_url
+        refusal = auth.authenticate(
+            config=config,
+            tokens=self.tokens,
+            method=request.method,
+            raw_path=url.raw_path,
+            raw_query=url.raw_query_string,
+            headers=headers,
+            body=body,
+            now=time.time(),
+        )
+        if refusal is None:
+            return None
+        self.stats.auth_failures += 1
+        return gateway_error(refusal.status, refusal.code, refusal.message, rid)
+
     async def _gateway(self, request: web.Request, rid: str, config: FakeConfig) -> web.Response | None:
-        if config.auth_required:
-            headers = request.headers
-            signed = "Authorization" in headers and "X-Auth-Token" not in headers
-            body = await request.read() if signed and request.body_exists else b""
-            url = request.rel_url
-            refusal = auth.authenticate(
-                config=config,
-                tokens=self.tokens,
-                method=request.method,
-                raw_path=url.raw_path,
-                raw_query=url.raw_query_string,
-                headers=headers,
-                body=body,
-                now=time.time(),
-            )
-            if refusal is not None:
-                self.stats.auth_failures += 1
-                return gateway_error(refusal.status, refusal.code, refusal.message, rid)
+        refused = await self._authenticate(request, rid, config)
+        if refused is not None:
+            return refused
         if config.rate_limit_rps > 0 and not self.limiter.admit(time.monotonic(), config.rate_limit_rps):
             return self._throttled(rid, config)
         return None
@@ -326,6 +336,39 @@ class FakeService:
             headers["X-Subject-Token"] = result.token
         return json_response(result.status, result.body, headers)
 
+    # --- SMN ----------------------------------------------------------------------------------
+
+    async def _smn_publish(self, request: web.Request) -> web.Response:
+        """Authenticated like the task API (same tokens, IAM logins and AK/SK); not throttled or
+        faulted with it: SMN is another service behind the same gateway."""
+        stats, config = self.stats, self.config
+        stats.smn_requests += 1
+        rid = request_id()
+        refused = await self._authenticate(request, rid, config)
+        if refused is not None:
+            stats.smn_by_status[str(refused.status)] += 1
+            return refused
+        if stats.smn_requests <= config.smn_fail_first:
+            result = smn.system_error(rid)
+        else:
+            try:
+                body: Any = await request.json()
+            except ValueError:
+                body = None
+            result = smn.publish(
+                path_project=request.match_info["project_id"],
+                topic_urn=request.match_info["topic_urn"],
+                body=body,
+                project_id=self.store.project_id,
+                region=config.region,
+                request_id=rid,
+            )
+        stats.smn_by_status[str(result.status)] += 1
+        if result.record is not None:
+            how = "token" if "X-Auth-Token" in request.headers else "aksk" if config.auth_required else "none"
+            stats.smn_published.append(result.record | {"at": time.time(), "auth": how})
+        return json_response(result.status, result.body, {GATEWAY_ID_HEADER: rid})
+
     # --- /_fake/* ------------------------------------------------------------------------------
 
     async def _c_stats(self, request: web.Request) -> web.Response:
@@ -367,6 +410,9 @@ class FakeService:
 
     async def _c_info(self, request: web.Request) -> web.Response:
         return web.json_response(self.info())
+
+    async def _c_smn(self, request: web.Request) -> web.Response:
+        return web.json_response(list(self.stats.smn_published))
 
     async def _c_revoke(self, request: web.Request) -> web.Response:
         return web.json_response({"revoked": self.tokens.revoke_all()})

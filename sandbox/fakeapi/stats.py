@@ -1,7 +1,8 @@
 """Server-side truth for tests and benchmarks: what the fake was asked and what it answered.
 
-Only SFS task API calls are counted as API requests; IAM logins are counted apart, and the
-``/_fake/*`` control routes not at all, so a test's own probing never skews its assertions.
+Only SFS task API calls are counted as API requests; IAM logins and SMN publishes are counted
+apart, and the ``/_fake/*`` control routes not at all, so a test's own probing never skews its
+assertions.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Stats:
     iam_by_status: Counter[str] = field(default_factory=Counter)
     tokens_issued: int = 0
     deleted: list[Deletion] = field(default_factory=list)
+    smn_requests: int = 0
+    smn_by_status: Counter[str] = field(default_factory=Counter)
+    smn_published: list[dict[str, Any]] = field(default_factory=list)  # each accepted publish
 
     def arrive(self, method: str, mono_now: float, epoch_now: float) -> None:
         self.requests_total += 1
@@ -93,6 +97,9 @@ class Stats:
             "iam_requests": self.iam_requests,
             "iam_by_status": dict(self.iam_by_status),
             "tokens_issued": self.tokens_issued,
+            "smn_requests": self.smn_requests,
+            "smn_by_status": dict(self.smn_by_status),
+            "smn_published": len(self.smn_published),
         }
 
     def deleted_records(self) -> list[dict[str, Any]]:

@@ -30,6 +30,11 @@ key                                type      holds
 ``P:rl:...``                       string    the fleet-wide rate limiter (see ``ratelimit``)
 ``P:metrics:api``                  hash      API latency buckets and answers, fleet-wide (``apimetrics``)
 ``P:workers``                      zset      worker processes (``hostname:pid``) by last heartbeat
+``P:notify:{E|T}``                 string    event E's notification to target T: ``claimed:<token>`` while
+                                             one scheduler sends it, then ``sent:<time>`` or ``gave_up``
+``P:notify:{E|T}:tries``           string    failed passes of that notification (bounded)
+``P:notify:since:{T}``             string    when target T was first configured (older run ends are not sent)
+``P:notify:schedule-on``           string    when the reconciler first saw the schedule enabled
 =================================  ========  ====================================================
 
 Small per-batch hashes (at most ``batch_size`` fields) keep Redis's compact listpack encoding
@@ -118,3 +123,17 @@ class Keys:
 
     def run_pattern(self, run_id: str) -> str:
         return f"{self.run(run_id)}*"
+
+    # --- Notifications (scheduler.notify): the hash tag keeps a claim and its tries in one slot --
+    def notify(self, event_id: str, target: str) -> str:
+        return f"{self.prefix}:notify:{{{event_id}|{target}}}"
+
+    def notify_tries(self, event_id: str, target: str) -> str:
+        return f"{self.notify(event_id, target)}:tries"
+
+    def notify_since(self, target: str) -> str:
+        return f"{self.prefix}:notify:since:{target}"
+
+    @property
+    def notify_schedule_on(self) -> str:
+        return f"{self.prefix}:notify:schedule-on"
