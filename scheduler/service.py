@@ -147,13 +147,16 @@ def unclaimed_nightly_slots(ctx: Context, now: datetime) -> list[tuple[datetime,
     """The latest schedule slot if it is past the catch-up window and no run claimed it: a missed
     night, for :mod:`scheduler.notify`, with its schedule's name (None: the one schedule).
     Slots older than a claim's life cannot be judged."""
-    s = ctx.settings
-    if not s.schedule_enabled:
+    if not ctx.settings.schedule_enabled:
         return []
-    slot = last_slot(s.schedule_cron, s.schedule_timezone, now)
-    if not CATCH_UP_WITHIN_S < (now - slot).total_seconds() < _TRIGGER_TTL_S:
-        return []
-    return [] if ctx.redis.exists(_trigger_key(ctx, slot_key(slot))) else [(slot, None)]
+    missed: list[tuple[datetime, str | None]] = []
+    for schedule in schedules(ctx.settings):  # each scheduled policy has its own slots
+        slot = last_slot(schedule.cron, schedule.timezone, now)
+        if not CATCH_UP_WITHIN_S < (now - slot).total_seconds() < _TRIGGER_TTL_S:
+            continue
+        if not ctx.redis.exists(_trigger_key(ctx, schedule.key(slot))):
+            missed.append((slot, schedule.policy))
+    return missed
 
 
 # --- Messages that are not well-formed Celery messages ----------------------------------------

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
+from scheduler.guard import AWAITING_CONSENT
 from worker.ledger import Audit, Outcome
 from worker.settings import Settings
 
@@ -62,6 +63,8 @@ def run_event_kind(meta: Mapping[str, str]) -> EventKind | None:
     statuses than this one, and an unknown one is simply not an event.
     """
     status = meta.get("status")
+    if meta.get("hold_reason") == AWAITING_CONSENT and not meta.get("approved_by"):
+        return None  # a plan its user declined at a terminal (held, later expired): nobody to page
     if status == "finished":
         return EventKind.RUN_FAILED if _int(meta.get(f"n:{Outcome.FAILED.value}")) > 0 else None
     return {

@@ -74,6 +74,12 @@ def event_of(meta: dict[str, str]) -> Event:
         (run_meta("aborted", reason="failure threshold"), EventKind.RUN_ABORTED),
         (run_meta("cancelled", reason="cancelled by operator"), EventKind.RUN_CANCELLED),
         (run_meta("held"), EventKind.RUN_HELD),
+        (run_meta("held", hold_reason="anomaly: 9000 tasks selected"), EventKind.RUN_HELD),
+        # A plan its user declined at a terminal pages nobody, held or later expired...
+        (run_meta("held", hold_reason="awaiting_consent"), None),
+        (run_meta("cancelled", hold_reason="awaiting_consent", reason="approval_timeout"), None),
+        # ... but once approved, it is a run like any other.
+        (run_meta("cancelled", hold_reason="awaiting_consent", approved_by="ops"), EventKind.RUN_CANCELLED),
         (run_meta("running"), None),
         (run_meta("stopping"), None),
         (run_meta("planning"), None),
