@@ -29,8 +29,9 @@ from scheduler.notify import notify_pending
 from scheduler.notify.events import EventKind
 from scheduler.notify.outbox import GAVE_UP, Outbox, Released
 from tests.support.cluster import Cluster, fake_api, wait_for
+from tests.support.environment import aksk_auth, iam_auth
 from tests.support.receiver import Receiver
-from tests.support.secrets import aksk_auth, dump_redis, find_leaks, iam_auth
+from tests.support.secrets import dump_redis, find_leaks
 from worker.celery_app import create_app
 from worker.ledger import Audit
 from worker.settings import Settings, load_settings
@@ -61,7 +62,6 @@ def receiver() -> Iterator[Receiver]:
 
 def notify_env(fake: FakeApi, receiver: Receiver, **extra: str) -> dict[str, str]:
     env = {
-        "SFS_CLEANUP_AUTH_TOKEN": TOKEN,
         "SFS_CLEANUP_NOTIFY_WEBHOOK_URL": f"{receiver.url}?token={HOOK_TOKEN}",
         "SFS_CLEANUP_NOTIFY_SMN_ENDPOINT": fake.url,
         "SFS_CLEANUP_NOTIFY_SMN_TOPIC_URN": f"urn:smn:{fake.config.region}:{fake.project_id}:sfs-oncall",
@@ -75,7 +75,13 @@ def notify_env(fake: FakeApi, receiver: Receiver, **extra: str) -> dict[str, str
 
 @pytest.fixture
 def cluster(redis_url: str, fake: FakeApi, receiver: Receiver, tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(redis_url=redis_url, fake=fake, tmp=tmp_path, settings=notify_env(fake, receiver))
+    c = Cluster(
+        redis_url=redis_url,
+        fake=fake,
+        tmp=tmp_path,
+        settings=notify_env(fake, receiver),
+        auth={"SFS_CLEANUP_AUTH_TOKEN": TOKEN},
+    )
     yield c
     c.stop()
 
