@@ -55,6 +55,7 @@ def assert_finished_despite_crash(
     figure("duplicate DELETEs", f"{dups.total} ({len(dup_tasks)} tasks)")
     figure("  explained: outcome already_gone", dups.already_gone)
     figure("  explained: deleted recorded after the duplicate", dups.recorded_later)
+    figure("  explained: a killed sender's DELETE arriving late", dups.late_arrival)
     # Every accepted DELETE is in the audit as `deleted`: its write-ahead record was in Redis
     # before it left, so when the worker that sent it died (or Redis went away) before its answer
     # was written, the next delivery's "already gone" confirms our own delete.

@@ -110,6 +110,15 @@ class RunView:
                 out[record.task_id] = (record.share_id, record.final, len(record.attempts))
         return out
 
+    def unanswered_deletes(self, run_id: str) -> set[str]:
+        """Tasks with a DELETE recorded as sent (write-ahead) whose answer never came."""
+        return {
+            record.task_id
+            for batch in self.audit.iter_batches(run_id)
+            for record in self.audit.task_records(batch)
+            if any(a.op == "delete" and a.pending for a in record.attempts)
+        }
+
     def wait_finals(self, run_id: str, at_least: int, timeout: float = 120) -> float:
         """Poll until the run has ``at_least`` final outcomes; returns the monotonic time."""
         wait_for(lambda: (self.finals_safe(run_id) or 0) >= at_least, timeout, 0.05, f"{at_least} outcomes")
@@ -192,6 +201,7 @@ class Duplicates:
     total: int = 0
     already_gone: int = 0  # the redelivered DELETE found the task gone: its outcome was not yet written
     recorded_later: int = 0  # the audit's `deleted` came after the duplicate request
+    late_arrival: int = 0  # a DELETE of a killed sender, recorded as sent, reached the fake late
 
 
 def explain_duplicates(fake: FakeApi, view: RunView, run_ids: list[str]) -> Duplicates:
@@ -199,14 +209,19 @@ def explain_duplicates(fake: FakeApi, view: RunView, run_ids: list[str]) -> Dupl
 
     A DELETE sent after the audit recorded the task ``deleted`` would be a bug (the ledger's
     skip-what-is-done check failed). Allowed: the task ended ``already_gone`` (the first DELETE's
-    outcome was lost with a killed worker, so the second one found it gone), or its ``deleted``
-    record is later than the duplicate request.
+    outcome was lost with a killed worker, so the second one found it gone), its ``deleted``
+    record is later than the duplicate request, or the audit holds a write-ahead record of a
+    DELETE that never got its answer (its sender was killed with the request already on the wire:
+    the fake, busy, may read that request after the next delivery's DELETE was answered; it was
+    *sent* before the outcome, and the audit says so).
     """
     finals: dict[str, FinalOutcome | None] = {}
+    unanswered: set[str] = set()
     for run_id in run_ids:
         for task_id, (_share, final, _n) in view.finals_by_task(run_id).items():
             if final is not None and finals.get(task_id) is None:
                 finals[task_id] = final
+        unanswered |= view.unanswered_deletes(run_id)
     result = Duplicates()
     for dup in fake.stats()["duplicates"]:
         result.total += 1
@@ -216,6 +231,8 @@ def explain_duplicates(fake: FakeApi, view: RunView, run_ids: list[str]) -> Dupl
             result.already_gone += 1
         elif final.outcome is Outcome.DELETED and final.at > dup["at"]:
             result.recorded_later += 1
+        elif final.outcome is Outcome.DELETED and dup["task_id"] in unanswered:
+            result.late_arrival += 1
         else:
             raise AssertionError(
                 f"DELETE of {dup['task_id']} at {dup['at']:.3f} after the audit recorded "
