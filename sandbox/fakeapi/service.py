@@ -18,7 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.fakeapi import auth, smn
-from sandbox.fakeapi.config import ConfigError, FakeConfig, apply_patch
+from sandbox.fakeapi.config import FakeConfig, apply_patch
+from sandbox.fakeapi.control import ControlRoutes
 from sandbox.fakeapi.faults import Fault, FaultDice
 from sandbox.fakeapi.responses import (
     API_PREFIX,
@@ -46,7 +47,7 @@ from sandbox.fakeapi.tasks import STATUSES, TYPES, Task
 from sandbox.fakeapi.window import RateLimiter
 
 
-class FakeService:
+class FakeService(ControlRoutes):
     """All of the fake's state, and its handlers. Lives on one event loop; not thread-safe."""
 
     def __init__(self, config: FakeConfig, inventory: Inventory) -> None:
@@ -368,51 +369,3 @@ class FakeService:
             how = "token" if "X-Auth-Token" in request.headers else "aksk" if config.auth_required else "none"
             stats.smn_published.append(result.record | {"at": time.time(), "auth": how})
         return json_response(result.status, result.body, {GATEWAY_ID_HEADER: rid})
-
-    # --- /_fake/* ------------------------------------------------------------------------------
-
-    async def _c_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.snapshot())
-
-    async def _c_reset_stats(self, request: web.Request) -> web.Response:
-        self.stats.reset()
-        return web.json_response({"ok": True})
-
-    async def _c_config(self, request: web.Request) -> web.Response:
-        if request.method == "GET":
-            return web.json_response(self.config.to_dict())
-        try:
-            patch = await request.json()
-            if not isinstance(patch, dict):
-                raise ConfigError(["the patch must be a JSON object"])
-            return web.json_response(self.configure(patch))
-        except ConfigError as exc:
-            return web.json_response({"problems": exc.problems}, status=400)
-        except ValueError:
-            return web.json_response({"problems": ["the body is not JSON"]}, status=400)
-
-    async def _c_tasks(self, request: web.Request) -> web.Response:
-        if request.method == "GET":
-            share_id = request.query.get("share_id")
-            if share_id is not None and not self.store.has_share(share_id):
-                return web.json_response({"problems": [f"unknown share {share_id!r}"]}, status=404)
-            return web.json_response({"tasks": self.tasks(share_id)})
-        try:
-            body = await request.json()
-            records = body["tasks"]
-            added = self.load_tasks(records, replace=bool(body.get("replace", False)))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return web.json_response({"problems": [f"bad task load: {exc}"]}, status=400)
-        return web.json_response({"added": added})
-
-    async def _c_deleted(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.deleted_records())
-
-    async def _c_info(self, request: web.Request) -> web.Response:
-        return web.json_response(self.info())
-
-    async def _c_smn(self, request: web.Request) -> web.Response:
-        return web.json_response(list(self.stats.smn_published))
-
-    async def _c_revoke(self, request: web.Request) -> web.Response:
-        return web.json_response({"revoked": self.tokens.revoke_all()})
