@@ -109,4 +109,4 @@ def expire_held(audit: Audit, settings: Settings, run_id: str, *, now: float | N
     if held_at is None or now - float(held_at) < settings.approval_timeout_s:
         return False
     # The reason is the bare word, so alerts and notifications can match it.
-    return audit.request_stop(run_id, RunStatus.CANCELLED, "approval_timeout")
+    return audit.request_stop(run_id, RunStatus.CANCELLED, "approval_timeout", only_held=True)

@@ -278,3 +278,40 @@ def test_held_runs_end_cancelled_unapproved_or_cancelled_with_every_task_aborted
     refused = cluster.cli("runs", "approve", expiring)
     assert refused.returncode == 2 and "not held" in refused.stderr
     assert deletes(fake) == 0 and nothing_queued(cluster)
+
+
+def test_approvals_at_once_dispatch_once_and_an_approval_racing_the_expiry_is_one_or_the_other(
+    cluster: Cluster, fake: FakeApi
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scheduler.runs import release
+
+    # Two approvals at once: one release, one dispatch (one job per batch in the queue).
+    run_id = held_plan(cluster)
+    batches = int(audit(cluster).run(run_id)["batches"])
+    contexts = [Context(load_settings(**_settings(cluster))) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda c: release(c, run_id, by=f"op-{id(c)}", how="approve"), contexts))
+    assert sum(1 for a in answers if not a) == 1, answers
+    assert cluster.redis().llen(DELETE_QUEUE) == batches
+
+    # An approval racing the reconciler's expiry, many times: each run ends up either running with
+    # its jobs queued, or cancelled with every task aborted and no job; never both.
+    for n in range(6):
+        cluster.redis().delete(DELETE_QUEUE)
+        racing = held_plan(cluster)
+        cluster.redis().hset(f"sfs:run:{{{racing}}}", "held_at", str(time.time() - 2 * 86400))
+        ctx = contexts[n % 4]
+        with ThreadPoolExecutor(2) as pool:
+            approving = pool.submit(release, ctx, racing, by="op", how="approve")
+            pool.submit(reconcile_all, ctx.app, ctx.audit, ctx.settings).result()
+            approved = not approving.result()
+        meta = audit(cluster).run(racing)
+        queued = cluster.redis().llen(DELETE_QUEUE)
+        if approved:
+            assert meta["status"] == "running" and queued == int(meta["batches"]), (meta, queued)
+        else:
+            assert meta["status"] == "cancelled" and meta["reason"] == "approval_timeout" and queued == 0
+            assert set(finals(cluster, racing).values()) == {Outcome.ABORTED}
+    assert deletes(fake) == 0  # no worker ran: nothing could be sent, whatever the order

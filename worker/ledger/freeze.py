@@ -39,9 +39,10 @@ class PlanFreeze(OutcomeStore, PlanStore):
             self.event("run_approved", run_id=run_id, by=by, how=how)
         return released
 
-    def request_stop(self, run_id: str, final_status: RunStatus, reason: str) -> bool:
-        """Stop a run; a held one has no job to record its tasks aborted, so this does, and ends it."""
-        answer = self._request_stop(run_id, final_status, reason)
+    def request_stop(self, run_id: str, final_status: RunStatus, reason: str, *, only_held: bool = False) -> bool:
+        """Stop a run; a held one has no job to record its tasks aborted, so this does, and ends it.
+        ``only_held``: stop it only if it is still held (not approved meanwhile)."""
+        answer = self._request_stop(run_id, final_status, reason, only_held=only_held)
         if answer == 2:
             self._abort_unsent(run_id, "never approved: never sent")
         return answer > 0

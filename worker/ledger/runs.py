@@ -92,9 +92,10 @@ class RunStore(EventLog):
         """Stop a run: tasks without an outcome end as ``aborted``. False if it was not running."""
         return self._request_stop(run_id, final_status, reason) > 0
 
-    def _request_stop(self, run_id: str, final_status: RunStatus, reason: str) -> int:
+    def _request_stop(self, run_id: str, final_status: RunStatus, reason: str, *, only_held: bool = False) -> int:
         """stop.lua's answer: 0 not running, 1 stopping, 2 stopping and it was held (no job)."""
-        answer = int(self._stop(keys=[self.keys.run(run_id)], args=[final_status.value, reason]))
+        only = "held" if only_held else ""
+        answer = int(self._stop(keys=[self.keys.run(run_id)], args=[final_status.value, reason, only]))
         if answer:
             self.event("run_stopping", run_id=run_id, reason=reason)
         return answer

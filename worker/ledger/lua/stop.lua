@@ -3,9 +3,14 @@
 -- reading the inventory, and freeze.lua ends the run (see there).
 -- A held run (planned, never dispatched) is marked the same way and answers 2: it has no job to
 -- record its tasks aborted, so the caller does (Audit.request_stop), which ends the run.
--- KEYS: 1 run hash.  ARGV: 1 final status ('aborted' or 'cancelled'), 2 reason.
+-- KEYS: 1 run hash.  ARGV: 1 final status ('aborted' or 'cancelled'), 2 reason,
+--       3 'held' to stop the run only if it is still held (the expiry of an unapproved run must
+--       not stop one approved a moment ago), or ''.
 -- Returns 1 if the run is (now) stopping by this request, 2 if it was held, 0 if it was not running.
 local status = redis.call('HGET', KEYS[1], 'status')
+if ARGV[3] == 'held' and (status == 'running' or status == 'planning') then
+  return 0
+end
 if status == 'running' or status == 'planning' or status == 'held' then
   redis.call('HSET', KEYS[1], 'status', 'stopping', 'stop_as', ARGV[1], 'reason', ARGV[2])
   if status == 'held' then
