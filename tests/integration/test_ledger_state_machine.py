@@ -58,6 +58,8 @@ class Model:
     counters: Counter[str] = field(default_factory=Counter)  # retries, throttled, n:rejected
     lease: dict[int, str | None] = field(default_factory=dict)
     stopped: bool = False
+    held: bool = False  # frozen for approval: no job runs, nothing is recorded until released
+    held_stopped: bool = False  # it was stopped while held (its tasks recorded aborted at once)
 
 
 @dataclass
@@ -96,8 +98,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @initialize(
         sizes=st.lists(st.integers(3, 5), min_size=2, max_size=3),
         rejected=st.integers(0, 2),
+        held=st.booleans(),
     )
-    def plan(self, sizes: list[int], rejected: int) -> None:
+    def plan(self, sizes: list[int], rejected: int, held: bool) -> None:
         self.audit.create_run(self.run_id, {"trigger": "state-machine", "batches": len(sizes)})
         plan = [(n, f"share-{n}", [f"t{n}x{i}" for i in range(size)]) for n, size in enumerate(sizes)]
         self.audit.add_batches(self.run_id, plan)
@@ -106,7 +109,9 @@ class LedgerMachine(RuleBasedStateMachine):
             self.audit.add_rejected(self.run_id, rows)
             self.model.counters["n:rejected"] += rejected
         self.selected = sum(sizes) + rejected
-        assert self.audit.freeze(self.run_id, self.selected) is RunStatus.RUNNING
+        start_as = RunStatus.HELD if held else RunStatus.RUNNING
+        assert self.audit.freeze(self.run_id, self.selected, start_as=start_as, hold_reason="test") is start_as
+        self.model.held = held
         self.batches = [b for b in (self.audit.batch(self.run_id, n) for n in range(len(sizes))) if b is not None]
         self.model.lease = dict.fromkeys(range(len(self.batches)))
 
@@ -137,6 +142,7 @@ class LedgerMachine(RuleBasedStateMachine):
         return FinalOutcome(outcome, time.time(), n, 202 if outcome is Outcome.DELETED else None)
 
     # --- rules: recording ----------------------------------------------------------------------
+    @precondition(lambda self: not self.model.held)
     @rule(data=st.data(), holder=st.sampled_from(HOLDERS), throttled=st.booleans(), lost=st.booleans())
     def record_attempt(self, data: st.DataObject, holder: str, throttled: bool, lost: bool) -> None:
         """An attempt that did not settle its task (5xx or 429): it will be retried."""
@@ -147,6 +153,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.audit.record(batch, task_id, attempt=attempt, bump=bump)
         self._expect_record(task_id, attempt, None, bump)
 
+    @precondition(lambda self: not self.model.held)
     @rule(data=st.data(), holder=st.sampled_from(HOLDERS), outcome=st.sampled_from(OUTCOMES), lost=st.booleans())
     def record_final(self, data: st.DataObject, holder: str, outcome: Outcome, lost: bool) -> None:
         """A task settled, with its last attempt. A task that already had an outcome is a
@@ -172,6 +179,7 @@ class LedgerMachine(RuleBasedStateMachine):
         result = self.audit.record(batch, task_id, final=FinalOutcome(outcome, time.time()))
         assert result is not None and result.duplicate and not result.written
 
+    @precondition(lambda self: not self.model.held)
     @rule(data=st.data(), holder=st.sampled_from(HOLDERS), lost=st.booleans())
     def flush_buffered(self, data: st.DataObject, holder: str, lost: bool) -> None:
         """A job's buffered records of one batch, sent in one MULTI/EXEC pipeline."""
@@ -196,6 +204,7 @@ class LedgerMachine(RuleBasedStateMachine):
             buf.close()
 
     # --- rules: leases, redelivery, cancel -------------------------------------------------------
+    @precondition(lambda self: not self.model.held)
     @rule(number=st.integers(0, 2), holder=st.sampled_from(HOLDERS), lost=st.booleans())
     def take_lease(self, number: int, holder: str, lost: bool) -> None:
         if number >= len(self.batches):
@@ -207,6 +216,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if taken:
             self.model.lease[number] = holder
 
+    @precondition(lambda self: not self.model.held)
     @rule(number=st.integers(0, 2), holder=st.sampled_from(HOLDERS), lost=st.booleans())
     def renew_lease(self, number: int, holder: str, lost: bool) -> None:
         if number >= len(self.batches):
@@ -231,6 +241,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.direct.delete(self.audit.keys.lease(self.run_id, number))
         self.model.lease[number] = None
 
+    @precondition(lambda self: not self.model.held)
     @rule(number=st.integers(0, 2), holder=st.sampled_from(HOLDERS))
     def redeliver(self, number: int, holder: str) -> None:
         """The reconciler's re-sent job: it takes the free lease, skips what is done, and
@@ -251,16 +262,39 @@ class LedgerMachine(RuleBasedStateMachine):
         self.audit.release_lease(self.run_id, number, holder)
         self.model.lease[number] = None
 
-    @rule(lost=st.booleans())
-    def cancel(self, lost: bool) -> None:
+    @rule(lost=st.booleans(), expiry=st.booleans())
+    def cancel(self, lost: bool, expiry: bool) -> None:
         status = self.reader.status(self.run_id)
         self._lose_next_reply(lost)
-        changed = self.audit.request_stop(self.run_id, RunStatus.CANCELLED, "cancelled by the state machine")
+        # The reconciler's expiry of an unapproved run stops it only while it is still held.
+        changed = self.audit.request_stop(
+            self.run_id, RunStatus.CANCELLED, "cancelled by the state machine", only_held=expiry
+        )
         # A cancel sent again (its reply lost, or typed twice) answers as the first one did: the
         # run is stopping by this request. Only the state machine's cancels stop runs here.
-        assert changed is (status in (RunStatus.RUNNING, RunStatus.STOPPING)), (status, changed)
-        if status in (RunStatus.RUNNING, RunStatus.STOPPING):
+        stoppable = (RunStatus.HELD,) if expiry else (RunStatus.HELD, RunStatus.RUNNING, RunStatus.STOPPING)
+        if expiry and status is RunStatus.STOPPING and self.model.held_stopped:
+            stoppable = (RunStatus.STOPPING,)  # the same stop again: it did stop the held run
+        assert changed is (status in stoppable), (status, changed, expiry)
+        if status in stoppable:
             self.model.stopped = True
+        if status is RunStatus.HELD:
+            # No job will ever run: the stop itself recorded every task aborted (nothing was sent).
+            for batch in self.batches:
+                for task_id in batch.task_ids:
+                    self.model.finals.setdefault(task_id, Outcome.ABORTED)
+            self.model.held = False
+            self.model.held_stopped = True
+
+    @rule(lost=st.booleans(), who=st.sampled_from(("ops-a", "ops-b")))
+    def approve(self, lost: bool, who: str) -> None:
+        status = self.reader.status(self.run_id)
+        self._lose_next_reply(lost)
+        released = self.audit.release(self.run_id, who, "approve")
+        # Only a held run is released, once; the same approval resent (reply lost) answers the same.
+        assert released is (status is RunStatus.HELD), (status, released)
+        if released:
+            self.model.held = False
 
     # --- invariants ------------------------------------------------------------------------------
     @invariant()

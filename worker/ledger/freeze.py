@@ -3,6 +3,7 @@ if it was stopped meanwhile; releasing a held run; stopping one (it has no job t
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -34,7 +35,8 @@ class PlanFreeze(OutcomeStore, PlanStore):
 
     def release(self, run_id: str, by: str, how: str) -> bool:
         """Start a held run (approved by ``by``, through ``how``). False if it was not held."""
-        released = bool(self._release(keys=[self.keys.run(run_id)], args=[by, how]))
+        token = secrets.token_hex(8)
+        released = bool(self._release(keys=[self.keys.run(run_id)], args=[by, how, token]))
         if released:
             self.event("run_approved", run_id=run_id, by=by, how=how)
         return released

@@ -8,7 +8,8 @@
 --       not stop one approved a moment ago), or ''.
 -- Returns 1 if the run is (now) stopping by this request, 2 if it was held, 0 if it was not running.
 local status = redis.call('HGET', KEYS[1], 'status')
-if ARGV[3] == 'held' and (status == 'running' or status == 'planning') then
+if ARGV[3] == 'held' and status ~= 'held' and not (status == 'stopping'
+    and redis.call('HGET', KEYS[1], 'was_held') == '1') then
   return 0
 end
 if status == 'running' or status == 'planning' or status == 'held' then
