@@ -121,9 +121,12 @@ def check_celery(argv: list[str]) -> None:
     from celery.worker.control import Panel
 
     top, name, params = parse_celery(argv)
-    # -A worker: deletion workers, beat, Flower; -A scheduler: the control worker (triggers, nightly, reconciler).
+    # -A worker: deletion workers and Flower; -A scheduler: the control worker (triggers, nightly,
+    # reconciler) and beat, whose schedule is the scheduler's (the worker's app has none).
     assert top["app"] in ("worker", "scheduler"), "the Celery app is -A worker or -A scheduler"
     assert name in ("worker", "beat", "flower", "inspect"), name
+    if name == "beat":
+        assert top["app"] == "scheduler", "beat runs -A scheduler: the worker's app has no schedule"
     if name == "inspect":
         meta = Panel.meta.get(params["command"])
         assert meta is not None and meta.type == "inspect", f"no inspect command {params['command']!r}"
