@@ -183,7 +183,9 @@ class Settings(BaseSettings):
 
     # --- Logs -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    log_format: Literal["json", "console"] = Field("json", description="json (for shippers) or console.")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json (for shippers) or console, for the services; the CLI logs console form to stderr."
+    )
 
     @field_validator("share_ids", "statuses", "types", "protected_task_ids", "protected_share_ids", mode="before")
     @classmethod
