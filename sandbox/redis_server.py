@@ -43,6 +43,9 @@ class RedisServer:
     """A ``redis-server`` child process; ``restart()`` keeps its port and data directory."""
 
     appendonly: bool = False
+    #: More ``redis-server`` arguments, after ours (a later one wins): ``("--rename-command", "CONFIG", "")``
+    #: makes a server like a managed Redis that disables CONFIG.
+    extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sfs-redis-")))
     proc: subprocess.Popen[bytes] | None = None
@@ -62,6 +65,7 @@ class RedisServer:
             "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction",
             "--logfile", str(self.workdir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(  # noqa: S603 - fixed arguments
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

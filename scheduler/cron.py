@@ -13,15 +13,13 @@ from zoneinfo import ZoneInfo
 
 from celery.schedules import crontab
 
+from worker.cronspec import parse_cron
 from worker.settings import Settings
 
 
 def cron_schedule(expression: str, tz: str) -> crontab:
-    parts = expression.split()
-    if len(parts) != 5:
-        raise ValueError(f"cron {expression!r}: want 5 fields: minute hour day month weekday")
-    minute, hour, day, month, weekday = parts
-    return crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+    """The expression's crontab: the settings' own parser, so beat runs what the settings accepted."""
+    return parse_cron(expression)
 
 
 @dataclass(frozen=True, slots=True)

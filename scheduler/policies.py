@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic.json_schema import models_json_schema
@@ -33,6 +32,7 @@ from pydantic.json_schema import models_json_schema
 from scheduler.cron import Schedule, cron_schedule
 from scheduler.policy import Policy, PolicyError, parse_file
 from scheduler.triggers import PolicyName
+from worker.cronspec import check_timezone
 from worker.settings import Settings
 
 #: The fields of a named policy that are not selection rules (they say when, not what).
@@ -55,12 +55,7 @@ class NamedPolicy(Policy, extra="forbid", frozen=True):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value[:60]!r} (an IANA name such as Europe/Berlin)") from None
-        return value
+        return None if value is None else check_timezone(value)
 
     def selection(self, name: str) -> Policy:
         """The selection rules alone, named, with only the fields the file set (so that lower

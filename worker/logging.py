@@ -108,10 +108,11 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     )
 
 
-def setup_process_logging(settings: Any) -> None:
-    """Logging for one process (a worker, the CLI): the settings' level and format, to stderr,
-    with every configured secret value masked wherever it appears."""
-    configure_logging(settings.log_level, settings.log_format)
+def setup_process_logging(settings: Any, fmt: str | None = None) -> None:
+    """Logging for one process (a worker, the CLI): the settings' level and format (or ``fmt``:
+    the CLI's is always console), to stderr, with every configured secret value masked wherever
+    it appears."""
+    configure_logging(settings.log_level, fmt or settings.log_format)
     for secret in (
         settings.auth_token,
         settings.iam_password,

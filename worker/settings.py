@@ -6,6 +6,7 @@ each, with the variable's name: see :func:`load_settings` and :class:`SettingsEr
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Final, Literal, Self
 
@@ -182,7 +183,9 @@ class Settings(BaseSettings):
 
     # --- Logs -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    log_format: Literal["json", "console"] = Field("json", description="json (for shippers) or console.")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json (for shippers) or console, for the services; the CLI logs console form to stderr."
+    )
 
     @field_validator("share_ids", "statuses", "types", "protected_task_ids", "protected_share_ids", mode="before")
     @classmethod
@@ -247,6 +250,21 @@ class Settings(BaseSettings):
 
         parse_duration(value)
         return value
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from worker.cronspec import parse_cron
+
+        parse_cron(value)  # its ValueError names the field that is wrong
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from worker.cronspec import check_timezone
+
+        return check_timezone(value)
 
     @field_validator("notify_events", mode="before")
     @classmethod
@@ -401,16 +419,48 @@ def _format(error: ValidationError) -> list[str]:
     return lines
 
 
+def setting_names() -> frozenset[str]:
+    """Every setting's variable name: ``SFS_CLEANUP_<FIELD>``."""
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+
+
+def _unknown_variables(env_file: Any) -> list[str]:
+    """Lines for ``SFS_CLEANUP_`` variables no setting has, in the environment and in the .env
+    file these settings read (``env_file``: as ``Settings(_env_file=...)`` takes it)."""
+    from pydantic_settings import DotEnvSettingsSource
+
+    from worker.envnames import unknown_variables
+
+    known = setting_names()
+    lines = unknown_variables(os.environ, known, prefix=ENV_PREFIX)
+    # Case kept, to quote names as written (the settings themselves read them case-insensitively).
+    from_file = DotEnvSettingsSource(Settings, env_file=env_file, case_sensitive=True).env_vars
+    in_env = {name.upper() for name in os.environ}  # the environment wins: report a name once
+    dotenv_only = {name: value for name, value in from_file.items() if name.upper() not in in_env}
+    return lines + unknown_variables(dotenv_only, known, prefix=ENV_PREFIX, where=" in .env")
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings; raise :class:`SettingsError` listing every problem."""
+    """Read the settings; raise :class:`SettingsError` listing every problem.
+
+    A ``SFS_CLEANUP_`` variable that no setting has is one of them (``worker.envnames``): a
+    misspelt cap or protection list must not leave a deleting run without it.
+    """
+    from pydantic_settings.sources import ENV_FILE_SENTINEL
+
+    unknown = _unknown_variables(overrides.get("_env_file", ENV_FILE_SENTINEL))
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(_format(exc)) from None
+        raise SettingsError(unknown + _format(exc)) from None
+    if unknown:
+        raise SettingsError(unknown)
+    return settings
 
 
 def load_settings_or_exit() -> Settings:
-    """For process entry points (``celery -A worker``): print every problem, one line each, and exit 2."""
+    """For process entry points (``celery -A worker``): print every problem, one line each, and exit 2
+    (unknown ``SFS_CLEANUP_`` variables too: see :func:`load_settings`)."""
     import sys
 
     try:

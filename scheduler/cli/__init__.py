@@ -8,6 +8,8 @@ This module assembles the Typer app from one module per command group (``purge``
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from scheduler.cli.audit import audit_app
@@ -21,6 +23,7 @@ from worker.errors import EXIT_USAGE
 
 __all__ = [
     "COMMAND_PLUGINS",
+    "DISTRIBUTION",
     "EXIT_USAGE",
     "UserError",
     "app",
@@ -43,6 +46,31 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+#: The distribution whose version ``--version`` prints.
+DISTRIBUTION = "sfs-turbo-cleanup"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"sfs-cleanup {version(DISTRIBUTION)}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo(f"error: {DISTRIBUTION} is not installed, so it has no version", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Options of ``sfs-cleanup`` itself (Typer takes a group's options from its callback)."""
+
+
 # Typer lists plain commands in the order they are added, then the groups.
 app.command()(purge)
 app.command()(check)

@@ -2,50 +2,161 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import typer
 
-from scheduler.cli.common import UserError, context, err, friendly, out, print_json
-from scheduler.context import Context
+from scheduler.cli.common import (
+    UserError,
+    actionable,
+    context,
+    err,
+    friendly,
+    out,
+    print_errors,
+    print_json,
+    setup_cli_logging,
+)
+from worker.errors import CleanupError
 from worker.settings import Settings, load_settings
+
+
+@dataclass
+class CheckResult:
+    """What ``check`` found: errors decide the exit code; warnings and what could not be checked do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    exit_code: int = 0
+
+    def fail(self, problem: CleanupError) -> None:
+        self.errors.extend(problem.lines)
+        self.exit_code = self.exit_code or problem.exit_code
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": not self.errors,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "unchecked": self.unchecked,
+            **self.facts,
+        }
 
 
 @friendly
 def check(
-    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing; only the exit code.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="Print nothing but errors (the container health check).")
+    ] = False,
     api: Annotated[bool, typer.Option("--api", help="Also list one page of each configured share.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was found as one JSON object.")] = False,
 ) -> None:
-    """Check the settings and that Redis answers (the container health check)."""
-    settings: Settings = load_settings()
+    """Check the settings and Redis, and with --api each share (the container health check).
+
+    Settings include the schedule's cron expression and time zone. Redis should keep what it is
+    given: AOF off or an eviction policy other than noeviction are warnings, and where the
+    provider disables CONFIG (and INFO) the check says what it cannot see. --quiet, the health
+    check: settings and that Redis answers, nothing printed but errors.
+    """
+    result = CheckResult()
+    try:
+        _run_checks(result, durability=not quiet, api=api)
+    except Exception as exc:
+        problem = actionable(exc)
+        if problem is None:
+            raise
+        result.fail(problem)
+    if as_json and not quiet:
+        print_json(result.as_dict())
+    elif not quiet:
+        _print_text(result)
+    if result.exit_code:
+        print_errors(result.errors)
+        raise typer.Exit(result.exit_code)
+
+
+def _run_checks(result: CheckResult, *, durability: bool, api: bool) -> None:
+    """Each check in turn, until one that the next ones need fails (an exception)."""
+    from scheduler.context import Context
+
+    settings: Settings = load_settings()  # refuses a bad SCHEDULE_CRON or SCHEDULE_TIMEZONE too
+    setup_cli_logging(settings)
+    result.facts["settings"] = {
+        "auth_mode": settings.auth_mode,
+        "schedule": {
+            "enabled": settings.schedule_enabled,
+            "cron": settings.schedule_cron,
+            "timezone": settings.schedule_timezone,
+        },
+    }
     ctx = Context(settings)
     ctx.redis.ping()
-    policy = ctx.redis.config_get("maxmemory-policy").get("maxmemory-policy") if not quiet else None
+    result.facts["redis"] = {"reachable": True}
+    if durability:
+        from scheduler.durability import read_durability
+
+        found = read_durability(ctx.redis)
+        result.facts["redis"] |= found.as_dict()
+        result.warnings += found.warnings
+        result.unchecked += found.unchecked
     if api:
         client = ctx.client()
+        result.facts["shares"] = {}
         for share_id in settings.share_ids:
             answer, _ = client.list_page(share_id, offset=0, limit=1)
             if not answer.ok:
                 raise UserError(f"share {share_id}: {answer.describe()}")
-    if not quiet:
-        out.print(f"settings valid; Redis reachable (maxmemory-policy {policy}); auth mode {settings.auth_mode}")
-        if policy not in (None, "noeviction"):
-            err.print("warning: Redis maxmemory-policy should be noeviction, or queued jobs can be evicted")
+            result.facts["shares"][share_id] = "lists"
+
+
+def _print_text(result: CheckResult) -> None:
+    def say(line: str) -> None:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)  # one line each, for grep
+
+    settings, redis = result.facts.get("settings"), result.facts.get("redis")
+    if settings is not None:
+        schedule = settings["schedule"]
+        nightly = f"nightly purge {'on' if schedule['enabled'] else 'off'}: {schedule['cron']} ({schedule['timezone']})"
+        say(f"settings valid; auth mode {settings['auth_mode']}; {nightly}")
+    if redis is not None:
+        shown = [f"{name} {redis[key]}" for name, key in _SHOWN if redis.get(key)]
+        if redis.get("refused") and redis.get("read_with"):
+            shown.append(f"read with {' and '.join(redis['read_with'])}: {'; '.join(redis['refused'])}")
+        say("Redis reachable" + (f" ({', '.join(shown)})" if shown else ""))
+    for share_id in result.facts.get("shares", {}):
+        say(f"share {share_id}: lists")
+    for line in result.warnings + result.unchecked:
+        err.print(f"warning: {line}", markup=False, highlight=False)
+
+
+_SHOWN = (("appendonly", "appendonly"), ("maxmemory-policy", "maxmemory_policy"))
 
 
 @friendly
-def reconcile() -> None:
+def reconcile(
+    as_json: Annotated[bool, typer.Option("--json", help="Print {run ID: batches re-sent}.")] = False,
+) -> None:
     """One reconciler pass: re-send jobs of active runs that the queue lost."""
     from scheduler.dispatch import reconcile_all
 
     ctx = context()
     done = reconcile_all(ctx.app, ctx.audit, ctx.settings)
-    out.print(json.dumps(done))
+    if as_json:
+        print_json(done)
+        return
+    for run_id, resent in done.items():
+        if resent:
+            out.print(f"run {run_id}: re-sent {resent} batch(es)", markup=False, highlight=False)
+    out.print(f"{len(done)} running run(s) reconciled; {sum(done.values())} batch(es) re-sent", highlight=False)
 
 
 def trigger_schemas() -> None:
-    """Print the JSON Schemas of the queue-message triggers (sfs.start_purge, sfs.delete_tasks, ...)."""
+    """Print the JSON Schemas of the queue-message triggers (sfs.start_purge, sfs.delete_tasks, ...).
+
+    The output is always one JSON object."""
     from scheduler.triggers import schemas
 
     print_json(schemas())

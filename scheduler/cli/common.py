@@ -16,7 +16,7 @@ from scheduler.context import Context
 from scheduler.planner import PlanResult
 from scheduler.report import EXIT_OK, exit_code, render_report
 from worker.errors import CleanupError, InfrastructureError, UsageError
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # one line per problem, for logs and grep
@@ -33,22 +33,33 @@ def friendly(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         try:
             return func(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            problem: CleanupError = InfrastructureError(
-                f"Redis is unreachable ({exc}); check SFS_CLEANUP_REDIS_URL and that Redis is running"
-            )
-        except CleanupError as exc:
-            problem = exc
-        for line in problem.lines:
-            err.print(f"error: {line}", markup=False, highlight=False)
+        except Exception as exc:
+            problem = actionable(exc)
+            if problem is None:
+                raise
+        print_errors(problem.lines)
         raise typer.Exit(problem.exit_code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def actionable(exc: BaseException) -> CleanupError | None:
+    """``exc`` as an error the user can act on (Redis unreachable is one), or None for a bug."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return InfrastructureError(
+            f"Redis is unreachable ({exc}); check SFS_CLEANUP_REDIS_URL and that Redis is running"
+        )
+    return exc if isinstance(exc, CleanupError) else None
+
+
+def print_errors(lines: list[str]) -> None:
+    for line in lines:
+        err.print(f"error: {line}", markup=False, highlight=False)
 
 
 def confirm(yes: bool, count: int, what: str) -> bool | None:
@@ -102,11 +113,18 @@ def operator() -> str:
 
 
 def context() -> Context:
+    settings = load_settings()
+    setup_cli_logging(settings)
+    return Context(settings)
+
+
+def setup_cli_logging(settings: Settings) -> None:
+    """The CLI logs to stderr, in console form whatever ``SFS_CLEANUP_LOG_FORMAT`` says: a person
+    reads them beside a table, and stdout stays for reports and ``--json`` alone (JSON log lines
+    there, or in a terminal mixing both streams, would pass for output). Services keep the format."""
     from worker.logging import setup_process_logging
 
-    settings = load_settings()
-    setup_process_logging(settings)  # logs to stderr: stdout stays for reports and --json
-    return Context(settings)
+    setup_process_logging(settings, fmt="console")
 
 
 def print_json(data: Any) -> None:

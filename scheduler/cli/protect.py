@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from scheduler.cli.common import context, friendly, out
+from scheduler.cli.common import context, friendly, out, print_json
 
 protect_app = typer.Typer(help="Live protection lists, checked just before every delete.", no_args_is_help=True)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
 @protect_app.command("add")
@@ -16,6 +17,7 @@ protect_app = typer.Typer(help="Live protection lists, checked just before every
 def protect_add(
     task: Annotated[list[str] | None, typer.Option(help="Task ID (repeat).")] = None,
     share: Annotated[list[str] | None, typer.Option(help="Share ID (repeat).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Protect tasks or shares from every run, including runs already planned."""
     from worker.ids import check_share_id, check_task_id
@@ -23,12 +25,16 @@ def protect_add(
     ctx = context()
     tasks = [check_task_id(t) for t in task or []]
     shares = [check_share_id(s) for s in share or []]
+    added = 0
     if tasks:
-        ctx.redis.sadd(ctx.audit.keys.protected_tasks, *tasks)
+        added += int(ctx.redis.sadd(ctx.audit.keys.protected_tasks, *tasks))
     if shares:
-        ctx.redis.sadd(ctx.audit.keys.protected_shares, *shares)
+        added += int(ctx.redis.sadd(ctx.audit.keys.protected_shares, *shares))
     ctx.audit.event("protection_added", tasks=",".join(tasks), shares=",".join(shares))
-    out.print(f"protected {len(tasks)} task(s), {len(shares)} share(s)")
+    if as_json:
+        print_json({"tasks": tasks, "shares": shares, "newly_protected": added})
+    else:
+        out.print(f"protected {len(tasks)} task(s), {len(shares)} share(s)")
 
 
 @protect_app.command("remove")
@@ -36,21 +42,35 @@ def protect_add(
 def protect_remove(
     task: Annotated[list[str] | None, typer.Option(help="Task ID (repeat).")] = None,
     share: Annotated[list[str] | None, typer.Option(help="Share ID (repeat).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Lift protection."""
     ctx = context()
+    removed = {"tasks": 0, "shares": 0}
     if task:
-        ctx.redis.srem(ctx.audit.keys.protected_tasks, *task)
+        removed["tasks"] = int(ctx.redis.srem(ctx.audit.keys.protected_tasks, *task))
     if share:
-        ctx.redis.srem(ctx.audit.keys.protected_shares, *share)
+        removed["shares"] = int(ctx.redis.srem(ctx.audit.keys.protected_shares, *share))
     ctx.audit.event("protection_removed", tasks=",".join(task or []), shares=",".join(share or []))
+    if as_json:
+        print_json({"tasks": task or [], "shares": share or [], "removed": removed["tasks"] + removed["shares"]})
+    else:
+        # Counts of what was protected and no longer is: an ID that was never protected counts 0.
+        out.print(f"unprotected {removed['tasks']} task(s), {removed['shares']} share(s)")
 
 
 @protect_app.command("list")
 @friendly
-def protect_list() -> None:
+def protect_list(as_json: JsonOption = False) -> None:
     """Show the live protection lists."""
     ctx = context()
-    for name, key in (("task", ctx.audit.keys.protected_tasks), ("share", ctx.audit.keys.protected_shares)):
-        for member in sorted(m.decode() for m in ctx.redis.smembers(key)):
+    tasks, shares = (
+        sorted(m.decode() for m in ctx.redis.smembers(key))
+        for key in (ctx.audit.keys.protected_tasks, ctx.audit.keys.protected_shares)
+    )
+    if as_json:
+        print_json({"tasks": tasks, "shares": shares})
+        return
+    for name, members in (("task", tasks), ("share", shares)):
+        for member in members:
             out.print(f"{name}\t{member}")

@@ -82,7 +82,13 @@ def runs_show(
 
 @runs_app.command("cancel")
 @friendly
-def runs_cancel(run_id: str, reason: Annotated[str, typer.Option(help="Why, for the report.")] = "") -> None:
+def runs_cancel(
+    run_id: str,
+    reason: Annotated[str, typer.Option(help="Why, for the report.")] = "",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {run_id, stopping, status} as one JSON object.")
+    ] = False,
+) -> None:
     """Stop a run: tasks not yet deleted end as aborted."""
     from worker.ledger import RunStatus
 
@@ -90,10 +96,14 @@ def runs_cancel(run_id: str, reason: Annotated[str, typer.Option(help="Why, for 
     if not ctx.audit.run(run_id):
         raise UserError(f"no run {run_id!r}")
     why = f"cancelled by operator{': ' + reason if reason else ''}"
-    if ctx.audit.request_stop(run_id, RunStatus.CANCELLED, why):
+    stopping = ctx.audit.request_stop(run_id, RunStatus.CANCELLED, why)
+    status = ctx.audit.status(run_id)
+    if as_json:
+        print_json({"run_id": run_id, "stopping": stopping, "status": status.value if status else None})
+    elif stopping:
         out.print(f"run {run_id}: stopping; remaining tasks end as aborted")
     else:
-        out.print(f"run {run_id} is not running ({ctx.audit.status(run_id)})")
+        out.print(f"run {run_id} is not running ({status})")
 
 
 @runs_app.command("replay")

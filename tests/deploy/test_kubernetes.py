@@ -36,7 +36,7 @@ from tests.deploy.files import (
     settings_from,
     worst_shutdown_s,
 )
-from worker.settings import ENV_PREFIX
+from worker.settings import ENV_PREFIX, SettingsError
 
 
 @pytest.mark.parametrize("directory", [K8S_BASE, K8S_REDIS], ids=["base", "redis"])
@@ -140,6 +140,38 @@ def test_pods_run_non_root_read_only_and_least_privileged() -> None:
                 env_from = container["envFrom"]
                 assert {"configMapRef": {"name": CONFIGMAP}} in env_from, where
                 assert {"secretRef": {"name": SECRET}} in env_from, where
+
+
+def service_link_variables(address: str = "10.96.0.10") -> dict[str, str]:
+    """What Kubernetes puts in the environment of a pod for each Service of its namespace (the
+    kubelet's service links; headless Services have none)."""
+    env: dict[str, str] = {}
+    for doc in all_k8s_docs():
+        if doc["kind"] != "Service" or doc["spec"].get("clusterIP") == "None":
+            continue
+        name = doc["metadata"]["name"].upper().replace("-", "_")
+        ports = doc["spec"]["ports"]
+        env |= {f"{name}_SERVICE_HOST": address, f"{name}_SERVICE_PORT": str(ports[0]["port"])}
+        env[f"{name}_PORT"] = f"tcp://{address}:{ports[0]['port']}"
+        for port in ports:
+            number, link = port["port"], f"{name}_PORT_{port['port']}_TCP"
+            env |= {f"{name}_SERVICE_PORT_{port['name'].upper()}": str(number), link: f"tcp://{address}:{number}"}
+            env |= {f"{link}_PROTO": "tcp", f"{link}_PORT": str(number), f"{link}_ADDR": address}
+    return env
+
+
+def test_our_pods_get_no_service_links() -> None:
+    # Our Services are named sfs-cleanup-*: their links land under the settings' prefix, where the
+    # settings refuse unknown names, and one (SFS_CLEANUP_METRICS_PORT, a URL) is a setting.
+    links = service_link_variables()
+    assert ENV_PREFIX + "METRICS_PORT" in links and ENV_PREFIX + "REDIS_SERVICE_HOST" in links
+    config = by_name("ConfigMap", CONFIGMAP)["data"]
+    with pytest.raises(SettingsError) as refused:
+        settings_from({**config, **secret_example()["stringData"], **links})
+    assert any("enableServiceLinks: false" in line for line in refused.value.lines), refused.value.lines
+    for kind, name, pod in pod_specs():
+        if any(is_our_image(container["image"]) for container in pod["containers"]):
+            assert pod.get("enableServiceLinks") is False, f"{kind}/{name}: set enableServiceLinks: false"
 
 
 def test_namespace_enforces_restricted_pod_security() -> None:

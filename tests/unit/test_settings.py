@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from worker.durations import parse_duration
-from worker.settings import Settings, SettingsError, load_settings
+from worker.envnames import NOT_SETTINGS
+from worker.settings import Settings, SettingsError, load_settings, load_settings_or_exit
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = ("TOKEN-s3cr3t-1", "FLOWER-s3cr3t-2", "STS-s3cr3t-3", "IAM-s3cr3t-4", "SK-s3cr3t-5")
@@ -233,6 +234,175 @@ def test_settings_error_prints_every_line() -> None:
         assert line in text
 
 
+# --- Variables no setting has --------------------------------------------------------------------
+
+
+def test_a_misspelt_variable_is_refused_with_the_closest_name() -> None:
+    assert problems(rate_limt="5") == ["SFS_CLEANUP_RATE_LIMT is not a setting: did you mean SFS_CLEANUP_RATE_LIMIT?"]
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        # A cap or a protection list silently ignored would widen what a run deletes.
+        ("SFS_CLEANUP_MAX_DELETION", "SFS_CLEANUP_MAX_DELETIONS"),
+        ("SFS_CLEANUP_PROTECTED_SHARES", "SFS_CLEANUP_PROTECTED_SHARE_IDS"),
+        ("SFS_CLEANUP_PROTECT_TASK_IDS", "SFS_CLEANUP_PROTECTED_TASK_IDS"),
+        ("SFS_CLEANUP_SCHEDULE_TZ", "SFS_CLEANUP_SCHEDULE_TIMEZONE"),
+        ("sfs_cleanup_older_then", "SFS_CLEANUP_OLDER_THAN"),  # read case-insensitively, so checked so
+    ],
+)
+def test_typos_of_guard_rails_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, meant: str) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert info.value.lines == [f"{name} is not a setting: did you mean {meant}?"]
+
+
+def test_a_name_like_no_setting_points_to_the_table() -> None:
+    [line] = problems(flux_capacitor="on")
+    assert line == "SFS_CLEANUP_FLUX_CAPACITOR is not a setting (docs/settings.md lists every setting)"
+
+
+def test_unknown_names_are_reported_with_the_other_problems_first() -> None:
+    lines = problems(max_deletion="10", rate_limit="-1")
+    assert lines == [
+        "SFS_CLEANUP_MAX_DELETION is not a setting: did you mean SFS_CLEANUP_MAX_DELETIONS?",
+        "SFS_CLEANUP_RATE_LIMIT: Input should be greater than 0",
+    ]
+
+
+def test_an_unknown_name_never_shows_its_value() -> None:
+    lines = problems(secret_ky=SECRETS[4], auth_tokn=SECRETS[0])
+    assert len(lines) == 2
+    for line in lines:
+        assert SECRETS[4] not in line and SECRETS[0] not in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SFS_CLEANUP_REDIS_SERVICE_HOST", "10.96.0.7"),
+        ("SFS_CLEANUP_REDIS_PORT_6379_TCP_ADDR", "10.96.0.7"),
+        ("SFS_CLEANUP_FLOWER_PORT", "tcp://10.96.0.8:5555"),
+    ],
+)
+def test_kubernetes_service_links_are_named_as_such(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    [line] = info.value.lines
+    assert line.startswith(f"{name} is not a setting (a Kubernetes service link?") and "enableServiceLinks" in line
+
+
+def test_a_port_typo_is_still_a_typo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Named like a service link, but its value is a port, not tcp://address:port.
+    monkeypatch.setenv("SFS_CLEANUP_METRIC_PORT", "9100")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert info.value.lines == ["SFS_CLEANUP_METRIC_PORT is not a setting: did you mean SFS_CLEANUP_METRICS_PORT?"]
+
+
+def test_the_allow_list_names_only_variables_the_repository_sets() -> None:
+    # Each name is allowed because something sets it on purpose: one that nothing uses any more
+    # would only hide a future typo.
+    sources = [p for p in REPO.rglob("*.py") if ".venv" not in p.parts and p.name != "envnames.py"]
+    for name in NOT_SETTINGS:
+        assert any(name in p.read_text(encoding="utf-8") for p in sources), name
+        assert name not in {f"SFS_CLEANUP_{field.upper()}" for field in Settings.model_fields}
+
+
+def test_allowed_names_do_not_stop_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in NOT_SETTINGS:
+        monkeypatch.setenv(name, "redis://127.0.0.1:1/0")
+    assert load_settings().rate_limit == 20.0
+
+
+def test_a_misspelt_name_in_dotenv_is_refused_saying_where(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("OTHER_TOOL_TOKEN=abc\nSFS_CLEANUP_PROTECTED_TASKS=t-1\n", encoding="utf-8")
+    assert problems() == [
+        "SFS_CLEANUP_PROTECTED_TASKS in .env is not a setting: did you mean SFS_CLEANUP_PROTECTED_TASK_IDS?"
+    ]
+    # Settings read with no .env do not look at it.
+    assert load_settings(_env_file=None).protected_task_ids == []
+
+
+def test_a_name_in_both_the_environment_and_dotenv_is_reported_once(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / ".env").write_text("SFS_CLEANUP_RATE_LIMT=7\n", encoding="utf-8")
+    monkeypatch.setenv("SFS_CLEANUP_RATE_LIMT", "9")
+    assert problems() == ["SFS_CLEANUP_RATE_LIMT is not a setting: did you mean SFS_CLEANUP_RATE_LIMIT?"]
+
+
+def test_process_entry_points_refuse_an_unknown_name_with_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SFS_CLEANUP_MAX_DELETION", "100")
+    with pytest.raises(SystemExit) as info:
+        load_settings_or_exit()
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: SFS_CLEANUP_MAX_DELETION is not a setting: did you mean SFS_CLEANUP_MAX_DELETIONS?\n"
+    )
+
+
+# --- The schedule's cron expression and time zone -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cron", "says"),
+    [
+        ("0 25 * * *", "hour '25': Invalid end range: 25 > 23"),
+        ("0 2 * *", "want 5 fields"),
+        ("*/0 * * * *", "minute '*/0'"),
+        ("*/ * * * *", "minute '*/' is not a cron field"),  # Celery raises a non-ValueError here
+        ("1-2-3 * * * *", "minute '1-2-3' is not a cron field"),  # Celery would read 1-2
+        ("jan 2 * * *", "minute 'jan' is not a cron field"),  # Celery would accept it
+        ("0 2 31 2 *", "never occurs"),
+        ("0 2 * * 8", "day of week '8'"),
+    ],
+)
+def test_a_bad_cron_expression_is_one_line_naming_the_setting(cron: str, says: str) -> None:
+    [line] = problems(schedule_cron=cron)
+    assert line.startswith(f"SFS_CLEANUP_SCHEDULE_CRON: cron {cron!r}: "), line
+    assert says in line, line
+
+
+@pytest.mark.parametrize("cron", ["0 2 * * *", "*/15 6-18 * * mon-fri", "30 3 1,15 jan-jun 0", "0 0 29 2 *"])
+def test_good_cron_expressions_are_what_beat_runs(monkeypatch: pytest.MonkeyPatch, cron: str) -> None:
+    from celery.schedules import crontab
+
+    from scheduler.cron import cron_schedule
+
+    monkeypatch.setenv("SFS_CLEANUP_SCHEDULE_CRON", cron)
+    assert load_settings().schedule_cron == cron
+    minute, hour, day, month, weekday = cron.split()
+    expected = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+    assert cron_schedule(cron, "UTC") == expected
+
+
+@pytest.mark.parametrize(
+    ("zone", "says"),
+    [
+        ("Europe/Berln", "; did you mean Europe/Berlin?"),
+        ("utc", "; did you mean UTC?"),
+        ("Mars/Olympus", "(an IANA name such as Europe/Berlin)"),
+        ("../etc/passwd", "(an IANA name such as Europe/Berlin)"),
+        ("Europe", "(an IANA name such as Europe/Berlin)"),
+    ],
+)
+def test_an_unknown_time_zone_is_one_line_naming_the_setting(zone: str, says: str) -> None:
+    [line] = problems(schedule_timezone=zone)
+    assert line.startswith(f"SFS_CLEANUP_SCHEDULE_TIMEZONE: unknown time zone {zone!r}"), line
+    assert line.endswith(says), line
+
+
+def test_a_known_time_zone_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SFS_CLEANUP_SCHEDULE_TIMEZONE", "Asia/Shanghai")
+    assert load_settings().schedule_timezone == "Asia/Shanghai"
+
+
 # --- Secrets -----------------------------------------------------------------------------------
 
 
@@ -350,6 +520,12 @@ def test_cli_reports_a_bad_setting_as_one_line_and_exit_code_2(clean_env: Path) 
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: SFS_CLEANUP_RATE_LIMIT: ")
+
+
+def test_cli_refuses_a_misspelt_variable_with_exit_code_2(clean_env: Path) -> None:
+    result = _run_check(clean_env, {"SFS_CLEANUP_RATE_LIMT": "5"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "error: SFS_CLEANUP_RATE_LIMT is not a setting: did you mean SFS_CLEANUP_RATE_LIMIT?\n"
 
 
 def test_cli_keeps_each_long_problem_on_one_line(clean_env: Path) -> None:
