@@ -159,7 +159,7 @@ def ignored_by_docker(path: str) -> bool:
 def test_dockerignore_sends_what_the_build_copies() -> None:
     for source in copied_sources():
         assert not ignored_by_docker(source), f"{source} is copied by the Dockerfile but .dockerignore drops it"
-    assert not ignored_by_docker("worker/settings.py")
+    assert not ignored_by_docker("worker/settings/model.py")
     assert not ignored_by_docker("scheduler/__init__.py")
 
 

@@ -1,37 +1,18 @@
-"""All configuration, read once from ``SFS_CLEANUP_*`` variables (and ``.env``), then passed down.
-
-Nothing deeper in the code reads the environment. Problems are reported all at once, one line
-each, with the variable's name: see :func:`load_settings` and :class:`SettingsError`.
-"""
+"""The settings model: every field is ``SFS_CLEANUP_<NAME>``, checked on its own and together."""
 
 from __future__ import annotations
 
-import os
-import re
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from worker.errors import UsageError
 from worker.ids import explain
-
-ENV_PREFIX = "SFS_CLEANUP_"
-
-CommaList = Annotated[list[str], NoDecode]
-
-#: What ``SFS_CLEANUP_NOTIFY_EVENTS`` may name (``scheduler.notify.events.EventKind`` has the same).
-NOTIFY_EVENT_KINDS: Final = ("run_failed", "run_aborted", "run_cancelled", "run_held", "nightly_missed")
-_SMN_TOPIC_URN = re.compile(r"urn:smn:[a-z0-9-]{1,64}:([0-9a-f]{32}):[A-Za-z0-9][A-Za-z0-9_-]{0,255}")
+from worker.settings.base import ENV_PREFIX, CommaList, SettingsError, split_commas
+from worker.settings.notify import NotifySettings
 
 
-def _split_commas(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class Settings(BaseSettings):
+class Settings(NotifySettings):
     """The service's settings. Every field is ``SFS_CLEANUP_<NAME>`` in the environment."""
 
     model_config = SettingsConfigDict(
@@ -164,23 +145,6 @@ class Settings(BaseSettings):
     )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Port of `sfs-cleanup metrics` (default 9808).")
 
-    # --- Notifications: runs that need a human (scheduler/notify) ---------------------------
-    notify_webhook_url: SecretStr | None = Field(
-        None, description="POST a JSON event here (secret: such URLs often carry a token); unset: no webhook."
-    )
-    notify_smn_endpoint: str | None = Field(
-        None, description="SMN endpoint, e.g. https://smn.ap-southeast-1.myhuaweicloud.com (with the topic URN)."
-    )
-    notify_smn_topic_urn: str | None = Field(
-        None, description="SMN topic to publish to, urn:smn:REGION:PROJECT_ID:NAME; unset: no SMN."
-    )
-    notify_timeout_s: float = Field(10.0, gt=0, le=60, description="Seconds one notification request may take.")
-    notify_retries: int = Field(3, ge=0, le=10, description="Retries of a notification within one reconciler pass.")
-    notify_events: CommaList = Field(
-        default_factory=lambda: list(NOTIFY_EVENT_KINDS),
-        description="Events to send: run_failed, run_aborted, run_cancelled, run_held, nightly_missed.",
-    )
-
     # --- Logs -----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["json", "console"] = Field(
@@ -190,7 +154,7 @@ class Settings(BaseSettings):
     @field_validator("share_ids", "statuses", "types", "protected_task_ids", "protected_share_ids", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _split_commas(value)
+        return split_commas(value)
 
     @field_validator("statuses", "types", mode="after")
     @classmethod
@@ -266,43 +230,6 @@ class Settings(BaseSettings):
 
         return check_timezone(value)
 
-    @field_validator("notify_events", mode="before")
-    @classmethod
-    def _notify_list(cls, value: Any) -> Any:
-        return _split_commas(value)
-
-    @field_validator("notify_webhook_url")
-    @classmethod
-    def _webhook(cls, value: SecretStr | None) -> SecretStr | None:
-        # The message never quotes the URL: it may carry a token.
-        if value is not None and not value.get_secret_value().startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (or http:// for a local receiver)")
-        return value
-
-    @field_validator("notify_smn_endpoint")
-    @classmethod
-    def _smn_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (or http:// for a local fake)")
-        return value.rstrip("/") if value is not None else None
-
-    @field_validator("notify_smn_topic_urn")
-    @classmethod
-    def _smn_topic(cls, value: str | None) -> str | None:
-        if value is not None and not _SMN_TOPIC_URN.fullmatch(value):
-            raise ValueError("must be a topic URN, urn:smn:REGION:PROJECT_ID:NAME (the console shows it)")
-        return value
-
-    @field_validator("notify_events", mode="after")
-    @classmethod
-    def _notify_events(cls, value: list[str]) -> list[str]:
-        wrong = [v for v in value if v not in NOTIFY_EVENT_KINDS]
-        if wrong:
-            raise ValueError(
-                f"unknown event(s) {', '.join(map(repr, wrong))}; allowed: {', '.join(NOTIFY_EVENT_KINDS)}"
-            )
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         P = ENV_PREFIX  # noqa: N806 - reads better in the messages below
@@ -345,25 +272,10 @@ class Settings(BaseSettings):
             problems.append(f"{P}BEAT_LOCK_TIMEOUT_S: must be at least twice {P}BEAT_MAX_LOOP_INTERVAL_S")
         if self.reconcile_after_s < self.lease_s:
             problems.append(f"{P}RECONCILE_AFTER_S: must be at least {P}LEASE_S")
-        problems.extend(self._smn_problems())
+        problems.extend(self._smn_problems(self.project_id))
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    def _smn_problems(self) -> list[str]:
-        P = ENV_PREFIX  # noqa: N806 - reads better in the messages below
-        if (self.notify_smn_endpoint is None) != (self.notify_smn_topic_urn is None):
-            return [f"{P}NOTIFY_SMN_TOPIC_URN: SMN needs both {P}NOTIFY_SMN_ENDPOINT and {P}NOTIFY_SMN_TOPIC_URN"]
-        match = _SMN_TOPIC_URN.fullmatch(self.notify_smn_topic_urn or "")
-        if match is None:
-            return []
-        if self.project_id is None:
-            return [f"{P}NOTIFY_SMN_TOPIC_URN: publishing to SMN needs {P}PROJECT_ID (the topic's project)"]
-        if match.group(1) != self.project_id:
-            # The publish call is authorised for the configured project; a topic of another
-            # project would answer "not found" on every run end, found only when it matters.
-            return [f"{P}NOTIFY_SMN_TOPIC_URN: the topic's project is not {P}PROJECT_ID"]
-        return []
 
     # --- Derived values -------------------------------------------------------------------
     @property
@@ -392,80 +304,3 @@ class Settings(BaseSettings):
             missing.append(f"{ENV_PREFIX}AUTH_TOKEN: set a token, the IAM_* login, or ACCESS_KEY/SECRET_KEY")
         if missing:
             raise SettingsError(missing)
-
-
-class SettingsError(UsageError):
-    """Every settings problem, one line each, ready to print without a stack trace."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self._lines = lines
-        super().__init__("invalid settings:\n  " + "\n  ".join(lines))
-
-    @property
-    def lines(self) -> list[str]:
-        return self._lines
-
-
-def _format(error: ValidationError) -> list[str]:
-    lines: list[str] = []
-    for item in error.errors():
-        loc = [str(part) for part in item["loc"]]
-        name = f"{ENV_PREFIX}{loc[0].upper()}" if loc else "settings"
-        msg = item["msg"].removeprefix("Value error, ")
-        if not loc:
-            lines.extend(msg.split("; "))  # cross-field problems name their variables themselves
-        else:
-            lines.append(f"{name}: {msg}")
-    return lines
-
-
-def setting_names() -> frozenset[str]:
-    """Every setting's variable name: ``SFS_CLEANUP_<FIELD>``."""
-    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
-
-
-def _unknown_variables(env_file: Any) -> list[str]:
-    """Lines for ``SFS_CLEANUP_`` variables no setting has, in the environment and in the .env
-    file these settings read (``env_file``: as ``Settings(_env_file=...)`` takes it)."""
-    from pydantic_settings import DotEnvSettingsSource
-
-    from worker.envnames import unknown_variables
-
-    known = setting_names()
-    lines = unknown_variables(os.environ, known, prefix=ENV_PREFIX)
-    # Case kept, to quote names as written (the settings themselves read them case-insensitively).
-    from_file = DotEnvSettingsSource(Settings, env_file=env_file, case_sensitive=True).env_vars
-    in_env = {name.upper() for name in os.environ}  # the environment wins: report a name once
-    dotenv_only = {name: value for name, value in from_file.items() if name.upper() not in in_env}
-    return lines + unknown_variables(dotenv_only, known, prefix=ENV_PREFIX, where=" in .env")
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Read the settings; raise :class:`SettingsError` listing every problem.
-
-    A ``SFS_CLEANUP_`` variable that no setting has is one of them (``worker.envnames``): a
-    misspelt cap or protection list must not leave a deleting run without it.
-    """
-    from pydantic_settings.sources import ENV_FILE_SENTINEL
-
-    unknown = _unknown_variables(overrides.get("_env_file", ENV_FILE_SENTINEL))
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        raise SettingsError(unknown + _format(exc)) from None
-    if unknown:
-        raise SettingsError(unknown)
-    return settings
-
-
-def load_settings_or_exit() -> Settings:
-    """For process entry points (``celery -A worker``): print every problem, one line each, and exit 2
-    (unknown ``SFS_CLEANUP_`` variables too: see :func:`load_settings`)."""
-    import sys
-
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        for line in exc.lines:
-            print(f"error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
