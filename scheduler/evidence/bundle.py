@@ -60,7 +60,9 @@ class _Archive:
     def member(self, name: str) -> Iterator[Any]:
         digest, size = hashlib.sha256(), 0
         # force_zip64: the size of a streamed member is unknown until it ends, and may pass 4 GiB.
-        with self.zip.open(name, "w", force_zip64=True) as raw:
+        info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])  # a bare name would say 1980
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with self.zip.open(info, "w", force_zip64=True) as raw:
 
             def write(text: str) -> None:
                 nonlocal size
