@@ -156,7 +156,10 @@ def write_bundle(
         )
     if dest.exists() and not force:
         raise BundleRefusedError(f"{dest} exists; add --force to replace it")
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent or Path("."), prefix=f".{dest.name}.", suffix=".part")
+    if not dest.parent.is_dir():
+        raise BundleRefusedError(f"no directory {dest.parent} to write {dest.name} in")
+    # Beside the destination, so the final rename stays on one file system (atomic).
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as file:

@@ -15,7 +15,7 @@ import redis
 
 from scheduler.evidence import members as m
 from scheduler.evidence.bundle import write_bundle
-from scheduler.evidence.verify import verify_bundle
+from scheduler.evidence.verify import BundleProblemError, verify_bundle
 from scheduler.guard import settings_view
 from worker.ledger import Attempt, Audit, FinalOutcome, Outcome, RunStatus
 from worker.settings import load_settings
@@ -132,3 +132,17 @@ def test_a_large_run_is_bundled_and_verified_in_flat_memory(redis_client: redis.
     assert made.rows == batches * size and rows_bytes > 15_000_000
     assert "selected = 20000 task rows + 0 refused lines = 20000" in checked.checked
     assert writing < rows_bytes / 4 and verifying < rows_bytes / 4, (writing, verifying, rows_bytes)
+
+
+def test_a_second_member_of_the_same_name_is_caught(redis_client: redis.Redis, tmp_path: Path) -> None:
+    """A zip may hold two members of one name and readers take the last: appended after the
+    manifest was made, it would otherwise replace the rows unseen by a reader."""
+    audit = Audit(redis_client)
+    finished_run(audit, "r-twice", {}, "nothing-secret")
+    path = tmp_path / "evidence.zip"
+    write_bundle(audit, load_settings(), "r-twice", path, made_by="auditor")
+    assert verify_bundle(path).checked
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as z:
+        z.writestr(m.TASKS, b"{}\n")
+    with pytest.raises(BundleProblemError, match=r"member tasks\.jsonl appears more than once"):
+        verify_bundle(path)
