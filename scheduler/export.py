@@ -6,7 +6,7 @@ import csv
 import json
 from typing import Any, TextIO
 
-from worker.ledger import Audit
+from worker.ledger import Audit, TaskRecord
 
 COLUMNS = [
     "run_id",
@@ -37,26 +37,36 @@ def _inert(value: Any) -> Any:
     return value
 
 
+def task_row(record: TaskRecord, project_id: str) -> dict[str, Any]:
+    """A planned task's row (the evidence bundle writes the same row, plus every attempt)."""
+    return record.as_row(project_id) | {"input_line": ""}
+
+
+def refused_row(run_id: str, project_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A refused input line's row: its outcome is ``rejected``; its raw text is the message."""
+    return {
+        "run_id": run_id,
+        "project_id": project_id,
+        "share_id": "",
+        "task_id": "",
+        "outcome": "rejected",
+        "reason": item.get("reason", ""),
+        "attempts": 0,
+        "last_http_status": "",
+        "error_code": "",
+        "error_message": item.get("raw", ""),
+        "request_ids": [],
+        "finished_at": "",
+        "input_line": item.get("line", ""),
+    }
+
+
 def _rows(audit: Audit, run_id: str, project_id: str) -> Any:
     for batch in audit.iter_batches(run_id):
         for record in audit.task_records(batch):
-            yield record.as_row(project_id) | {"input_line": ""}
+            yield task_row(record, project_id)
     for item in audit.rejected(run_id):
-        yield {
-            "run_id": run_id,
-            "project_id": project_id,
-            "share_id": "",
-            "task_id": "",
-            "outcome": "rejected",
-            "reason": item.get("reason", ""),
-            "attempts": 0,
-            "last_http_status": "",
-            "error_code": "",
-            "error_message": item.get("raw", ""),
-            "request_ids": [],
-            "finished_at": "",
-            "input_line": item.get("line", ""),
-        }
+        yield refused_row(run_id, project_id, item)
 
 
 def write_export(audit: Audit, run_id: str, project_id: str, stream: TextIO, fmt: str) -> int:

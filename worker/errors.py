@@ -11,11 +11,14 @@ per problem, no stack trace). Anything else is an internal error: a bug, reporte
     │   ├── SettingsError      SFS_CLEANUP_* settings       (worker.settings)
     │   ├── PolicyError        a policy file or flag        (scheduler.policy)
     │   ├── InputError         a manifest, an ID, a message (scheduler.inventory, worker.ids)
-    │   └── AuthError          credentials that cannot work (worker.api.auth)
-    └── UnavailableError       something the run needs refused or unreachable: exit 6
-        ├── ApiError           the SFS Turbo API            (worker.api.client)
-        ├── AuthUnavailableError  IAM not answering         (worker.api.auth, also an AuthError)
-        └── InfrastructureError   Redis or the broker
+    │   ├── AuthError          credentials that cannot work (worker.api.auth)
+    │   └── BundleRefusedError no evidence bundle made      (scheduler.evidence.bundle)
+    ├── UnavailableError       something the run needs refused or unreachable: exit 6
+    │   ├── ApiError           the SFS Turbo API            (worker.api.client)
+    │   ├── AuthUnavailableError  IAM not answering         (worker.api.auth, also an AuthError)
+    │   └── InfrastructureError   Redis or the broker
+    └── BundleProblemError     an evidence bundle tampered with or inconsistent: exit 8
+                                                            (scheduler.evidence.verify)
 
 The run's own outcomes have their codes in :mod:`scheduler.report` (0 finished clean, 3 finished
 with failed tasks, 4 aborted or cancelled, 5 not over yet).

@@ -84,6 +84,11 @@ class FakeConfig:
     drop_after_effect: bool = False  # True: the dropped DELETE still took effect (a lost 202)
     fault_seed: int | None = None  # None: fault dice are not reproducible
 
+    # --- What it keeps for tests ----------------------------------------------------------
+    # True: every answered task API call is kept with the request ID it carried (memory grows
+    # with each request, so off unless a test compares the audit's request IDs with ours).
+    record_request_ids: bool = False
+
     # --- SMN (the publish call of Simple Message Notification, for notifications) ----------
     smn_fail_first: int = 0  # the first K publishes (since start or reset_stats) answer 500
 

@@ -191,6 +191,10 @@ class FakeApi:
     def deleted(self) -> list[dict[str, Any]]:
         return self._on_loop(self.service.stats.deleted_records)
 
+    def answered(self) -> list[dict[str, Any]]:
+        """Every answered task API call with its request ID (``record_request_ids`` on), oldest first."""
+        return self._on_loop(lambda: list(self.service.stats.answered))
+
     def smn_messages(self) -> list[dict[str, Any]]:
         """Every message SMN accepted, oldest first (as ``GET /_fake/smn``)."""
         return self._on_loop(lambda: list(self.service.stats.smn_published))

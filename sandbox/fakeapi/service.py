@@ -127,6 +127,9 @@ class FakeService(ControlRoutes):
                 stats.answer(method, "error")
                 raise
             stats.answer(method, response.status)
+            if self.config.record_request_ids:
+                task_id = request.match_info.get("task_id")
+                stats.answered.append({"method": method, "task_id": task_id, "status": response.status, "rid": rid})
             return response
 
         return handle

@@ -49,6 +49,8 @@ class Stats:
     smn_requests: int = 0
     smn_by_status: Counter[str] = field(default_factory=Counter)
     smn_published: list[dict[str, Any]] = field(default_factory=list)  # each accepted publish
+    # Each answered task API call, when FakeConfig.record_request_ids: method, task, status, request ID.
+    answered: list[dict[str, Any]] = field(default_factory=list)
 
     def arrive(self, method: str, mono_now: float, epoch_now: float) -> None:
         self.requests_total += 1

@@ -1,4 +1,4 @@
-"""``sfs-cleanup audit``: one task's history across runs, or a run's completion report."""
+"""``sfs-cleanup audit``: one task's history across runs, a run's completion report, its evidence bundle."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from scheduler.cli.common import UserError, context, err, friendly, out, print_json
+from scheduler.cli.common import UserError, context, err, friendly, operator, out, print_json
 
 audit_app = typer.Typer(help="Read the audit: one task's history, or a run's completion report.", no_args_is_help=True)
 
@@ -102,3 +102,46 @@ def audit_export(
             stream.close()
     if output:
         err.print(f"{rows} rows written to {output}")
+
+
+@audit_app.command("bundle")
+@friendly
+def audit_bundle(
+    run_id: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The archive to write (.zip).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists.")] = False,
+    allow_incomplete: Annotated[
+        bool, typer.Option("--allow-incomplete", help="Bundle a run that is not over (the bundle says so).")
+    ] = False,
+) -> None:
+    """A run's evidence bundle; prints its digest (the SHA-256 of its MANIFEST) for the ticket."""
+    from scheduler.evidence.bundle import write_bundle
+
+    ctx = context()
+    made = write_bundle(
+        ctx.audit, ctx.settings, run_id, output, made_by=operator(), force=force, allow_incomplete=allow_incomplete
+    )
+    note = "" if made.complete else " (run not over: --allow-incomplete)"
+    err.print(f"{made.rows} task rows and {made.refused} refused lines written to {output}{note}", markup=False)
+    sys.stdout.write(f"{made.digest}  {output}\n")
+
+
+@audit_app.command("verify")
+@friendly
+def audit_verify(
+    bundle: Annotated[Path, typer.Option("--bundle", help="An evidence bundle (sfs-cleanup audit bundle).")],
+    digest: Annotated[str | None, typer.Option(help="The digest recorded when it was made (the ticket's).")] = None,
+) -> None:
+    """Check an evidence bundle offline: manifest, every member's hash, counts that add up."""
+    from scheduler.evidence.verify import BundleProblemError, verify_bundle
+
+    if not bundle.is_file():
+        raise UserError(f"no file {bundle}")
+    try:
+        result = verify_bundle(bundle, digest)
+    except BundleProblemError as exc:
+        err.print(f"error: {bundle}: {exc}", markup=False, highlight=False)
+        raise typer.Exit(exc.exit_code) from exc
+    # Plain lines, never wrapped: a digest cut in two cannot be compared with the ticket's.
+    lines = [f"ok: {x}" for x in result.checked] + [f"note: {x}" for x in result.notes]
+    sys.stdout.write("\n".join([*lines, f"sound: {bundle} (digest {result.digest})"]) + "\n")
