@@ -113,6 +113,7 @@ def audit_bundle(
     allow_incomplete: Annotated[
         bool, typer.Option("--allow-incomplete", help="Bundle a run that is not over (the bundle says so).")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A run's evidence bundle; prints its digest (the SHA-256 of its MANIFEST) for the ticket."""
     from scheduler.evidence.bundle import write_bundle
@@ -121,6 +122,12 @@ def audit_bundle(
     made = write_bundle(
         ctx.audit, ctx.settings, run_id, output, made_by=operator(), force=force, allow_incomplete=allow_incomplete
     )
+    if as_json:
+        print_json(
+            {"file": str(output), "digest": made.digest, "rows": made.rows, "refused": made.refused}
+            | {"complete": made.complete}
+        )
+        return
     note = "" if made.complete else " (run not over: --allow-incomplete)"
     err.print(f"{made.rows} task rows and {made.refused} refused lines written to {output}{note}", markup=False)
     sys.stdout.write(f"{made.digest}  {output}\n")
@@ -131,6 +138,7 @@ def audit_bundle(
 def audit_verify(
     bundle: Annotated[Path, typer.Option("--bundle", help="An evidence bundle (sfs-cleanup audit bundle).")],
     digest: Annotated[str | None, typer.Option(help="The digest recorded when it was made (the ticket's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check an evidence bundle offline: manifest, every member's hash, counts that add up."""
     from scheduler.evidence.verify import BundleProblemError, verify_bundle
@@ -140,8 +148,16 @@ def audit_verify(
     try:
         result = verify_bundle(bundle, digest)
     except BundleProblemError as exc:
+        if as_json:
+            print_json({"file": str(bundle), "sound": False, "problem": str(exc)})
         err.print(f"error: {bundle}: {exc}", markup=False, highlight=False)
         raise typer.Exit(exc.exit_code) from exc
+    if as_json:
+        print_json(
+            {"file": str(bundle), "sound": True, "digest": result.digest, "checked": result.checked}
+            | {"notes": result.notes}
+        )
+        return
     # Plain lines, never wrapped: a digest cut in two cannot be compared with the ticket's.
     lines = [f"ok: {x}" for x in result.checked] + [f"note: {x}" for x in result.notes]
     sys.stdout.write("\n".join([*lines, f"sound: {bundle} (digest {result.digest})"]) + "\n")

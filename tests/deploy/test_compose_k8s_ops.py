@@ -192,8 +192,12 @@ def test_redis_maxmemory_fits_the_statefulset_limit() -> None:
 
 def runbook_code() -> list[str]:
     text = OPERATIONS.read_text()
+    # Fenced blocks first: their lines are code, and their backticks must not pair with inline ones.
+    fenced = re.findall(r"^ *```[a-z]*\n(.*?)^ *```", text, flags=re.S | re.M)
+    text = re.sub(r"^ *```[a-z]*\n.*?^ *```", "", text, flags=re.S | re.M)
     spans = re.findall(r"`([^`]+)`", text)
     blocks = [line for line in text.splitlines() if line.startswith("    ")]
+    blocks += [line.strip() for block in fenced for line in block.splitlines() if line.strip()]
     return [" ".join(span.split()) for span in [*spans, *blocks]]
 
 

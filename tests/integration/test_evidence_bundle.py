@@ -202,11 +202,21 @@ def test_each_kind_of_tampering_is_caught_with_its_message_and_exit_8(
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.returncode == 8, (what, result.stdout, result.stderr)
         assert len(errors) == 1 and message in errors[0], (what, errors)
+        as_json = verify(cluster, forged, "--json")
+        found = json.loads(as_json.stdout)
+        assert as_json.returncode == 8 and found["sound"] is False and message in found["problem"], found
         if change is _forge_counts:
             assert f"the report counts {deleted + 1} deleted but the rows hold {deleted}" in errors[0]
             # Its hashes all agree; the digest kept in the ticket does not.
             pinned = verify(cluster, forged, "--digest", digest)
             assert pinned.returncode == 8 and f"not the expected {digest}" in pinned.stderr
+
+    sound = verify(cluster, original, "--json", "--digest", digest)
+    assert (
+        sound.returncode == 0
+        and json.loads(sound.stdout)["sound"] is True
+        and json.loads(sound.stdout)["digest"] == digest
+    )
 
     # A byte flipped in the archive file itself (compressed data): unreadable or changed, never sound.
     raw = bytearray(original.read_bytes())
