@@ -19,7 +19,7 @@ from scheduler.cli.policy import policy_app
 from scheduler.cli.protect import protect_app
 from scheduler.cli.purge import purge
 from scheduler.cli.runs import runs_app
-from worker.errors import EXIT_USAGE
+from worker.errors import EXIT_INTERNAL, EXIT_USAGE
 
 __all__ = [
     "COMMAND_PLUGINS",
@@ -101,4 +101,14 @@ _register_optional()
 
 
 def main() -> None:
-    app()
+    """The ``sfs-cleanup`` console script: errors a user can act on exit with their kind's code
+    (``friendly``); anything else is a bug, printed with its trace, exit 70 (EX_SOFTWARE)."""
+    import sys
+    import traceback
+
+    try:
+        app()
+    except Exception:
+        traceback.print_exc()
+        err.print("error: internal error (a bug): please report it with the trace above", markup=False)
+        sys.exit(EXIT_INTERNAL)

@@ -117,7 +117,7 @@ def runs_replay(
 ) -> None:
     """Retry a run's failed tasks as a new run linked to the old one."""
     from scheduler.policy import policy_from_sources
-    from scheduler.runs import follow, replay_items, start_run
+    from scheduler.runs import replay_items, start_run
     from worker.ledger import RunStatus, Source, SourceKind, Trigger
 
     ctx = context()
@@ -137,11 +137,7 @@ def runs_replay(
     )
     if plan.status is RunStatus.HELD:
         send_when_consented(ctx, plan, yes, "this replay")
-    err.print(f"run [bold]{plan.run_id}[/bold] replays {plan.selected} task(s) of {run_id}")
-    if not wait:
-        out.print(plan.run_id)
-        return
-    finish(follow(ctx, plan.run_id, console=None if as_json else err), as_json)
+    _started(ctx, plan.run_id, f"replays {plan.selected} task(s) of {run_id}", wait, as_json)
 
 
 @runs_app.command("apply")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
+import pytest
 import typer.main
 from typer.testing import CliRunner
 
@@ -44,3 +45,18 @@ def test_every_command_that_prints_a_result_has_json() -> None:
 def test_version_prints_the_installed_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert (result.exit_code, result.output) == (0, f"sfs-cleanup {version(DISTRIBUTION)}\n")
+
+
+def test_a_bug_exits_70_with_its_trace(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import scheduler.cli.runs
+    from scheduler.cli import main
+
+    def broken() -> None:
+        raise RuntimeError("a bug, not a user's mistake")
+
+    monkeypatch.setattr(scheduler.cli.runs, "context", broken)
+    monkeypatch.setattr("sys.argv", ["sfs-cleanup", "runs", "list"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 70
+    assert "RuntimeError: a bug, not a user's mistake" in capsys.readouterr().err
