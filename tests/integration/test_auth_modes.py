@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,9 @@ from tests.support.secrets import (
 )
 
 pytestmark = pytest.mark.integration
+
+#: A console log line: ISO time, then the level in brackets.
+_CONSOLE_LOG = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[.\d]*Z \[\s*(debug|info|warning|error|critical)\s*\] ")
 
 USER, PASSWORD, DOMAIN = "purge-robot", "Iam-Pass+word/42=", "acme-account"
 AK, SK = "AKMODESTEST0000000001", "SkModes+Secret/Key=0000000000000000000001"
@@ -318,8 +322,10 @@ def test_the_cli_listing_with_credentials_that_cannot_work_says_what_to_fix(make
     stats = fake.stats()
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
-    # Anything else on stderr must be a structured log record (JSON), not a stack or free text.
-    assert all(_is_json_object(line) for line in lines if not line.startswith("error:")), lines
+    # Anything else on stderr must be a log record (the CLI logs in console form: time, level,
+    # event), never a stack trace or a JSON line mixed into the output.
+    logged = [line for line in lines if not line.startswith("error:")]
+    assert all(_CONSOLE_LOG.match(line) and not _is_json_object(line) for line in logged), lines
     print(f"{case}: exit {result.returncode}, API requests {stats['requests_total']}, IAM {stats['iam_requests']}")
     print("  " + "\n  ".join(lines))
     assert result.returncode == 2
