@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from worker.ledger import Audit, TaskRecord
+from worker.ledger import Attempt, Audit, TaskRecord
 
 COLUMNS = [
     "run_id",
@@ -84,3 +85,24 @@ def write_export(audit: Audit, run_id: str, project_id: str, stream: TextIO, fmt
             stream.write(json.dumps(row, ensure_ascii=True) + "\n")
             count += 1
     return count
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def attempt_dict(a: Attempt) -> dict[str, Any]:
+    """One attempt in full: ``audit task --json`` and the evidence bundle's rows."""
+    return {
+        "n": a.n,
+        "op": a.op,
+        "at": a.at,
+        "at_iso": iso(a.at),
+        "status": a.status,
+        "verdict": a.verdict,
+        "error_code": a.code,
+        "error_message": a.msg,
+        "request_id": a.request_id,
+        "latency_ms": a.latency_ms,
+        "worker": a.worker,
+    }

@@ -22,6 +22,7 @@ def audit_task(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Every attempt on a task, with HTTP status, error code and request ID."""
+    from scheduler.export import attempt_dict
     from worker.ids import check_task_id
 
     ctx = context()
@@ -35,21 +36,7 @@ def audit_task(
                     "share_id": r.share_id,
                     "outcome": r.final.outcome.value if r.final else "pending",
                     "reason": r.final.reason if r.final else None,
-                    "attempts": [
-                        {
-                            "n": a.n,
-                            "op": a.op,
-                            "at": a.at,
-                            "status": a.status,
-                            "verdict": a.verdict,
-                            "error_code": a.code,
-                            "error_message": a.msg,
-                            "request_id": a.request_id,
-                            "latency_ms": a.latency_ms,
-                            "worker": a.worker,
-                        }
-                        for a in r.attempts
-                    ],
+                    "attempts": [attempt_dict(a) for a in r.attempts],
                 }
                 for r in records
             ]

@@ -18,18 +18,17 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
 from scheduler.evidence import members as m
 from scheduler.evidence.redact import Redactor, secret_values
-from scheduler.export import refused_row, task_row
+from scheduler.export import attempt_dict, iso, refused_row, task_row
 from scheduler.guard import settings_view
 from scheduler.report import run_report
 from worker.errors import UsageError
-from worker.ledger import OVER, Attempt, Audit, TaskRecord
+from worker.ledger import OVER, Audit, TaskRecord
 from worker.settings import Settings
 
 PACKAGE = "sfs-turbo-cleanup"
@@ -80,27 +79,6 @@ class _Archive:
 
     def raw(self, name: str, data: bytes) -> None:
         self.zip.writestr(name, data)
-
-
-def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def attempt_dict(a: Attempt) -> dict[str, Any]:
-    """One attempt in full, with the names ``audit task --json`` uses."""
-    return {
-        "n": a.n,
-        "op": a.op,
-        "at": a.at,
-        "at_iso": iso(a.at),
-        "status": a.status,
-        "verdict": a.verdict,
-        "error_code": a.code,
-        "error_message": a.msg,
-        "request_id": a.request_id,
-        "latency_ms": a.latency_ms,
-        "worker": a.worker,
-    }
 
 
 def bundle_row(record: TaskRecord, project_id: str) -> dict[str, Any]:
