@@ -38,6 +38,10 @@ FAST: dict[str, str] = {
 }
 
 
+#: Attempts and outcomes store their times rounded to the millisecond (``Attempt.to_json``).
+AUDIT_TIME_RESOLUTION_S = 0.001
+
+
 def figure(name: str, value: Any) -> None:
     """Print one measured figure (``pytest -s`` shows it; the report lists them)."""
     print(f"[figure] {name}: {value}", flush=True)
@@ -229,7 +233,9 @@ def explain_duplicates(fake: FakeApi, view: RunView, run_ids: list[str]) -> Dupl
         assert final is not None, f"duplicate DELETE of {dup['task_id']}, which has no outcome"
         if final.outcome is Outcome.ALREADY_GONE:
             result.already_gone += 1
-        elif final.outcome is Outcome.DELETED and final.at > dup["at"]:
+        # The audit keeps times to the millisecond (rounded): an outcome recorded within the same
+        # millisecond as the duplicate's arrival may read as earlier by less than that.
+        elif final.outcome is Outcome.DELETED and final.at + AUDIT_TIME_RESOLUTION_S > dup["at"]:
             result.recorded_later += 1
         elif final.outcome is Outcome.DELETED and dup["task_id"] in unanswered:
             result.late_arrival += 1
