@@ -171,7 +171,10 @@ def sign(request: httpx.Request, creds: AkSkCredentials, project_id: str, now: d
         headers[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
 
     query = canonical_query(request.url.params.multi_items())
-    request.url = request.url.copy_with(query=query.encode("ascii") if query else None)
+    # Re-building the URL parses it again (about 40 us): skip it when the query on the wire is
+    # already the canonical one (always so for a DELETE or a show, which have none).
+    if request.url.query != query.encode("ascii"):
+        request.url = request.url.copy_with(query=query.encode("ascii") if query else None)
 
     names = signed_headers(request)
     to_sign = string_to_sign(canonical_request(request), sdk_date)
