@@ -144,13 +144,7 @@ class FleetLimiter:
             raise RateLimitCancelled(0.0)
         due = self._claim_banked(start)
         if due is not None:
-            wait = due - start
-            if wait > 0:
-                if cancel is None:
-                    self._sleep(wait)
-                elif cancel.wait(wait):
-                    raise RateLimitCancelled(round(self._clock() - start, 6))
-            return self._clock() - start
+            return self._hand_out(due, start, cancel)
         while True:
             if cancel is not None and cancel.is_set():
                 raise RateLimitCancelled(round(self._clock() - start, 6))
@@ -192,6 +186,16 @@ class FleetLimiter:
             if code == RESERVED and (wait < t.recheck_after_s or self._epoch() == int(epoch)):
                 return self._clock() - start
             # Held by the circuit, or a 429 / an opening circuit voided the reservation: ask again.
+
+    def _hand_out(self, due: float, start: float, cancel: threading.Event | None) -> float:
+        """Wait for a banked slot's time (interruptibly with ``cancel``); the seconds waited."""
+        wait = due - start
+        if wait > 0:
+            if cancel is None:
+                self._sleep(wait)
+            elif cancel.wait(wait):
+                raise RateLimitCancelled(round(self._clock() - start, 6))
+        return self._clock() - start
 
     def _claim_banked(self, now: float) -> float | None:
         """The earliest banked slot still good to hand out (its due time), or ``None``.
