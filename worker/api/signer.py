@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,9 +80,26 @@ class AkSkCredentials:
         return f"AkSkCredentials(access_key={self.access_key!r}, secret_key=***{temporary})"
 
 
+# The current second's X-Sdk-Date, as (epoch second, text): every request of a second shares it
+# (formatting it cost about 20 us per DELETE in the throughput profile). One tuple, swapped whole.
+_now_date: tuple[int, str] = (-1, "")
+
+
+def _sdk_date_now() -> str:
+    global _now_date  # noqa: PLW0603 - a per-process cache of one value
+    second = int(time.time())
+    cached = _now_date
+    if cached[0] != second:
+        cached = (second, time.strftime(DATE_FORMAT, time.gmtime(second)))
+        _now_date = cached
+    return cached[1]
+
+
 def format_sdk_date(now: datetime | None = None) -> str:
     """``X-Sdk-Date``: ``YYYYMMDDTHHMMSSZ`` in UTC (a naive datetime is taken as UTC)."""
-    moment = now if now is not None else datetime.now(UTC)
+    if now is None:
+        return _sdk_date_now()
+    moment = now
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime(DATE_FORMAT)
