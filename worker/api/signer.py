@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,9 +80,26 @@ class AkSkCredentials:
         return f"AkSkCredentials(access_key={self.access_key!r}, secret_key=***{temporary})"
 
 
+# The current second's X-Sdk-Date, as (epoch second, text): every request of a second shares it
+# (formatting it cost about 20 us per DELETE in the throughput profile). One tuple, swapped whole.
+_now_date: tuple[int, str] = (-1, "")
+
+
+def _sdk_date_now() -> str:
+    global _now_date  # noqa: PLW0603 - a per-process cache of one value
+    second = int(time.time())
+    cached = _now_date
+    if cached[0] != second:
+        cached = (second, time.strftime(DATE_FORMAT, time.gmtime(second)))
+        _now_date = cached
+    return cached[1]
+
+
 def format_sdk_date(now: datetime | None = None) -> str:
     """``X-Sdk-Date``: ``YYYYMMDDTHHMMSSZ`` in UTC (a naive datetime is taken as UTC)."""
-    moment = now if now is not None else datetime.now(UTC)
+    if now is None:
+        return _sdk_date_now()
+    moment = now
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime(DATE_FORMAT)
@@ -171,7 +189,10 @@ def sign(request: httpx.Request, creds: AkSkCredentials, project_id: str, now: d
         headers[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
 
     query = canonical_query(request.url.params.multi_items())
-    request.url = request.url.copy_with(query=query.encode("ascii") if query else None)
+    # Re-building the URL parses it again (about 40 us): skip it when the query on the wire is
+    # already the canonical one (always so for a DELETE or a show, which have none).
+    if request.url.query != query.encode("ascii"):
+        request.url = request.url.copy_with(query=query.encode("ascii") if query else None)
 
     names = signed_headers(request)
     to_sign = string_to_sign(canonical_request(request), sdk_date)

@@ -7,6 +7,7 @@ circuit and the cost are described in the package docstring (:mod:`worker.rateli
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -71,6 +72,14 @@ class FleetLimiter:
         self._sleep = sleep
         self._scripts: dict[str, Script] = {name: redis_client.register_script(script_source(name)) for name in SCRIPTS}
         self._lock = threading.Lock()
+        # The bank: slots this process reserved in one script call and hands out at their
+        # times, as [(due, last moment it may still be handed out)] in the clock's seconds,
+        # earliest first. ``_bank_want`` is how many slots the last call asked for: the next
+        # asks for twice as many, or half as many if a banked slot expired unused meanwhile.
+        self._bank: list[tuple[float, float]] = []
+        self._bank_lock = threading.Lock()
+        self._bank_want = 1
+        self._bank_expired = False
         self._pending_ok = 0
         self._pending_err = 0
         self._last_flush = -math.inf
@@ -131,12 +140,18 @@ class FleetLimiter:
         """
         t = self.tuning
         start = self._clock()
+        if cancel is not None and cancel.is_set():
+            raise RateLimitCancelled(0.0)
+        due = self._claim_banked(start)
+        if due is not None:
+            return self._hand_out(due, start, cancel)
         while True:
             if cancel is not None and cancel.is_set():
                 raise RateLimitCancelled(round(self._clock() - start, 6))
             waited = self._clock() - start
             budget_us = max(0, int((t.wait_max_s - waited) * _US))
-            code, wait_us, epoch, circuit = self._run(
+            want = self._next_want() if t.bank_slots > 1 else 1
+            reply = self._run(
                 "acquire",
                 [
                     t.paced_rate,
@@ -150,9 +165,15 @@ class FleetLimiter:
                     round(t.idle_spell_s * _US),
                     t.ceiling_slope,
                     round(t.half_open_reach_s * _US),
+                    want,
+                    round(t.bank_horizon_s * _US),
+                    round(t.bank_grace_s * _US),
                 ],
             )
+            code, wait_us, epoch, circuit = reply[:4]
             self._circuit_seen = CircuitState(int(circuit))
+            if len(reply) > 5:
+                self._deposit(int(reply[4]), [int(w) for w in reply[5:]])
             if code == GO:
                 return self._clock() - start
             wait = int(wait_us) / _US
@@ -166,6 +187,61 @@ class FleetLimiter:
                 return self._clock() - start
             # Held by the circuit, or a 429 / an opening circuit voided the reservation: ask again.
 
+    def _hand_out(self, due: float, start: float, cancel: threading.Event | None) -> float:
+        """Wait for a banked slot's time (interruptibly with ``cancel``); the seconds waited."""
+        wait = due - start
+        if wait > 0:
+            if cancel is None:
+                self._sleep(wait)
+            elif cancel.wait(wait):
+                raise RateLimitCancelled(round(self._clock() - start, 6))
+        return self._clock() - start
+
+    def _claim_banked(self, now: float) -> float | None:
+        """The earliest banked slot still good to hand out (its due time), or ``None``.
+
+        Slots past their last moment are dropped (lost: that can only lower the rate).
+        """
+        if not self._bank:
+            return None
+        with self._bank_lock:
+            expired = 0
+            while self._bank and self._bank[0][1] < now:
+                self._bank.pop(0)
+                expired += 1
+            if expired:
+                self._bank_expired = True
+            if not self._bank:
+                return None
+            due, _ = self._bank.pop(0)
+            return due
+
+    def _next_want(self) -> int:
+        """How many slots to ask for: twice the last number while no banked slot expired
+        unused since the last call, half of it otherwise (1 when banking is off)."""
+        with self._bank_lock:
+            if self._bank_expired:
+                self._bank_want = max(1, self._bank_want // 2)
+            else:
+                self._bank_want = min(self.tuning.bank_slots, self._bank_want * 2)
+            self._bank_expired = False
+            return self._bank_want
+
+    def _deposit(self, grace_us: int, waits_us: list[int]) -> None:
+        """Bank the further slots of one reply (waits counted from now)."""
+        now = self._clock()
+        grace = grace_us / _US
+        with self._bank_lock:
+            for wait_us in waits_us:
+                due = now + wait_us / _US
+                bisect.insort(self._bank, (due, due + grace))
+
+    def drop_bank(self) -> None:
+        """Forget the slots banked in this process (a 429 or a circuit not closed: they are void)."""
+        with self._bank_lock:
+            self._bank.clear()
+            self._bank_want = 1
+
     def _epoch(self) -> int:
         value = self._redis.hget(self.key, "ep")
         return int(value) if value is not None else 0
@@ -174,6 +250,7 @@ class FleetLimiter:
     def throttled(self, retry_after_s: float | None) -> None:
         """The API answered 429: pause and slow the whole fleet (see the package docstring)."""
         t = self.tuning
+        self.drop_bank()
         if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0:
             pause = retry_after_s
         else:
@@ -248,6 +325,8 @@ class FleetLimiter:
             ],
         )
         self._circuit_seen = CircuitState(int(circuit))
+        if self._circuit_seen != CircuitState.CLOSED:
+            self.drop_bank()
 
     # --- Observation ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

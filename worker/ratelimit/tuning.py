@@ -79,6 +79,12 @@ class LimiterTuning:
     # Client side: the epoch re-check after a sleep, the batching of successes, the hash's TTL.
     recheck_after_s: float = 0.05
     result_flush_s: float = 0.25
+    # The bank: up to this many slots reserved by one script call and handed out in this
+    # process at their times (1: one call per slot); a banked slot is never further ahead than
+    # ``recheck_after_s`` and may be handed out up to ``bank_grace_s`` late (at most the burst
+    # tolerance, where the GCRA's bound still holds exactly).
+    bank_slots: int = 8
+    bank_grace_s: float = 0.01
     key_ttl_s: float = 86400.0
     # Headroom and slow start after an idle spell (both off by default, on in the service).
     spacing_margin: float = 0.0
@@ -113,6 +119,7 @@ class LimiterTuning:
             circuit_window_s=self.circuit_window_s,
             circuit_min_calls=self.circuit_min_calls,
             half_open_min_calls=self.half_open_min_calls,
+            bank_slots=self.bank_slots,
         )
         times = (
             self.penalty_s,
@@ -121,6 +128,7 @@ class LimiterTuning:
             self.recheck_after_s,
             self.result_flush_s,
             self.start_ramp_s,
+            self.bank_grace_s,
         )
         if min(times) < 0:
             raise ValueError("penalty, guard, recheck, flush and ramp times must not be negative")
@@ -187,6 +195,12 @@ class LimiterTuning:
         At least one half-open slot must fit in it, or nobody could ever reserve one.
         """
         return max(self.half_open_horizon_s, 1.5 / (self.paced_rate * self.half_open_fraction))
+
+    @property
+    def bank_horizon_s(self) -> float:
+        """How far ahead a banked slot may be: a reservation this short is never re-checked
+        against a 429 or an opening circuit (``recheck_after_s``), banked or not."""
+        return self.recheck_after_s
 
     @property
     def recovery_slope(self) -> float:

@@ -4,18 +4,23 @@
 -- (idle lifetime of the key), start_fraction and start_slope (req/s per s) of the ramp after an
 -- idle spell (0: no ramp), idle_us (how long without a request makes a spell idle), climb
 -- (req/s per s the ceiling a 429 leaves rises by), horizon_us (how far ahead a half-open
--- slot may be reserved).
+-- slot may be reserved), and optionally bank (most slots to take, >1 to bank), bank_us (how
+-- far ahead a banked slot may be), grace_us (how late after its time a banked slot may still be
+-- handed out, at most the burst tolerance).
 -- Answers {code, wait_us, epoch, circuit}:
 --   0  go now;
 --   1  a slot wait_us ahead is reserved for the caller: sleep, then go unless the epoch moved
 --      (a 429 or an opening or closing circuit voids every reservation);
 --   2  the wait exceeds the budget: nothing was taken;
 --   3  the circuit holds every request: sleep wait_us, then ask again (nothing was taken).
+-- With bank > 1, a code 0 or 1 answer may carry more slots for the caller's process:
+-- {code, wait_us, epoch, circuit, grace_us, wait_us of slot 2, wait_us of slot 3, ...}.
 local key = KEYS[1]
 local rate, burst, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local recovery, half_fraction, keep = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local start_fraction, start_slope, idle = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local climb, horizon = tonumber(ARGV[10]), tonumber(ARGV[11])
+local bank, bank_us, grace_us = tonumber(ARGV[12] or '1'), tonumber(ARGV[13] or '0'), tonumber(ARGV[14] or '0')
 local now = now_us()
 local f = redis.call('HMGET', key, 'tat', 'ep', 'r0', 'rt', 'cs', 'cu', 'rs', 'cl', 'ct')
 local ep = num(f[2], 0)
@@ -73,6 +78,38 @@ if cs == HALF_OPEN and wait > horizon then
   -- No reservation deep into a half-open queue at the slow spacing: when the sample closes the
   -- circuit, the waiters would still sleep out the slow slots. Ask again nearer the time.
   return {3, math.ceil(math.min(wait, horizon)), ep, cs}
+end
+if cs == CLOSED and bank > 1 then
+  -- A bank: up to `bank` consecutive slots for the caller's process, each no more than bank_us
+  -- ahead, handed out there at their times (one round trip for several requests). A banked slot
+  -- may be handed out up to grace after its time, so each slot j is counted at
+  -- base + j * interval with base at least now + grace: a slot used anywhere in
+  -- [its time, its time + grace] is then no earlier than tolerance allows and no later than
+  -- counted (grace is at most the burst tolerance), so the GCRA's bound holds exactly.
+  local tau = (burst - 1) * interval
+  local grace = math.min(grace_us, tau)
+  local base = tat
+  if base < now + grace then
+    base = now + grace
+  end
+  local answer = {wait == 0 and 0 or 1, math.ceil(wait), ep, cs, math.floor(grace)}
+  local n = 1
+  while n < bank do
+    local w = base + n * interval - tau - now
+    if w < 1 then
+      w = 0
+    end
+    if w > bank_us or w > budget then
+      break
+    end
+    answer[#answer + 1] = math.ceil(w)
+    n = n + 1
+  end
+  if n > 1 then
+    redis.call('HSET', key, 'tat', fmt(base + n * interval))
+    redis.call('PEXPIRE', key, keep)
+    return answer
+  end
 end
 -- Reserving (instead of answering "come back later") lets each waiter sleep once, in arrival
 -- order: no herd of waiters racing for every slot, and no slot lost to a late wake-up.
