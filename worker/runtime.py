@@ -20,6 +20,7 @@ from worker.apimetrics import ApiStats
 from worker.ledger import Audit
 from worker.ledger.keys import Keys
 from worker.ledger.layout import check_layout
+from worker.ledger.retention import Retention
 from worker.ratelimit import FleetLimiter
 from worker.redisconn import connect
 from worker.retry import RetryPolicy
@@ -109,7 +110,7 @@ def get_runtime(settings: Settings) -> Runtime:
             _runtime = Runtime(
                 settings=settings,
                 redis=client,
-                audit=Audit(client, prefix=settings.key_prefix, retention_s=settings.retention_days * 86400),
+                audit=Audit(client, prefix=settings.key_prefix, retention_s=retention_of(settings)),
                 retry=RetryPolicy.from_settings(settings),
                 worker_name=f"{socket.gethostname()}:{os.getpid()}",
             )
@@ -125,3 +126,8 @@ def close_runtime() -> None:
         if _runtime is not None and _pid == os.getpid():
             _runtime.close()
         _runtime = None
+
+
+def retention_of(settings: Settings) -> Retention:
+    """The ledger's retention by kind of run, from the settings (days)."""
+    return Retention.days(settings.retention_days, settings.retention_failed_days, settings.retention_dry_run_days)

@@ -162,3 +162,25 @@ def test_rate_record_keeps_requests_per_second_over_the_run(redis_client: redis.
     assert profile["per_second"] == [[1000, 5], [1001, 9], [1002, 0], [1003, 2]]
     assert profile["busiest_second"] == 9
     assert profile["seconds"] == 4 and profile["requests"] == 16 and profile["average_rps"] == 4.0
+
+
+def test_an_ended_run_is_kept_as_long_as_its_kind_says(redis_client: redis.Redis) -> None:
+    from worker.ledger.retention import DAY_S, Retention
+
+    audit = Audit(redis_client, prefix="ret", retention_s=Retention.days(90, 180, 7))
+    kinds = {
+        "clean": ({"status": "finished"}, 90),
+        "failures": ({"status": "finished", "n:failed": "2"}, 180),
+        "aborted": ({"status": "aborted"}, 180),
+        "cancelled": ({"status": "cancelled"}, 180),
+        "dry": ({"status": "finished", "dry_run": "1"}, 7),
+    }
+    for run_id, (fields, days) in kinds.items():
+        batches = planned_run(audit, run_id, [2, 3])
+        audit.record(batches[1], batches[1].task_ids[0], final=final(Outcome.DELETED))
+        redis_client.hset(audit.keys.run(run_id), mapping=fields)
+        audit.on_run_over(run_id)
+        for key in (audit.keys.run(run_id), audit.keys.plan(run_id), audit.keys.outcomes(run_id, 1)):
+            ttl = redis_client.ttl(key)
+            assert days * DAY_S - 5 <= ttl <= days * DAY_S, (run_id, key, ttl)
+    assert audit.retention_s == 180 * DAY_S  # the longest: what notifications keep their marks for

@@ -6,6 +6,7 @@ import redis
 from redis.commands.core import Script
 
 from worker.ledger.keys import Keys
+from worker.ledger.retention import Retention
 
 
 class LedgerBase:
@@ -18,6 +19,7 @@ class LedgerBase:
     redis: redis.Redis
     keys: Keys
     retention_s: int
+    retention: Retention
     _record: Script
     _freeze: Script
     _stop: Script

@@ -13,16 +13,18 @@ from worker.ledger.outcomes import OutcomeStore
 from worker.ledger.plans import PlanStore
 from worker.ledger.protection import ProtectionStore
 from worker.ledger.queries import QueryStore
+from worker.ledger.retention import Retention
 from worker.ledger.runs import RunStore
 
 
 class Audit(PlanFreeze, OutcomeStore, RunStore, EventLog, LeaseStore, QueryStore, PlanStore, ProtectionStore):
     """Ledger and audit operations on one Redis. Safe to share between threads."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "sfs", retention_s: int = 90 * 86400) -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = "sfs", retention_s: int | Retention = 90 * 86400) -> None:
         self.redis = client
         self.keys = Keys(prefix)
-        self.retention_s = retention_s
+        self.retention = retention_s if isinstance(retention_s, Retention) else Retention.uniform(retention_s)
+        self.retention_s = self.retention.longest_s  # the longest any run is kept
         self._record = client.register_script(load_script("record.lua"))
         self._freeze = client.register_script(load_script("freeze.lua"))
         self._stop = client.register_script(load_script("stop.lua"))

@@ -128,9 +128,11 @@ class RunStore(EventLog):
         return {o.value: int(meta.get(f"n:{o.value}", 0)) for o in Outcome}
 
     def on_run_over(self, run_id: str) -> None:
-        """Apply retention to every key of a finished run, and log the event."""
+        """Apply retention (by kind of run: :mod:`worker.ledger.retention`) to every key of an
+        ended run, and log the event."""
         meta = self.run(run_id)
         batches = int(meta.get("batches", 0))
+        keep = self.retention.for_run(meta)
         pipe = self.redis.pipeline(transaction=False)
         for key in (
             self.keys.run(run_id),
@@ -143,10 +145,10 @@ class RunStore(EventLog):
             self.keys.bad_shares(run_id),
             self.keys.deliveries(run_id),
         ):
-            pipe.expire(key, self.retention_s)
+            pipe.expire(key, keep)
         for number in range(batches):
-            pipe.expire(self.keys.outcomes(run_id, number), self.retention_s)
-            pipe.expire(self.keys.attempts(run_id, number), self.retention_s)
+            pipe.expire(self.keys.outcomes(run_id, number), keep)
+            pipe.expire(self.keys.attempts(run_id, number), keep)
         pipe.zrem(self.keys.active_runs, run_id)
         pipe.execute()
-        self.event("run_over", run_id=run_id, status=meta.get("status", ""), reason=meta.get("reason", ""))
+        self.event("run_over", run_id=run_id, status=meta.get("status", ""), reason=meta.get("reason", ""), keep_s=keep)

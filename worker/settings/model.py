@@ -27,7 +27,13 @@ class Settings(NotifySettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the audit, plans and limiter.")
     broker_url: str | None = Field(None, description="Celery broker; defaults to the Redis URL.")
     key_prefix: str = Field("sfs", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Prefix of every Redis key.")
-    retention_days: int = Field(90, ge=1, le=3650, description="How long runs and their audit are kept.")
+    retention_days: int = Field(
+        90, ge=1, le=3650, description="How long a finished run with no failed task and its audit are kept."
+    )
+    retention_failed_days: int = Field(
+        180, ge=1, le=3650, description="How long a run with failed tasks, or aborted or cancelled, is kept."
+    )
+    retention_dry_run_days: int = Field(7, ge=1, le=3650, description="How long a dry run is kept.")
 
     # --- The API --------------------------------------------------------------------------
     api_endpoint: str | None = Field(None, description="e.g. https://sfs-turbo.ap-southeast-1.myhuaweicloud.com")
