@@ -63,6 +63,9 @@ def runs_show(
     run_id: str,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the run to its end first.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="With --wait: give up after this many seconds (exit 5).")
+    ] = None,
 ) -> None:
     """A run's report: outcomes, retries, 429s and its request-rate record."""
     from scheduler.runs import follow
@@ -71,7 +74,8 @@ def runs_show(
     if not ctx.audit.run(run_id):
         raise UserError(f"no run {run_id!r}")
     if wait:
-        finish(follow(ctx, run_id, console=None if as_json else err), as_json)  # exits with the run's code
+        # Exits with the run's code: 5 when --timeout passed first.
+        finish(follow(ctx, run_id, console=None if as_json else err, timeout_s=timeout), as_json)
         return
     report = run_report(ctx.audit, run_id)
     if as_json:

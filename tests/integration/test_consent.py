@@ -9,6 +9,7 @@ are the consent of the system that sends them; the anomaly guard watches those: 
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -120,3 +121,13 @@ def test_on_a_terminal_only_the_number_of_tasks_typed_back_lets_a_purge_go(clust
 def test_the_nightly_purge_is_off_until_opted_into(redis_url: str) -> None:
     assert "nightly-purge" not in beat_schedule(load_settings(redis_url=redis_url))
     assert "nightly-purge" in beat_schedule(load_settings(redis_url=redis_url, schedule_enabled=True))
+
+
+def test_a_bounded_wait_gives_up_with_exit_5_and_the_run_goes_on(cluster: Cluster, fake: FakeApi) -> None:
+    code, started = cluster.purge_json("--older-than", "0s")  # --yes (a script), no worker yet
+    assert code == 0 and started["status"] == "running", started
+    waited = cluster.cli("runs", "show", started["run_id"], "--wait", "--timeout", "1", "--json")
+    assert waited.returncode == 5 and json.loads(waited.stdout)["status"] == "running", waited.stderr
+    cluster.start_worker("w1")
+    done = cluster.cli("runs", "show", started["run_id"], "--wait", "--timeout", "120", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "finished", done.stderr
