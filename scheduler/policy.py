@@ -40,7 +40,7 @@ import yaml
 from pydantic import BaseModel, Field, Strict, ValidationError, field_validator
 
 from worker.durations import parse_duration
-from worker.errors import UsageError
+from worker.errors import ProblemsError
 from worker.ids import explain, show_value
 from worker.models import FINISHED_STATUSES, TaskInfo, TaskStatus, TaskType
 
@@ -55,16 +55,10 @@ _STATUS_VALUES: Final = frozenset(s.value for s in TaskStatus)
 _TYPE_VALUES: Final = frozenset(t.value for t in TaskType)
 
 
-class PolicyError(UsageError):
+class PolicyError(ProblemsError):
     """Every problem with a policy, one line each, naming where it came from and the field."""
 
-    def __init__(self, lines: list[str]) -> None:
-        self._lines = lines
-        super().__init__("invalid policy:\n  " + "\n  ".join(lines))
-
-    @property
-    def lines(self) -> list[str]:
-        return self._lines
+    title = "invalid policy"
 
 
 def _as_list(value: Any) -> Any:

@@ -8,8 +8,10 @@ per problem, no stack trace). Anything else is an internal error: a bug, reporte
 
     CleanupError
     ├── UsageError             bad usage or input: exit 2
-    │   ├── SettingsError      SFS_CLEANUP_* settings       (worker.settings)
-    │   ├── PolicyError        a policy file or flag        (scheduler.policy)
+    │   ├── ProblemsError      several problems, one line each
+    │   │   ├── SettingsError  SFS_CLEANUP_* settings       (worker.settings)
+    │   │   ├── PolicyError    a policy file or flag        (scheduler.policy)
+    │   │   └── PlanRefusedError  a stored plan not to send (scheduler.cli.common)
     │   ├── InputError         a manifest, an ID, a message (scheduler.inventory, worker.ids)
     │   ├── AuthError          credentials that cannot work (worker.api.auth)
     │   └── BundleRefusedError no evidence bundle made      (scheduler.evidence.bundle)
@@ -21,7 +23,8 @@ per problem, no stack trace). Anything else is an internal error: a bug, reporte
                                                             (scheduler.evidence.verify)
 
 The run's own outcomes have their codes in :mod:`scheduler.report` (0 finished clean, 3 finished
-with failed tasks, 4 aborted or cancelled, 5 not over yet).
+with failed tasks, 4 aborted or cancelled, 5 not over yet, 7 held for approval); 70 is any other
+exception (``scheduler.cli.main``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,21 @@ class UsageError(CleanupError):
     """Bad usage or input: nothing was sent for it."""
 
     exit_code = EXIT_USAGE
+
+
+class ProblemsError(UsageError):
+    """Several problems of one kind found at once, one line each (every one is reported, not only
+    the first, so a user fixes them in one go); ``title`` heads the message."""
+
+    title: ClassVar[str] = "invalid input"
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = list(lines)
+        super().__init__(f"{self.title}:\n  " + "\n  ".join(self._lines))
+
+    @property
+    def lines(self) -> list[str]:
+        return self._lines
 
 
 class InputError(UsageError):

@@ -15,7 +15,7 @@ from rich.console import Console
 from scheduler.context import Context
 from scheduler.planner import PlanResult
 from scheduler.report import EXIT_OK, exit_code, render_report
-from worker.errors import CleanupError, InfrastructureError, UsageError
+from worker.errors import CleanupError, InfrastructureError, ProblemsError, UsageError
 from worker.settings import Settings, load_settings
 
 out = Console()
@@ -92,16 +92,10 @@ def send_when_consented(ctx: Context, plan: PlanResult, yes: bool, what: str) ->
         raise PlanRefusedError(problems)
 
 
-class PlanRefusedError(UsageError):
+class PlanRefusedError(ProblemsError):
     """A stored plan that must not be sent as it is (stale, or made under other settings)."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-    @property
-    def lines(self) -> list[str]:
-        return self.problems
+    title = "plan refused"
 
 
 def operator() -> str:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic_settings import NoDecode
 
-from worker.errors import UsageError
+from worker.errors import ProblemsError
 
 ENV_PREFIX = "SFS_CLEANUP_"
 
@@ -20,13 +20,7 @@ def split_commas(value: Any) -> Any:
     return value
 
 
-class SettingsError(UsageError):
+class SettingsError(ProblemsError):
     """Every settings problem, one line each, ready to print without a stack trace."""
 
-    def __init__(self, lines: list[str]) -> None:
-        self._lines = lines
-        super().__init__("invalid settings:\n  " + "\n  ".join(lines))
-
-    @property
-    def lines(self) -> list[str]:
-        return self._lines
+    title = "invalid settings"
