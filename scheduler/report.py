@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from worker.ledger import Audit, Outcome, RunMeta, RunStatus
+from worker.ledger import Audit, Outcome, RunMeta, RunStatus, Trigger
 
 EXIT_OK = 0
 EXIT_FAILED_TASKS = 3
@@ -100,7 +100,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if report.get("reason"):
         console.print(f"[bold]reason:[/bold] {report['reason']}")
     if report.get("parent_run"):
-        console.print(f"replays run {report['parent_run']}")
+        # A replay retries a run's failures; an apply sends a dry run's reviewed plan.
+        verb = "applies the plan of dry run" if report.get("trigger") == Trigger.APPLY else "replays run"
+        console.print(f"{verb} {report['parent_run']}")
 
 
 def render_plan_summary(plan: dict[str, Any], console: Console) -> None:

@@ -140,6 +140,8 @@ def test_runs_apply_of_a_dry_run_is_a_new_run_of_its_tasks_each_checked_again(cl
     report = json.loads(applied.stdout.splitlines()[-1])
     assert report["run_id"] != dry["run_id"] and report["parent_run"] == dry["run_id"]
     assert report["source"] == f"plan:{dry['run_id']}" and report["trigger"] == "apply"
+    shown = cluster.cli("runs", "show", report["run_id"])
+    assert f"applies the plan of dry run {dry['run_id']}" in shown.stdout, shown.stdout[-500:]
     assert deleted_ids(fake) == would - {protected}
     # The hold placed after the review is honoured: the task is left out of the applied run.
     assert protected not in planned(cluster, report["run_id"]) and report["not_selected"] == {"protected_task": 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from worker.ledger.records import RunStatus
 
@@ -72,16 +73,8 @@ class RunMeta:
 
     @classmethod
     def of(cls, meta: Mapping[str, str]) -> RunMeta:
-        def enum(kind: type[Trigger] | type[RunStatus], value: str | None) -> object:
-            try:
-                return kind(value) if value else None
-            except ValueError:
-                return None
-
-        status = enum(RunStatus, meta.get("status"))
-        trigger = enum(Trigger, meta.get("trigger"))
-        assert status is None or isinstance(status, RunStatus)
-        assert trigger is None or isinstance(trigger, Trigger)
+        status = _member(RunStatus, meta.get("status"))
+        trigger = _member(Trigger, meta.get("trigger"))
         return cls(
             run_id=meta.get("run_id", ""),
             status=status,
@@ -91,3 +84,14 @@ class RunMeta:
             parent_run=meta.get("parent_run") or None,
             hold_reason=meta.get("hold_reason") or None,
         )
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _member(kind: type[E], value: str | None) -> E | None:
+    """The enum member a stored string names, or ``None`` (missing, or unknown to this release)."""
+    try:
+        return kind(value) if value else None
+    except ValueError:
+        return None
