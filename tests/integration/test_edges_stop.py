@@ -59,7 +59,10 @@ def delete_requests(fake: FakeApi) -> int:
 
 
 class StatusWatch:
-    """Polls the run's status every 10 ms; remembers when it first left ``running``."""
+    """Polls the run's status every 10 ms; remembers when it first left ``running``.
+
+    A CLI run is frozen ``held`` until consent (``--yes``) releases it, so ``held`` seen before
+    ``running`` is the run not started yet, not a stop."""
 
     def __init__(self, view: RunView, run_id: str) -> None:
         self.view, self.run_id = view, run_id
@@ -70,9 +73,11 @@ class StatusWatch:
         self._thread.start()
 
     def _poll(self) -> None:
+        seen_running = False
         while not self._stop.is_set():
             status = self.view.status(self.run_id)
-            if status not in ("", "planning", "running"):
+            seen_running = seen_running or status == "running"
+            if status not in ("", "planning", "running") and (seen_running or status != "held"):
                 self.left_running_at = time.time()
                 self.first_status = status
                 return
