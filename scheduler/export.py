@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -72,16 +73,21 @@ def _rows(audit: Audit, run_id: str, project_id: str) -> Any:
 
 def write_export(audit: Audit, run_id: str, project_id: str, stream: TextIO, fmt: str) -> int:
     """Stream the report (memory stays flat: one batch at a time); returns the row count."""
+    return write_rows(_rows(audit, run_id, project_id), stream, fmt)
+
+
+def write_rows(rows: Iterable[dict[str, Any]], stream: TextIO, fmt: str) -> int:
+    """Write export rows (from the ledger, or from an archived bundle) as jsonl or csv."""
     count = 0
     if fmt == "csv":
         writer = csv.DictWriter(stream, fieldnames=COLUMNS)
         writer.writeheader()
-        for row in _rows(audit, run_id, project_id):
+        for row in rows:
             cells = row | {"request_ids": " ".join(row["request_ids"])}
             writer.writerow({name: _inert(value) for name, value in cells.items()})
             count += 1
     else:
-        for row in _rows(audit, run_id, project_id):
+        for row in rows:
             stream.write(json.dumps(row, ensure_ascii=True) + "\n")
             count += 1
     return count

@@ -298,7 +298,8 @@ def register(app: Celery) -> None:
     @app.task(name=RECONCILE, acks_late=False, ignore_result=True)
     def reconcile_task() -> dict[str, int]:
         """Re-send jobs of active runs that the queue lost, and a lost nightly message; notify
-        runs that need a human (every minute)."""
+        runs that need a human; archive ended runs, then give them their retention (every minute)."""
+        from scheduler.archive.archiver import archive_pass
         from scheduler.dispatch import reconcile_all
         from scheduler.notify import notify_pending
 
@@ -306,6 +307,9 @@ def register(app: Celery) -> None:
         try:
             done = reconcile_all(c.app, c.audit, settings)
             catch_up_nightly(c, datetime.now(UTC))
-        finally:  # a run the reconciler trips on must not also silence the news of it
-            notify_pending(c, missed_slots=unclaimed_nightly_slots(c, datetime.now(UTC)))
+        finally:  # a run the reconciler trips on must not also silence the news of it, nor its archive
+            try:
+                archive_pass(c.audit, settings)
+            finally:
+                notify_pending(c, missed_slots=unclaimed_nightly_slots(c, datetime.now(UTC)))
         return done

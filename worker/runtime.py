@@ -130,4 +130,9 @@ def close_runtime() -> None:
 
 def retention_of(settings: Settings) -> Retention:
     """The ledger's retention by kind of run, from the settings (days)."""
-    return Retention.days(settings.retention_days, settings.retention_failed_days, settings.retention_dry_run_days)
+    return Retention.days(
+        settings.retention_days,
+        settings.retention_failed_days,
+        settings.retention_dry_run_days,
+        archive_first=settings.archive_url is not None,
+    )

@@ -28,6 +28,10 @@ def audit_task(
     ctx = context()
     check_task_id(task_id)
     records = list(ctx.audit.find_task(task_id, [run] if run else None))
+    if run and not records and not ctx.audit.run(run):  # its keys are gone: read its archived bundle
+        from scheduler.archive.read import archived_task
+
+        records = archived_task(ctx.settings, ctx.redis, ctx.audit.keys, run, task_id)
     if as_json:
         print_json(
             [
@@ -43,7 +47,7 @@ def audit_task(
         )
         return
     if not records:
-        raise UserError(f"task {task_id} is in no recent run")
+        raise UserError(f"task {task_id} is in no recent run" + ("" if run else " (an archived run: add --run RUN_ID)"))
     for r in records:
         final = r.final.outcome.value if r.final else "pending"
         out.print(f"run {r.run_id}  share {r.share_id}  outcome [bold]{final}[/bold]")
@@ -77,13 +81,17 @@ def audit_export(
         raise UserError(f"--format {format!r}: use jsonl or csv")
     ctx = context()
     meta = ctx.audit.run(run_id)
-    if not meta:
-        raise UserError(f"no run {run_id!r}")
+    from scheduler.archive.read import archived_run, export_archived
     from scheduler.export import write_export
 
+    if not meta and archived_run(ctx.redis, ctx.audit.keys, run_id) is None:
+        raise UserError(f"no run {run_id!r}")
     stream = output.open("w", newline="") if output else sys.stdout
     try:
-        rows = write_export(ctx.audit, run_id, meta.get("project_id", ""), stream, format)
+        if meta:
+            rows = write_export(ctx.audit, run_id, meta.get("project_id", ""), stream, format)
+        else:  # its keys are gone: from its archived bundle
+            rows = export_archived(ctx.settings, ctx.redis, ctx.audit.keys, run_id, stream, format)
     finally:
         if output:
             stream.close()

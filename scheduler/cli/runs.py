@@ -31,18 +31,20 @@ def runs_list(
     limit: Annotated[int, typer.Option(help="How many recent runs.")] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent runs, newest first."""
+    """Recent runs, newest first; with an archive target, where each one's bundle is archived
+    (runs whose keys have expired are listed from the archive index)."""
+    from scheduler.archive.index import ArchiveIndex, listing
+
     ctx = context()
-    rows = []
-    for meta in ctx.audit.list_runs(limit):
-        report = run_report(ctx.audit, meta["run_id"])
-        rows.append(report)
+    rows = listing(ArchiveIndex(ctx.redis, ctx.audit.keys), ctx.audit, limit)
     if as_json:
         print_json(rows)
         return
-    table = Table("run", "status", "trigger", "dry", "selected", "deleted", "gone", "failed", "created")
+    table = Table("run", "status", "trigger", "dry", "selected", "deleted", "gone", "failed", "created", "archive")
     for r in rows:
         o = r["outcomes"]
+        archive = r["archive"]
+        where = archive["location"] if archive["state"] == "archived" else (archive["state"] or "")
         table.add_row(
             r["run_id"],
             r["status"],
@@ -53,6 +55,7 @@ def runs_list(
             str(o["already_gone"]),
             str(o["failed"]),
             r["created_at"] or "",
+            where + ("" if r["in_redis"] else " (keys expired)"),
         )
     out.print(table)
 

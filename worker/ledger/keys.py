@@ -35,6 +35,13 @@ key                                type      holds
 ``P:notify:{E|T}:tries``           string    failed passes of that notification (bounded)
 ``P:notify:since:{T}``             string    when target T was first configured (older run ends are not sent)
 ``P:notify:schedule-on``           string    when the reconciler first saw the schedule enabled
+``P:archive:pending``              zset      ended runs whose bundle is not yet in the archive target, by end
+                                             time (their keys get no EXPIRE until it is: ``scheduler.archive``)
+``P:archive:runs``                 hash      run ID -> where its bundle is archived, its digest and summary
+                                             (never expires: lists runs whose keys are gone)
+``P:archive:retry``                hash      run ID -> ``tries|next try (epoch s)|first failure`` after a failure
+``P:archive:stats``                hash      ``failures``, ``last_failure_at``, ``last_success_at``, ``last_error``
+``P:archive:lock``                 string    the one scheduler archiving now (a redis-py lock)
 =================================  ========  ====================================================
 
 Small per-batch hashes (at most ``batch_size`` fields) keep Redis's compact listpack encoding
@@ -137,3 +144,24 @@ class Keys:
     @property
     def notify_schedule_on(self) -> str:
         return f"{self.prefix}:notify:schedule-on"
+
+    # --- The archive (scheduler.archive) --------------------------------------------------
+    @property
+    def archive_pending(self) -> str:
+        return f"{self.prefix}:archive:pending"
+
+    @property
+    def archived(self) -> str:
+        return f"{self.prefix}:archive:runs"
+
+    @property
+    def archive_retry(self) -> str:
+        return f"{self.prefix}:archive:retry"
+
+    @property
+    def archive_stats(self) -> str:
+        return f"{self.prefix}:archive:stats"
+
+    @property
+    def archive_lock(self) -> str:
+        return f"{self.prefix}:archive:lock"

@@ -18,14 +18,17 @@ class Retention:
     finished_s: int = 90 * DAY_S  # finished, no failed task
     with_failures_s: int = 180 * DAY_S  # failed tasks, aborted or cancelled
     dry_run_s: int = 7 * DAY_S
+    # With an archive target, an ended run's keys get their EXPIRE only once its evidence bundle
+    # is archived (scheduler.archive): nothing expires unarchived.
+    archive_first: bool = False
 
     @classmethod
     def uniform(cls, seconds: int) -> Retention:
         return cls(seconds, seconds, seconds)
 
     @classmethod
-    def days(cls, finished: int, with_failures: int, dry_run: int) -> Retention:
-        return cls(finished * DAY_S, with_failures * DAY_S, dry_run * DAY_S)
+    def days(cls, finished: int, with_failures: int, dry_run: int, *, archive_first: bool = False) -> Retention:
+        return cls(finished * DAY_S, with_failures * DAY_S, dry_run * DAY_S, archive_first)
 
     @property
     def longest_s(self) -> int:

@@ -127,14 +127,9 @@ class RunStore(EventLog):
         meta = self.run(run_id)
         return {o.value: int(meta.get(f"n:{o.value}", 0)) for o in Outcome}
 
-    def on_run_over(self, run_id: str) -> None:
-        """Apply retention (by kind of run: :mod:`worker.ledger.retention`) to every key of an
-        ended run, and log the event."""
-        meta = self.run(run_id)
-        batches = int(meta.get("batches", 0))
-        keep = self.retention.for_run(meta)
-        pipe = self.redis.pipeline(transaction=False)
-        for key in (
+    def run_keys(self, run_id: str, batches: int) -> list[str]:
+        """Every key of a run that retention expires (a lease expires on its own)."""
+        keys = [
             self.keys.run(run_id),
             self.keys.plan(run_id),
             self.keys.open_batches(run_id),
@@ -144,11 +139,23 @@ class RunStore(EventLog):
             self.keys.rps(run_id),
             self.keys.bad_shares(run_id),
             self.keys.deliveries(run_id),
-        ):
-            pipe.expire(key, keep)
+        ]
         for number in range(batches):
-            pipe.expire(self.keys.outcomes(run_id, number), keep)
-            pipe.expire(self.keys.attempts(run_id, number), keep)
+            keys += [self.keys.outcomes(run_id, number), self.keys.attempts(run_id, number)]
+        return keys
+
+    def on_run_over(self, run_id: str) -> None:
+        """Apply retention (by kind of run: :mod:`worker.ledger.retention`) to every key of an
+        ended run, and log the event. With an archive target, the run waits in the archive's
+        queue instead: the archiver applies the retention once its bundle is archived."""
+        meta = self.run(run_id)
+        keep = self.retention.for_run(meta)
+        pipe = self.redis.pipeline(transaction=False)
+        if self.retention.archive_first:
+            pipe.zadd(self.keys.archive_pending, {run_id: time.time()})
+        else:
+            for key in self.run_keys(run_id, int(meta.get("batches", 0))):
+                pipe.expire(key, keep)
         pipe.zrem(self.keys.active_runs, run_id)
         pipe.execute()
         self.event("run_over", run_id=run_id, status=meta.get("status", ""), reason=meta.get("reason", ""), keep_s=keep)

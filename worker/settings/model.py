@@ -34,6 +34,25 @@ class Settings(NotifySettings):
         180, ge=1, le=3650, description="How long a run with failed tasks, or aborted or cancelled, is kept."
     )
     retention_dry_run_days: int = Field(7, ge=1, le=3650, description="How long a dry run is kept.")
+    archive_url: str | None = Field(
+        None,
+        description="Where ended runs' evidence bundles are archived before their keys expire: "
+        "file:///dir or s3://bucket/prefix. Unset: no archive.",
+    )
+    archive_s3_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint (e.g. Huawei Cloud OBS); unset: AWS S3."
+    )
+    archive_s3_region: str | None = Field(None, description="Region of the archive bucket.")
+    archive_s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket in the host name (virtual) or in the path."
+    )
+    archive_s3_access_key: SecretStr | None = Field(
+        None, description="Access key of the archive bucket; unset: the standard AWS variables or profile."
+    )
+    archive_s3_secret_key: SecretStr | None = Field(None, description="Secret key of the archive bucket (secret).")
+    archive_retry_max_s: int = Field(
+        3600, ge=1, le=86400, description="Longest wait between tries of a run the archive target refused."
+    )
 
     # --- The API --------------------------------------------------------------------------
     api_endpoint: str | None = Field(None, description="e.g. https://sfs-turbo.ap-southeast-1.myhuaweicloud.com")
@@ -276,12 +295,28 @@ class Settings(NotifySettings):
             # The lock is refreshed once per tick: a lock shorter than two ticks can expire in
             # between, and the running beat would then exit.
             problems.append(f"{P}BEAT_LOCK_TIMEOUT_S: must be at least twice {P}BEAT_MAX_LOOP_INTERVAL_S")
+        problems.extend(self._archive_problems())
         if self.reconcile_after_s < self.lease_s:
             problems.append(f"{P}RECONCILE_AFTER_S: must be at least {P}LEASE_S")
         problems.extend(self._smn_problems(self.project_id))
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _archive_problems(self) -> list[str]:
+        P = ENV_PREFIX  # noqa: N806
+        problems: list[str] = []
+        url = self.archive_url
+        if url is not None and not url.startswith(("file:///", "s3://")):
+            problems.append(f"{P}ARCHIVE_URL: must be file:///absolute/dir or s3://bucket[/prefix]")
+        if url is not None and url.startswith("s3://") and not url.removeprefix("s3://").split("/")[0]:
+            problems.append(f"{P}ARCHIVE_URL: names no bucket (s3://bucket[/prefix])")
+        if (self.archive_s3_access_key is None) != (self.archive_s3_secret_key is None):
+            problems.append(f"{P}ARCHIVE_S3_ACCESS_KEY: set both it and {P}ARCHIVE_S3_SECRET_KEY, or neither")
+        endpoint = self.archive_s3_endpoint
+        if endpoint is not None and not endpoint.startswith(("https://", "http://")):
+            problems.append(f"{P}ARCHIVE_S3_ENDPOINT: must start with https:// (or http:// for a local server)")
+        return problems
 
     # --- Derived values -------------------------------------------------------------------
     @property
