@@ -80,6 +80,7 @@ class FleetCollector:
                 *self._api(),
                 *self._workers(),
                 *self._redis_memory(),
+                *self._archive(),
                 *self._queues(),
             ]
             up = 1.0
@@ -174,6 +175,34 @@ class FleetCollector:
                 value=num(str(info.get("maxmemory", 0))),
             ),
         ]
+
+    # --- the archive ----------------------------------------------------------------------
+    def _archive(self) -> list[Metric]:
+        from scheduler.archive.index import ArchiveIndex
+
+        stats = ArchiveIndex(self.redis, self.keys).stats()
+        families: list[Metric] = [
+            GaugeMetricFamily(
+                PREFIX + "archive_pending_runs",
+                "Ended runs whose evidence bundle is not yet in the archive target (their keys do not expire).",
+                value=stats.pending,
+            ),
+            GaugeMetricFamily(
+                PREFIX + "archive_failing_runs",
+                "Pending runs whose latest archive try failed (retried with back-off).",
+                value=stats.failing,
+            ),
+            GaugeMetricFamily(PREFIX + "archive_archived_runs", "Runs in the archive index.", value=stats.archived),
+            CounterMetricFamily(
+                PREFIX + "archive_failures", "Archive tries that failed (every scheduler).", value=stats.failures
+            ),
+        ]
+        for name, at, doc in (
+            ("archive_last_failure_timestamp_seconds", stats.last_failure_at, "When an archive try last failed."),
+            ("archive_last_success_timestamp_seconds", stats.last_success_at, "When a run was last archived."),
+        ):
+            families.append(GaugeMetricFamily(PREFIX + name, doc + " (epoch seconds; 0: never)", value=at or 0.0))
+        return families
 
     # --- runs -----------------------------------------------------------------------------
     def _scan(self) -> tuple[list[str], dict[str, float]]:
