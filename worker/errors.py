@@ -18,7 +18,8 @@ per problem, no stack trace). Anything else is an internal error: a bug, reporte
     ├── UnavailableError       something the run needs refused or unreachable: exit 6
     │   ├── ApiError           the SFS Turbo API            (worker.api.client)
     │   ├── AuthUnavailableError  IAM not answering         (worker.api.auth, also an AuthError)
-    │   └── InfrastructureError   Redis or the broker
+    │   ├── InfrastructureError   Redis or the broker
+    │   └── ArchiveTargetError    the archive's directory or bucket (scheduler.archive.target)
     └── BundleProblemError     an evidence bundle tampered with or inconsistent: exit 8
                                                             (scheduler.evidence.verify)
 

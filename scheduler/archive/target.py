@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from worker.errors import CleanupError
+from worker.errors import UnavailableError
 from worker.settings import Settings
 
 
-class ArchiveTargetError(CleanupError):
+class ArchiveTargetError(UnavailableError):
     """The archive target refused or could not be reached: nothing was archived (or fetched)."""
 
 
