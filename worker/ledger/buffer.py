@@ -12,6 +12,7 @@ import redis
 import structlog
 
 from worker.ledger.audit import Audit
+from worker.ledger.durable import confirm
 from worker.ledger.records import Attempt, Batch, FinalOutcome
 
 
@@ -50,6 +51,7 @@ class RecordBuffer:
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
+        self._unconfirmed = False  # written, not yet held by enough replicas (worker.ledger.durable)
         self._warned_at = -math.inf
         self._thread: threading.Thread | None = None
         if flush_s > 0:
@@ -92,6 +94,8 @@ class RecordBuffer:
             with self._lock:
                 items, self._items = self._items, []
             if not items:
+                if self._unconfirmed:
+                    self._confirm()
                 return
             pipe = self.audit.redis.pipeline(transaction=True)
             for batch, task_id, attempt, final, bump in items:
@@ -104,11 +108,18 @@ class RecordBuffer:
                 with self._lock:
                     self._items[:0] = items  # back in front, in order, for the next try
                 raise
+            self._unconfirmed = True
         for (batch, _, _, _, _), result in zip(items, results, strict=True):
             if int(result) == 2:
                 self.audit.on_run_over(batch.run_id)
             elif int(result) == -1:
                 self.duplicates += 1
+        self._confirm()
+
+    def _confirm(self) -> None:
+        """Wait for the replicas (``worker.ledger.durable``); too few raise, and the next flush asks again."""
+        confirm(self.audit.redis, self.audit.durability)
+        self._unconfirmed = False
 
     @property
     def queued(self) -> int:
