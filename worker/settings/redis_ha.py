@@ -91,7 +91,7 @@ class RedisHASettings(BaseSettings):
             if urlsplit(redis_url).scheme != "redis":
                 problems.append(
                     f"{P}REDIS_URL: with {P}REDIS_SENTINELS it must be a redis:// URL (TLS and unix sockets "
-                    "are not supported through Sentinel); only its password and database are used"
+                    "are not supported through Sentinel), and only its password and database are used"
                 )
             if broker_url_set:
                 problems.append(
