@@ -51,7 +51,6 @@ class RecordBuffer:
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
-        self._unconfirmed = False  # written, not yet held by enough replicas (worker.ledger.durable)
         self._warned_at = -math.inf
         self._thread: threading.Thread | None = None
         if flush_s > 0:
@@ -94,8 +93,6 @@ class RecordBuffer:
             with self._lock:
                 items, self._items = self._items, []
             if not items:
-                if self._unconfirmed:
-                    self._confirm()
                 return
             pipe = self.audit.redis.pipeline(transaction=True)
             for batch, task_id, attempt, final, bump in items:
@@ -108,18 +105,17 @@ class RecordBuffer:
                 with self._lock:
                     self._items[:0] = items  # back in front, in order, for the next try
                 raise
-            self._unconfirmed = True
-        for (batch, _, _, _, _), result in zip(items, results, strict=True):
-            if int(result) == 2:
-                self.audit.on_run_over(batch.run_id)
-            elif int(result) == -1:
-                self.duplicates += 1
-        self._confirm()
-
-    def _confirm(self) -> None:
-        """Wait for the replicas (``worker.ledger.durable``); too few raise, and the next flush asks again."""
-        confirm(self.audit.redis, self.audit.durability)
-        self._unconfirmed = False
+            for (batch, _, _, _, _), result in zip(items, results, strict=True):
+                if int(result) == 2:
+                    self.audit.on_run_over(batch.run_id)
+                elif int(result) == -1:
+                    self.duplicates += 1
+            try:
+                confirm(self.audit.redis, self.audit.durability)  # worker.ledger.durable
+            except BaseException:
+                with self._lock:
+                    self._items[:0] = items  # too few replicas hold them: sent again (idempotent)
+                raise
 
     @property
     def queued(self) -> int:
