@@ -89,7 +89,7 @@ def test_a_write_counts_only_once_a_replica_holds_it(group: SentinelGroup) -> No
 
 
 # --- a run through a failover --------------------------------------------------------------------
-fake = fake_api(shares=4, tasks_per_share=1300, seed=43, latency_ms=20, deleting_seconds=0, record_request_ids=True)
+fake = fake_api(shares=4, tasks_per_share=2000, seed=43, latency_ms=20, deleting_seconds=0, record_request_ids=True)
 
 
 @pytest.fixture
@@ -142,6 +142,9 @@ def test_primary_killed_mid_run_the_run_finishes_on_the_promoted_replica(
         missing = [a for a in accepted if a["rid"] not in rows[a["task_id"]]["request_ids"]]
         figure("lost records (accepted DELETEs without their request ID in the audit)", len(missing))
         assert not missing, missing[:5]
+        # The workers kept asking a replica for each record on the promoted primary too (WAIT).
+        waits = redis.Redis(host="127.0.0.1", port=promoted.port).info("commandstats").get("cmdstat_wait", {})
+        assert int(waits.get("calls", 0)) > 0, waits
         # Duplicates are bounded by the DELETEs in flight when the primary died: 2 workers x 2 jobs x 8.
         in_flight = 2 * 2 * int(FAST["SFS_CLEANUP_BATCH_CONCURRENCY"])
         assert len(fake.stats()["duplicates"]) <= in_flight
