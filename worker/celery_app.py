@@ -13,12 +13,12 @@ Reliability choices (see the README's "How it works"):
 from __future__ import annotations
 
 import functools
-from urllib.parse import unquote, urlsplit
 
 from celery import Celery
 from kombu.entity import Queue
 
 from worker.jobnames import CONTROL_QUEUE, DELETE_QUEUE, PURGE_BATCH, CleanupApp
+from worker.redisconn import broker_settings, redbeat_settings
 from worker.settings import Settings, load_settings_or_exit
 
 
@@ -28,8 +28,10 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
     ``celery -A worker worker`` consumes deletion jobs only; ``celery -A scheduler worker`` adds
     the control queue (message triggers, the nightly purge, the reconciler).
     """
-    app = CleanupApp(settings, "sfs_cleanup", broker=settings.broker_url, set_as_current=False)
-    beat_url, beat_auth = split_credentials(settings.redis_url)
+    broker = broker_settings(settings)  # a plain URL, or kombu's Sentinel transport (worker.redisconn)
+    app = CleanupApp(settings, "sfs_cleanup", broker=broker.pop("broker_url"), set_as_current=False)
+    transport_options = broker.pop("transport_options")
+    app.conf.update(broker)  # broker_user / broker_password through Sentinel: never in the URL
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -47,7 +49,8 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "health_check_interval": 25,
-        },
+        }
+        | transport_options,
         worker_soft_shutdown_timeout=30.0,
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -62,12 +65,10 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
         # high availability; only the lock holder sends. Failover takes redbeat_lock_timeout.
         beat_scheduler="redbeat.RedBeatScheduler",
         # The password goes in the options, not the URL: `celery inspect conf` (Flower's worker page)
-        # masks keys named like a password, not a URL under an unusual key.
-        redbeat_redis_url=beat_url,
+        # masks keys named like a password, not a URL under an unusual key. The options are
+        # explicit, so RedBeat does not fall back to the broker's transport options (deprecated).
+        **redbeat_settings(settings, {"socket_connect_timeout": 5, "socket_timeout": 30, "health_check_interval": 25}),
         redbeat_key_prefix=f"{settings.key_prefix}:beat:",
-        # Explicit, so RedBeat does not fall back to the broker's transport options (deprecated).
-        redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 30, "health_check_interval": 25}
-        | beat_auth,
         redbeat_lock_timeout=settings.beat_lock_timeout_s,
         beat_max_loop_interval=settings.beat_max_loop_interval_s,
     )
@@ -86,17 +87,3 @@ def create_app(settings: Settings, *, queues: tuple[str, ...] = (DELETE_QUEUE,))
 def default_app() -> Celery:
     """The app for ``celery -A worker``: settings from the environment, or a clear exit."""
     return create_app(load_settings_or_exit())
-
-
-def split_credentials(url: str) -> tuple[str, dict[str, str]]:
-    """A Redis URL without its user name and password, and those as client options."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url, {}
-    host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    options = {"username": unquote(parts.username)} if parts.username else {}
-    if parts.password is not None:
-        options["password"] = unquote(parts.password)
-    query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}", options

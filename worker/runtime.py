@@ -18,6 +18,7 @@ import redis
 from worker.api.client import ClientConfig, SfsTurboClient
 from worker.apimetrics import ApiStats
 from worker.ledger import Audit
+from worker.ledger.durable import Durability
 from worker.ledger.keys import Keys
 from worker.ledger.layout import check_layout
 from worker.ledger.retention import Retention
@@ -107,10 +108,12 @@ def get_runtime(settings: Settings) -> Runtime:
         if _runtime is None or _pid != os.getpid():
             client = redis_client(settings)
             check_layout(client, Keys(settings.key_prefix))  # a process of another layout stops here
+            audit = Audit(client, prefix=settings.key_prefix, retention_s=retention_of(settings))
+            audit.durability = durability_of(settings)
             _runtime = Runtime(
                 settings=settings,
                 redis=client,
-                audit=Audit(client, prefix=settings.key_prefix, retention_s=retention_of(settings)),
+                audit=audit,
                 retry=RetryPolicy.from_settings(settings),
                 worker_name=f"{socket.gethostname()}:{os.getpid()}",
             )
@@ -136,3 +139,8 @@ def retention_of(settings: Settings) -> Retention:
         settings.retention_dry_run_days,
         archive_first=settings.archive_url is not None,
     )
+
+
+def durability_of(settings: Settings) -> Durability:
+    """How many replicas must hold a write-ahead record or an outcome before it counts."""
+    return Durability(settings.redis_min_replicas, settings.redis_wait_timeout_ms)

@@ -12,6 +12,7 @@ import redis
 import structlog
 
 from worker.ledger.audit import Audit
+from worker.ledger.durable import confirm
 from worker.ledger.records import Attempt, Batch, FinalOutcome
 
 
@@ -104,11 +105,17 @@ class RecordBuffer:
                 with self._lock:
                     self._items[:0] = items  # back in front, in order, for the next try
                 raise
-        for (batch, _, _, _, _), result in zip(items, results, strict=True):
-            if int(result) == 2:
-                self.audit.on_run_over(batch.run_id)
-            elif int(result) == -1:
-                self.duplicates += 1
+            for (batch, _, _, _, _), result in zip(items, results, strict=True):
+                if int(result) == 2:
+                    self.audit.on_run_over(batch.run_id)
+                elif int(result) == -1:
+                    self.duplicates += 1
+            try:
+                confirm(self.audit.redis, self.audit.durability)  # worker.ledger.durable
+            except BaseException:
+                with self._lock:
+                    self._items[:0] = items  # too few replicas hold them: sent again (idempotent)
+                raise
 
     @property
     def queued(self) -> int:

@@ -6,11 +6,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from worker.ledger._util import decode
+from worker.ledger.durable import Durability, call_and_wait, require
 from worker.ledger.records import UNSENT, Attempt, Batch, FinalOutcome, Gate, RecordResult
 from worker.ledger.runs import RunStore
 
 
 class OutcomeStore(RunStore):
+    durability: Durability = Durability()  # replicas that must hold a record (worker.ledger.durable)
+
     def record(
         self,
         batch: Batch,
@@ -51,7 +54,9 @@ class OutcomeStore(RunStore):
         if pipe is not None:
             self._record(keys=keys, args=args, client=pipe)
             return None
-        result = int(self._record(keys=keys, args=args))
+        raw, acknowledged = call_and_wait(self._record, self.redis, self.durability, keys, args)
+        require(acknowledged, self.durability)
+        result = int(raw)
         if result == 2:
             self.on_run_over(run_id)
         return RecordResult(written=result >= 1, duplicate=result == -1, run_over=result == 2)
@@ -72,7 +77,11 @@ class OutcomeStore(RunStore):
             self.keys.protected_shares,
         ]
         args = [task_id, intent.to_json(), intent.marker, holder, batch.share_id]
-        return Gate(int(self._gate(keys=keys, args=args)))
+        raw, acknowledged = call_and_wait(self._gate, self.redis, self.durability, keys, args)
+        gate = Gate(int(raw))
+        if gate is Gate.GO:
+            require(acknowledged, self.durability)  # fewer replicas: raises, and nothing is sent
+        return gate
 
     def attempt_history(self, run_id: str, number: int, task_ids: Iterable[str]) -> dict[str, list[Attempt]]:
         """The attempts already recorded for these tasks (earlier deliveries of the batch)."""

@@ -10,9 +10,10 @@ from pydantic_settings import SettingsConfigDict
 from worker.ids import explain
 from worker.settings.base import ENV_PREFIX, CommaList, SettingsError, split_commas
 from worker.settings.notify import NotifySettings
+from worker.settings.redis_ha import RedisHASettings, RedisTarget
 
 
-class Settings(NotifySettings):
+class Settings(RedisHASettings, NotifySettings):
     """The service's settings. Every field is ``SFS_CLEANUP_<NAME>`` in the environment."""
 
     model_config = SettingsConfigDict(
@@ -258,7 +259,7 @@ class Settings(NotifySettings):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         P = ENV_PREFIX  # noqa: N806 - reads better in the messages below
-        problems: list[str] = []
+        problems: list[str] = self._redis_ha_problems(self.redis_url, broker_url_set=self.broker_url is not None)
         if self.broker_url is None:
             self.broker_url = self.redis_url
         iam = [self.iam_endpoint, self.iam_user, self.iam_password, self.iam_domain]
@@ -319,6 +320,11 @@ class Settings(NotifySettings):
         return problems
 
     # --- Derived values -------------------------------------------------------------------
+    @property
+    def redis(self) -> RedisTarget:
+        """Where the fleet's Redis is: through the Sentinels, or ``REDIS_URL`` itself."""
+        return self.redis_target(self.redis_url)
+
     @property
     def control_job_time_limit_s(self) -> int:
         """The control jobs' hard time limit: as set, else the longest the broker allows."""
