@@ -214,5 +214,14 @@ class FakeApi:
     def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False) -> int:
         return self._on_loop(lambda: self.service.load_tasks(records, replace=replace))
 
+    def add_share(self, share_id: str, name: str, *, project_id: str | None = None, **fields: str) -> dict[str, Any]:
+        """A new file system, listed from now on (``status``, ``enterprise_project_id``...: ``fields``)."""
+        record = {"id": share_id, "name": name, **fields}
+        return self._on_loop(lambda: self.service.add_share(record, project_id))
+
+    def listed_shares(self, project_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Every project's shares as the listing shows them (one project's with ``project_id``)."""
+        return self._on_loop(lambda: self.service.shares.records(project_id))
+
     def revoke_tokens(self) -> int:
         return self._on_loop(self.service.tokens.revoke_all)

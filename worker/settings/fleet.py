@@ -1,0 +1,66 @@
+"""Share discovery and platform credentials: the ``SFS_CLEANUP_SHARE_NAME_PATTERN`` /
+``SHARE_ENTERPRISE_PROJECT_ID`` and ``SFS_CLEANUP_METADATA_*`` / ``AGENCY_*`` fields.
+
+Kept in their own mixin (like the notification fields) so that each group of settings reads on
+its own and merges cleanly with the others.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings
+
+from worker.ids import explain
+
+#: Where an ECS or CCE instance with an agency gets its temporary AK/SK and security token
+#: (the address the official SDK's metadata credential provider asks).
+DEFAULT_METADATA_URL: Final = "http://169.254.169.254/openstack/latest/securitykey"
+# The glob's characters: SFS Turbo names are letters, digits, '-' and '_'; a glob adds * ? [ ] !.
+_GLOB: Final = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
+
+
+class FleetSettings(BaseSettings):
+    """Which shares a run finds by itself, and credentials that come from the platform."""
+
+    # --- Share discovery (when SFS_CLEANUP_SHARE_IDS is empty) ----------------------------
+    share_name_pattern: str = Field(
+        "*", description="With no SHARE_IDS: purge the available shares whose name matches this glob."
+    )
+    share_enterprise_project_id: str | None = Field(
+        None, description="With no SHARE_IDS: only shares of this enterprise project (unset: any)."
+    )
+
+    # --- Platform credentials (temporary AK/SK of the instance's agency) ------------------
+    metadata_credentials: bool = Field(
+        False, description="Sign with the temporary AK/SK and security token of the instance's agency."
+    )
+    metadata_url: str = Field(DEFAULT_METADATA_URL, description="The metadata service's securitykey address.")
+    metadata_renew_before_s: float = Field(
+        900.0, ge=0, le=86400, description="Fetch new temporary credentials this long before they expire."
+    )
+
+    @field_validator("share_name_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        if not _GLOB.fullmatch(value):
+            raise ValueError("must be a glob of letters, digits, '-', '_', '.', '*', '?' and [...] (1-128)")
+        return value
+
+    @field_validator("share_enterprise_project_id")
+    @classmethod
+    def _enterprise_project(cls, value: str | None) -> str | None:
+        if value is not None and (reason := explain(value)):
+            raise ValueError(f"enterprise project ID {reason}")
+        return value
+
+    @field_validator("metadata_url")
+    @classmethod
+    def _metadata_url(cls, value: str) -> str:
+        # The metadata service is plain HTTP on a link-local address by design; anything else
+        # must at least be a URL.
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// URL (the metadata service's securitykey address)")
+        return value
