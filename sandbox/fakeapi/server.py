@@ -223,5 +223,20 @@ class FakeApi:
         """Every project's shares as the listing shows them (one project's with ``project_id``)."""
         return self._on_loop(lambda: self.service.shares.records(project_id))
 
+    @property
+    def metadata_url(self) -> str:
+        """Where the fake metadata service hands out temporary credentials (SFS_CLEANUP_METADATA_URL)."""
+        from sandbox.fakeapi.metadata import SECURITYKEY_PATH
+
+        return self.url + SECURITYKEY_PATH
+
+    def metadata_stats(self) -> dict[str, int]:
+        """How often the metadata service was asked, and how many temporary keys it issued."""
+        return self._on_loop(self.service.metadata.snapshot)
+
+    def metadata_secrets(self) -> dict[str, str]:
+        """Every temporary SK and security token the metadata service handed out, by name."""
+        return self._on_loop(self.service.metadata.issued_secrets)
+
     def revoke_tokens(self) -> int:
         return self._on_loop(self.service.tokens.revoke_all)

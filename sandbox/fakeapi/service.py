@@ -21,6 +21,7 @@ from sandbox.fakeapi import auth, smn
 from sandbox.fakeapi.config import FakeConfig, apply_patch
 from sandbox.fakeapi.control import ControlRoutes
 from sandbox.fakeapi.faults import Fault, FaultDice
+from sandbox.fakeapi.metadata import MetadataService
 from sandbox.fakeapi.responses import (
     API_PREFIX,
     ARRIVED,
@@ -55,6 +56,7 @@ class FakeService(ControlRoutes):
         self.config = config.validate()
         self.store = TaskStore(inventory)
         self.shares = ShareCatalog(inventory.project_id, inventory.share_ids)
+        self.metadata = MetadataService(lambda: self.config)
         self.stats = Stats()
         self.tokens = auth.TokenRegistry()
         self.dice = FaultDice(config.fault_seed)
@@ -103,6 +105,7 @@ class FakeService(ControlRoutes):
         add("DELETE", API_PREFIX + "/task/{task_id}", self._api(self._delete))
         add("POST", API_PREFIX + "/task", self._api(self._create))
         add("POST", "/v3/auth/tokens", self._iam_login)
+        self.metadata.add_routes(app)
         add("POST", "/v2/{project_id}/notifications/topics/{topic_urn}/publish", self._smn_publish)
         add("GET", "/_fake/stats", self._c_stats)
         add("POST", "/_fake/reset_stats", self._c_reset_stats)
@@ -174,6 +177,7 @@ class FakeService(ControlRoutes):
         refusal = auth.authenticate(
             config=config,
             tokens=self.tokens,
+            temporary=self.metadata,
             method=request.method,
             raw_path=url.raw_path,
             raw_query=url.raw_query_string,

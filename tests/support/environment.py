@@ -39,6 +39,9 @@ AUTH_VARIABLES = (
     "SFS_CLEANUP_ACCESS_KEY",
     "SFS_CLEANUP_SECRET_KEY",
     "SFS_CLEANUP_SECURITY_TOKEN",
+    "SFS_CLEANUP_METADATA_CREDENTIALS",
+    "SFS_CLEANUP_METADATA_URL",
+    "SFS_CLEANUP_METADATA_CACHE_KEY",
 )
 
 
@@ -79,6 +82,14 @@ def iam_auth(fake: Fake, user: str, password: str, domain: str) -> dict[str, str
         "SFS_CLEANUP_IAM_PASSWORD": password,
         "SFS_CLEANUP_IAM_DOMAIN": domain,
     }
+
+
+def metadata_auth(metadata_url: str, cache_key: str | None = None) -> dict[str, str]:
+    """The instance's agency, from a (fake) metadata service; ``cache_key`` shares it in Redis."""
+    env = {"SFS_CLEANUP_METADATA_CREDENTIALS": "true", "SFS_CLEANUP_METADATA_URL": metadata_url}
+    if cache_key is not None:
+        env["SFS_CLEANUP_METADATA_CACHE_KEY"] = cache_key
+    return env
 
 
 def aksk_auth(access_key: str, secret_key: str, security_token: str | None = None) -> dict[str, str]:

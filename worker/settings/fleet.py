@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
 from worker.ids import explain
@@ -41,6 +41,11 @@ class FleetSettings(BaseSettings):
     metadata_renew_before_s: float = Field(
         900.0, ge=0, le=86400, description="Fetch new temporary credentials this long before they expire."
     )
+    metadata_cache_key: SecretStr | None = Field(
+        None,
+        description="A fleet secret (32+ characters) sealing the shared temporary credentials in Redis; "
+        "unset: each process fetches its own.",
+    )
 
     @field_validator("share_name_pattern")
     @classmethod
@@ -63,4 +68,12 @@ class FleetSettings(BaseSettings):
         # must at least be a URL.
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// URL (the metadata service's securitykey address)")
+        return value
+
+    @field_validator("metadata_cache_key")
+    @classmethod
+    def _cache_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # The key is all that keeps a reader of Redis from signing requests: not a short one.
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. openssl rand -base64 32)")
         return value

@@ -9,6 +9,7 @@ from worker.api.auth.aksk import AkSkAuth
 from worker.api.auth.base import NO_CREDENTIALS, AuthError
 from worker.api.auth.iam import IamAuth, IamTokenProvider
 from worker.api.auth.iam_login import IamLogin
+from worker.api.auth.metadata import PlatformAuth, PlatformCredentialProvider
 from worker.api.auth.token import TokenAuth
 from worker.api.signer import AkSkCredentials
 from worker.settings import ENV_PREFIX, Settings
@@ -19,9 +20,10 @@ def build_auth(
 ) -> httpx.Auth:
     """The :class:`httpx.Auth` for ``settings.auth_mode``; raise :class:`AuthError` when none fits.
 
-    ``redis_client`` shares the IAM token among processes (without it, each process logs in on
-    its own); ``http`` is the client used for the IAM login (default: a new one with the
-    settings' timeouts).
+    ``redis_client`` shares the IAM token (and, with ``SFS_CLEANUP_METADATA_CACHE_KEY``, the
+    platform credentials) among processes (without it, each process logs in or fetches on its
+    own); ``http`` is the client used for the IAM login or the metadata service (default: a new
+    one with the settings' timeouts).
     """
     mode = settings.auth_mode
     if mode == "token":
@@ -59,6 +61,22 @@ def build_auth(
             lock_ttl_s=login_budget + 5.0,
         )
         return IamAuth(provider)
+    if mode == "metadata":
+        project_id = _require_project(settings, "AK/SK signing sends it as X-Project-Id")
+        if http is None:
+            http = httpx.Client(
+                timeout=httpx.Timeout(settings.http_read_timeout_s, connect=settings.http_connect_timeout_s)
+            )
+        platform = PlatformCredentialProvider(
+            settings.metadata_url,
+            http=http,
+            redis_client=redis_client,
+            cache_key=settings.metadata_cache_key,
+            key_prefix=settings.key_prefix,
+            renew_before_s=settings.metadata_renew_before_s,
+            wait_s=settings.http_connect_timeout_s + settings.http_read_timeout_s,
+        )
+        return PlatformAuth(platform, project_id)
     raise AuthError(NO_CREDENTIALS)
 
 
