@@ -178,6 +178,8 @@ def test_requests_are_signed_with_the_security_token_and_a_refused_key_is_replac
     now[0] += 60
     assert client.delete(DELETE_URL).status_code == 202  # older: replaced once, signed again
     first, second, third = seen
+    assert "Access=AKTMP1," in first.headers["Authorization"] and "Access=AKTMP1," in second.headers["Authorization"]
+    assert "Access=AKTMP2," in third.headers["Authorization"]
     assert third.headers["X-Security-Token"] == SECURITY
     assert "x-security-token" in third.headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
     # The signature is the signer's own, with the temporary credentials.
