@@ -64,6 +64,9 @@ class FakeConfig:
     metadata_session_tokens: bool = True  # False: an older service, without the session-token call
     metadata_agency: bool = True  # False: no agency bound to the instance (401 with the SDK's text)
     metadata_fail_first: int = 0  # the first K securitykey requests answer 500
+    # Agencies IAM's assume-role call hands out (sandbox.fakeapi.agency): {"domain", "name"} each.
+    agencies: list[dict[str, str]] = field(default_factory=list)
+    agency_credential_ttl_s: float | None = None  # None: as long as asked (duration_seconds)
 
     # --- Faults ---------------------------------------------------------------------------
     latency_ms: float = 0.0

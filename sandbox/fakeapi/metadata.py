@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -49,12 +50,30 @@ class MetadataService:
         self.securitykey_requests = 0
         self.token_requests = 0
         self.issued = 0
+        self.checked: Counter[str] = Counter()
+
+    def issue(self, ttl_s: float, prefix: str) -> dict[str, str]:
+        """A new temporary key, living ``ttl_s``: the ``credential`` object that hands it out."""
+        now = time.time()
+        access = prefix + secrets.token_hex(8).upper()
+        key = IssuedKey(
+            secret=secrets.token_urlsafe(30),
+            security_token="gQpzZWN1cml0eXRva2Vu" + secrets.token_urlsafe(60),
+            expires_at=now + ttl_s,
+        )
+        self._keys[access] = key
+        self.issued += 1
+        expires = datetime.fromtimestamp(key.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return {"access": access, "secret": key.secret, "securitytoken": key.security_token, "expires_at": expires}
 
     # --- What the gateway asks -------------------------------------------------------------
 
     def secret_for(self, access_key: str, now: float) -> str | None:
         key = self._keys.get(access_key)
-        return key.secret if key is not None and now < key.expires_at else None
+        if key is None or now >= key.expires_at:
+            return None
+        self.checked[access_key[:5]] += 1  # by kind: AKTMP (the instance's), AKAGY (an agency's)
+        return key.secret
 
     def security_token_for(self, access_key: str) -> str | None:
         key = self._keys.get(access_key)
@@ -68,11 +87,12 @@ class MetadataService:
             found[f"security token of {access}"] = key.security_token
         return found
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, Any]:
         return {
             "securitykey_requests": self.securitykey_requests,
             "token_requests": self.token_requests,
             "issued": self.issued,
+            "signatures_checked": dict(self.checked),
         }
 
     # --- The routes ------------------------------------------------------------------------
@@ -99,22 +119,5 @@ class MetadataService:
             return web.Response(status=401, text=NO_AGENCY)
         if self.securitykey_requests <= config.metadata_fail_first:
             return web.Response(status=500, text="500 Internal Server Error")
-        now = time.time()
-        access = "AKTMP" + secrets.token_hex(8).upper()
-        key = IssuedKey(
-            secret=secrets.token_urlsafe(30),
-            security_token="gQpzZWN1cml0eXRva2Vu" + secrets.token_urlsafe(60),
-            expires_at=now + config.metadata_credential_ttl_s,
-        )
-        self._keys[access] = key
-        self.issued += 1
-        expires = datetime.fromtimestamp(key.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        body = {
-            "credential": {
-                "access": access,
-                "secret": key.secret,
-                "securitytoken": key.security_token,
-                "expires_at": expires,
-            }
-        }
+        body = {"credential": self.issue(config.metadata_credential_ttl_s, "AKTMP")}
         return web.json_response(body)

@@ -230,9 +230,13 @@ class FakeApi:
 
         return self.url + SECURITYKEY_PATH
 
-    def metadata_stats(self) -> dict[str, int]:
+    def metadata_stats(self) -> dict[str, Any]:
         """How often the metadata service was asked, and how many temporary keys it issued."""
         return self._on_loop(self.service.metadata.snapshot)
+
+    def agency_stats(self) -> dict[str, Any]:
+        """IAM's assume-role calls: how many, and keys issued per ``domain/agency``."""
+        return self._on_loop(self.service.agency.snapshot)
 
     def metadata_secrets(self) -> dict[str, str]:
         """Every temporary SK and security token the metadata service handed out, by name."""

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.fakeapi import auth, smn
+from sandbox.fakeapi.agency import AgencyService
 from sandbox.fakeapi.config import FakeConfig, apply_patch
 from sandbox.fakeapi.control import ControlRoutes
 from sandbox.fakeapi.faults import Fault, FaultDice
@@ -57,6 +58,7 @@ class FakeService(ControlRoutes):
         self.store = TaskStore(inventory)
         self.shares = ShareCatalog(inventory.project_id, inventory.share_ids)
         self.metadata = MetadataService(lambda: self.config)
+        self.agency = AgencyService(lambda: self.config, self.metadata, self._iam_caller)
         self.stats = Stats()
         self.tokens = auth.TokenRegistry()
         self.dice = FaultDice(config.fault_seed)
@@ -106,6 +108,7 @@ class FakeService(ControlRoutes):
         add("POST", API_PREFIX + "/task", self._api(self._create))
         add("POST", "/v3/auth/tokens", self._iam_login)
         self.metadata.add_routes(app)
+        self.agency.add_routes(app)
         add("POST", "/v2/{project_id}/notifications/topics/{topic_urn}/publish", self._smn_publish)
         add("GET", "/_fake/stats", self._c_stats)
         add("POST", "/_fake/reset_stats", self._c_reset_stats)
@@ -371,6 +374,10 @@ class FakeService(ControlRoutes):
             self.stats.tokens_issued += 1
             headers["X-Subject-Token"] = result.token
         return json_response(result.status, result.body, headers)
+
+    async def _iam_caller(self, request: web.Request) -> web.Response | None:
+        """IAM's calls past the login authenticate like the API's (a token or a signature)."""
+        return await self._authenticate(request, request_id(), self.config)
 
     # --- SMN ----------------------------------------------------------------------------------
 

@@ -115,10 +115,51 @@ def test_the_fleet_shares_one_fetch(make_cluster: Any, redis_url: str) -> None:
     assert len(got) == 12 and len(set(got)) == 1
     assert fake.metadata_stats()["issued"] == 1
     # What Redis holds cannot be used without the key.
-    stored = client.get("fleet1:auth:platform")
+    (key,) = client.keys("fleet1:auth:platform:*")
+    stored = client.get(key)
     assert stored is not None and find_leaks(fake.metadata_secrets(), {"redis": stored.decode()}) == []
 
     # Without the fleet key each process asks for its own (the metadata service is local).
     alone = [PlatformCredentialProvider(fake.metadata_url, http=http, redis_client=client) for _ in range(3)]
     assert len({p.credentials().access_key for p in alone}) == 3
     assert fake.metadata_stats()["issued"] == 4
+
+
+def test_an_agency_of_another_account_is_assumed_with_the_platform_credentials(make_cluster: Any) -> None:
+    cluster, fake = make_cluster(
+        FakeConfig(
+            shares=2,
+            tasks_per_share=120,
+            seed=9,
+            deleting_seconds=0.0,
+            agencies=[{"domain": "other-account", "name": "sfs-cleanup"}],
+            agency_credential_ttl_s=4.0,  # renewed mid-run
+        ),
+        SFS_CLEANUP_RATE_LIMIT="30",
+        SFS_CLEANUP_RATE_BURST="5",
+    )
+    cluster.auth = metadata_auth(fake.metadata_url, CACHE_KEY, agency=(fake.url, "other-account", "sfs-cleanup"))
+    expected = len(eligible_tasks(fake))
+    cluster.start_worker("w1", concurrency=2)
+
+    result = cluster.cli("purge", "--wait", "--json")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    meta, agency = fake.metadata_stats(), fake.agency_stats()
+    print(f"metadata {meta}; agency {agency}")
+    assert result.returncode == 0, result.stderr
+    assert report["status"] == "finished" and report["outcomes"]["deleted"] == report["selected"] == expected
+    # Every API call was signed with the agency's keys; the instance's own keys signed only the
+    # assume-role calls to IAM.
+    checked = meta["signatures_checked"]
+    assert checked["AKAGY"] >= expected and checked["AKTMP"] == agency["requests"]
+    assert agency["assumed"]["other-account/sfs-cleanup"] >= 2  # renewed before expiry
+    assert fake.stats()["auth_failures"] == 0
+
+
+def test_an_agency_that_does_not_trust_us_stops_with_one_line_saying_what_to_fix(make_cluster: Any) -> None:
+    cluster, fake = make_cluster(FakeConfig(shares=1, tasks_per_share=10, agencies=[]))
+    cluster.auth = metadata_auth(fake.metadata_url, CACHE_KEY, agency=(fake.url, "other-account", "sfs-cleanup"))
+    result = cluster.cli("purge", "--dry-run")
+    assert result.returncode == 2, result.stderr
+    assert "IAM refused to assume other-account/sfs-cleanup (HTTP 403)" in result.stderr
+    assert find_leaks(fake.metadata_secrets(), {"stderr": result.stderr, "stdout": result.stdout}) == []

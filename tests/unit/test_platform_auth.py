@@ -3,6 +3,7 @@ the SDK's two-step request, the answers it may give, renewal, signing and what i
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -216,3 +217,54 @@ def test_the_mode_is_exclusive_and_the_cache_key_is_a_real_one() -> None:
         load_settings(_env_file=None, metadata_credentials=True, metadata_cache_key="short-Secret-Value")
     assert "SFS_CLEANUP_METADATA_CACHE_KEY: must be at least 32 characters" in str(caught.value)
     assert "short-Secret-Value" not in str(caught.value)
+
+
+def test_the_assume_role_call_is_iams_signed_with_the_platform_credentials() -> None:
+    from worker.api.auth.agency import AssumeRoleSource
+
+    seen: list[httpx.Request] = []
+
+    def iam(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        credential = {"access": "AKAGY1", "secret": "s2", "securitytoken": "t2", "expires_at": iso(time.time() + 900)}
+        return httpx.Response(201, json={"credential": credential})
+
+    caller = fetch_credentials(META, http_for(Metadata()), time.time)
+    source = AssumeRoleSource("https://iam.example.test", "other", "cleanup", 3600, caller=lambda: caller)
+    creds = source.fetch(httpx.Client(transport=httpx.MockTransport(iam)), time.time)
+    assert creds.access_key == "AKAGY1" and 890 < creds.lifetime <= 901
+    (request,) = seen
+    assert str(request.url) == "https://iam.example.test/v3.0/OS-CREDENTIAL/securitytokens"
+    assert json.loads(request.content) == {
+        "auth": {
+            "identity": {
+                "methods": ["assume_role"],
+                "assume_role": {"domain_name": "other", "agency_name": "cleanup", "duration_seconds": 3600},
+            }
+        }
+    }
+    assert "Access=AKTMP1," in request.headers["Authorization"]
+    assert request.headers["X-Security-Token"] == SECURITY
+    assert "X-Project-Id" not in request.headers  # IAM's calls are not scoped to a project
+    assert "x-project-id" not in request.headers["Authorization"]
+    # The gateway's check (the fake's verifier) accepts it, security token included.
+    from sandbox.fakeapi.signature import verify
+
+    verified = verify(
+        method="POST",
+        raw_path=request.url.raw_path.decode(),
+        raw_query="",
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=request.content,
+        secret_for={"AKTMP1": SECRET}.get,
+        security_token_for={"AKTMP1": SECURITY}.get,
+        now=datetime.now(UTC),
+    )
+    assert verified == "AKTMP1"
+
+
+def test_an_agency_needs_all_its_settings_and_the_platform_credentials() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_env_file=None, agency_name="cleanup")
+    text = str(caught.value)
+    assert "needs all of SFS_CLEANUP_AGENCY_DOMAIN" in text and "set SFS_CLEANUP_METADATA_CREDENTIALS" in text

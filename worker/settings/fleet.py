@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
 
 from worker.ids import explain
+from worker.settings.base import ENV_PREFIX
 
 #: Where an ECS or CCE instance with an agency gets its temporary AK/SK and security token
 #: (the address the official SDK's metadata credential provider asks).
@@ -47,6 +48,14 @@ class FleetSettings(BaseSettings):
         "unset: each process fetches its own.",
     )
 
+    # --- An agency of another account, assumed with the platform credentials ---------------
+    agency_domain: str | None = Field(None, description="The account (domain) name whose agency to assume.")
+    agency_name: str | None = Field(None, description="The agency to assume in AGENCY_DOMAIN.")
+    agency_iam_endpoint: str | None = Field(
+        None, description="IAM for the assume-role call, e.g. https://iam.myhuaweicloud.com"
+    )
+    agency_duration_s: int = Field(3600, ge=900, le=86400, description="Lifetime asked for the agency's credentials.")
+
     @field_validator("share_name_pattern")
     @classmethod
     def _pattern(cls, value: str) -> str:
@@ -60,6 +69,13 @@ class FleetSettings(BaseSettings):
         if value is not None and (reason := explain(value)):
             raise ValueError(f"enterprise project ID {reason}")
         return value
+
+    @field_validator("agency_iam_endpoint")
+    @classmethod
+    def _agency_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local fake)")
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("metadata_url")
     @classmethod
@@ -77,3 +93,19 @@ class FleetSettings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (e.g. openssl rand -base64 32)")
         return value
+
+    def _fleet_problems(self) -> list[str]:
+        P = ENV_PREFIX  # noqa: N806 - reads better in the messages below
+        agency = [self.agency_domain, self.agency_name, self.agency_iam_endpoint]
+        if not any(v is not None for v in agency):
+            return []
+        problems = []
+        if not all(v is not None for v in agency):
+            problems.append(
+                f"{P}AGENCY_*: assuming an agency needs all of {P}AGENCY_DOMAIN, {P}AGENCY_NAME, {P}AGENCY_IAM_ENDPOINT"
+            )
+        if not self.metadata_credentials:
+            problems.append(
+                f"{P}AGENCY_NAME: an agency is assumed with the platform credentials: set {P}METADATA_CREDENTIALS"
+            )
+        return problems

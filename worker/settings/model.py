@@ -290,6 +290,7 @@ class Settings(FleetSettings, NotifySettings):
         if self.reconcile_after_s < self.lease_s:
             problems.append(f"{P}RECONCILE_AFTER_S: must be at least {P}LEASE_S")
         problems.extend(self._smn_problems(self.project_id))
+        problems.extend(self._fleet_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -16,12 +16,13 @@ be refused too, and the 401 passes through to the caller.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Generator
-from dataclasses import replace
-from typing import Final
+from dataclasses import dataclass, replace
+from typing import Final, Protocol
 
 import httpx
 import redis
@@ -41,6 +42,29 @@ _SALT: Final = b"sfs-turbo-cleanup/platform-credentials/v1"
 REJECTION_COOLDOWN_S: Final = 30.0
 
 
+class CredentialSource(Protocol):
+    """Where temporary credentials come from; ``identity`` names it (logs, the shared key)."""
+
+    @property
+    def identity(self) -> str: ...
+
+    def fetch(self, http: httpx.Client, clock: Callable[[], float]) -> TemporaryCredentials: ...
+
+
+@dataclass(frozen=True)
+class MetadataSource:
+    """The instance's own agency, from the metadata service's securitykey address."""
+
+    url: str
+
+    @property
+    def identity(self) -> str:
+        return f"metadata {self.url}"
+
+    def fetch(self, http: httpx.Client, clock: Callable[[], float]) -> TemporaryCredentials:
+        return fetch_credentials(self.url, http, clock)
+
+
 class PlatformCredentialProvider:
     """Gets, shares and renews the instance's temporary credentials. Thread-safe.
 
@@ -50,7 +74,7 @@ class PlatformCredentialProvider:
 
     def __init__(
         self,
-        url: str,
+        source: str | CredentialSource,
         *,
         http: httpx.Client,
         redis_client: redis.Redis | None = None,
@@ -62,7 +86,7 @@ class PlatformCredentialProvider:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.url = url
+        self.source = MetadataSource(source) if isinstance(source, str) else source
         self._http = http
         self._renew_before_s = renew_before_s
         self._wait_s = wait_s
@@ -73,10 +97,10 @@ class PlatformCredentialProvider:
         if cache_key is not None and redis_client is not None:
             self._store = SealedStore(
                 redis_client,
-                key=f"{key_prefix}:auth:platform",
+                key=f"{key_prefix}:auth:platform:{hashlib.sha256(self.source.identity.encode()).hexdigest()[:16]}",
                 secret=cache_key,
                 salt=_SALT,
-                info=url.encode("utf-8"),
+                info=self.source.identity.encode("utf-8"),
                 lock_ttl_ms=int((wait_s + 5.0) * 1000),
             )
         self._state_lock = threading.Lock()
@@ -85,7 +109,7 @@ class PlatformCredentialProvider:
 
     def __repr__(self) -> str:
         shared = "shared" if self._store is not None else "per process"
-        return f"PlatformCredentialProvider(url={self.url!r}, {shared})"
+        return f"PlatformCredentialProvider({self.source.identity!r}, {shared})"
 
     # --- Public ---------------------------------------------------------------------------
 
@@ -101,7 +125,9 @@ class PlatformCredentialProvider:
             if not self._fetch_lock.acquire(blocking=False):
                 return current
         elif not self._fetch_lock.acquire(timeout=self._wait_s * 2):
-            raise AuthUnavailableError(f"no platform credentials within {self._wait_s * 2:.0f} s ({self.url})")
+            raise AuthUnavailableError(
+                f"no platform credentials within {self._wait_s * 2:.0f} s ({self.source.identity})"
+            )
         try:
             return self._refresh(rejected=None)
         finally:
@@ -111,7 +137,9 @@ class PlatformCredentialProvider:
         """Credentials to replace those of AK ``rejected``, which the API refused; None when
         renewing cannot help (the refused key was fetched moments ago)."""
         if not self._fetch_lock.acquire(timeout=self._wait_s * 2):
-            raise AuthUnavailableError(f"no platform credentials within {self._wait_s * 2:.0f} s ({self.url})")
+            raise AuthUnavailableError(
+                f"no platform credentials within {self._wait_s * 2:.0f} s ({self.source.identity})"
+            )
         try:
             with self._state_lock:
                 current = self._current
@@ -129,6 +157,9 @@ class PlatformCredentialProvider:
             self._fetch_lock.release()
 
     # --- Internals ------------------------------------------------------------------------
+
+    def _timed_out(self) -> AuthUnavailableError:
+        return AuthUnavailableError(f"no platform credentials within {self._wait_s * 2:.0f} s ({self.source.identity})")
 
     def _refresh(self, rejected: str | None) -> TemporaryCredentials:
         """Called with the fetch lock held."""
@@ -171,7 +202,7 @@ class PlatformCredentialProvider:
 
     def _fetch(self, fallback: TemporaryCredentials | None) -> TemporaryCredentials:
         try:
-            fetched = fetch_credentials(self.url, self._http, self._clock)
+            fetched = self.source.fetch(self._http, self._clock)
         except AuthError as exc:
             if fallback is None or not fallback.valid(self._clock()):
                 raise

@@ -82,7 +82,7 @@ def fetch_credentials(url: str, http: httpx.Client, clock: Callable[[], float]) 
         raise AuthError(f"the metadata service refused: HTTP {status} from {url}: check {_SETTING}")
     if not 200 <= status < 300:
         raise AuthUnavailableError(f"the metadata service answered HTTP {status} ({url}); will try again later")
-    return _credentials(url, response, started)
+    return read_credential(f"the metadata service ({url})", response, started)
 
 
 def _session_token(url: str, http: httpx.Client, *, required: bool) -> str | None:
@@ -114,14 +114,15 @@ def _no_answer(url: str, exc: Exception) -> AuthUnavailableError:
     )
 
 
-def _credentials(url: str, response: httpx.Response, started: float) -> TemporaryCredentials:
+def read_credential(where: str, response: httpx.Response, started: float) -> TemporaryCredentials:
+    """The ``credential`` object of an answer (the metadata service's, or IAM's for an agency)."""
     try:
         data: Any = response.json()
     except ValueError:
         data = None
     found = data.get("credential") or data.get("credentials") if isinstance(data, dict) else None
     if not isinstance(found, dict):
-        raise AuthError(f"the metadata service's answer has no 'credential' object: check {_SETTING} ({url})")
+        raise AuthError(f"the answer of {where} has no 'credential' object")
     access = found.get("access") or found.get("accessKeyId")
     secret = found.get("secret") or found.get("secretAccessKey")
     token = found.get("securitytoken") or found.get("securityToken")
@@ -132,13 +133,13 @@ def _credentials(url: str, response: httpx.Response, started: float) -> Temporar
             for name, value in (("access", access), ("secret", secret), ("securitytoken", token))
             if not isinstance(value, str) or not value
         ] + ([] if expires_at is not None else ["expires_at"])
-        raise AuthError(f"the metadata service's credential lacks {', '.join(missing)} ({url})")
+        raise AuthError(f"the credential from {where} lacks {', '.join(missing)}")
     assert isinstance(access, str) and isinstance(secret, str) and isinstance(token, str)
     server_now = _server_date(response)
     lifetime = expires_at.timestamp() - (server_now.timestamp() if server_now else started)
     if lifetime <= 0:
         raise AuthError(
-            f"the metadata service handed out credentials that already expired ({expires_at.isoformat()}): "
+            f"{where} handed out credentials that already expired ({expires_at.isoformat()}): "
             "check this machine's clock (NTP)"
         )
     return TemporaryCredentials(
