@@ -178,3 +178,12 @@ def test_discovery_settings_are_checked() -> None:
         load_settings(_env_file=None, share_name_pattern="a/b", share_enterprise_project_id="x y")
     text = str(caught.value)
     assert "SFS_CLEANUP_SHARE_NAME_PATTERN" in text and "SFS_CLEANUP_SHARE_ENTERPRISE_PROJECT_ID" in text
+
+
+def test_a_reviewed_plan_records_the_discovery_settings_only_when_they_select() -> None:
+    from scheduler.guard import settings_view
+
+    found = settings_view(load_settings(_env_file=None, share_name_pattern="hpc-*"))
+    assert found["SFS_CLEANUP_SHARE_NAME_PATTERN"] == "hpc-*"
+    named = settings_view(load_settings(_env_file=None, share_ids="00000000-0000-4000-8000-000000000001"))
+    assert "SFS_CLEANUP_SHARE_NAME_PATTERN" not in named
