@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from tests.support.environment import metadata_auth
-from tests.support.secrets import AuthCluster, dump_redis, eligible_tasks, find_leaks
+from tests.support.secrets import AuthCluster, dump_redis, eligible_tasks, find_leaks, write_manifest
 from worker.api.auth import PlatformCredentialProvider
 
 pytestmark = pytest.mark.integration
@@ -163,3 +163,19 @@ def test_an_agency_that_does_not_trust_us_stops_with_one_line_saying_what_to_fix
     assert result.returncode == 2, result.stderr
     assert "IAM refused to assume other-account/sfs-cleanup (HTTP 403)" in result.stderr
     assert find_leaks(fake.metadata_secrets(), {"stderr": result.stderr, "stdout": result.stdout}) == []
+
+
+def test_an_instance_without_an_agency_stops_the_run_with_one_reason_not_a_failure_per_task(
+    make_cluster: Any, tmp_path: Path
+) -> None:
+    cluster, fake = make_cluster(FakeConfig(shares=1, tasks_per_share=60, seed=4, metadata_agency=False))
+    manifest = tmp_path / "tasks.jsonl"
+    planned = write_manifest(fake, manifest)  # the CLI needs no credentials: the workers do
+    cluster.start_worker("w1", concurrency=2)
+    result = cluster.cli("purge", "--manifest", str(manifest), "--wait", "--json", timeout=120)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 4, report
+    assert report["status"] == "aborted" and "no agency is bound to this instance" in report["reason"]
+    assert fake.stats()["deletes_accepted"] == 0 and planned > 10
+    # One refusal is remembered a while by each worker process: no request storm on the metadata service.
+    assert fake.metadata_stats()["securitykey_requests"] <= 4

@@ -268,3 +268,13 @@ def test_an_agency_needs_all_its_settings_and_the_platform_credentials() -> None
         load_settings(_env_file=None, agency_name="cleanup")
     text = str(caught.value)
     assert "needs all of SFS_CLEANUP_AGENCY_DOMAIN" in text and "set SFS_CLEANUP_METADATA_CREDENTIALS" in text
+
+
+def test_a_refusal_is_remembered_so_threads_do_not_hammer_the_metadata_service() -> None:
+    service = Metadata()
+    service.answer = httpx.Response(401, text="Please configure Cloud Service Agency first")
+    provider = PlatformCredentialProvider(META, http=http_for(service))
+    for _ in range(5):
+        with pytest.raises(AuthError, match="no agency"):
+            provider.credentials()
+    assert sum(1 for r in service.requests if r.method == "GET") == 1

@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 _SALT: Final = b"sfs-turbo-cleanup/platform-credentials/v1"
 #: A refused key younger than this is not replaced: new ones would be refused too.
 REJECTION_COOLDOWN_S: Final = 30.0
+#: How long a refused fetch (no agency, a wrong URL) and an unanswered one are remembered.
+REFUSAL_MEMORY_S: Final = 30.0
+UNAVAILABLE_MEMORY_S: Final = 2.0
 
 
 class CredentialSource(Protocol):
@@ -106,6 +109,7 @@ class PlatformCredentialProvider:
         self._state_lock = threading.Lock()
         self._fetch_lock = threading.Lock()
         self._current: TemporaryCredentials | None = None
+        self._failed: tuple[float, AuthError] | None = None  # (until, on the monotonic clock)
 
     def __repr__(self) -> str:
         shared = "shared" if self._store is not None else "per process"
@@ -201,12 +205,22 @@ class PlatformCredentialProvider:
             self._sleep(self._poll_s)
 
     def _fetch(self, fallback: TemporaryCredentials | None) -> TemporaryCredentials:
+        usable = fallback is not None and fallback.valid(self._clock())
+        with self._state_lock:
+            failed = self._failed
+        if failed is not None and time.monotonic() < failed[0] and not usable:
+            # A refusal moments ago: every thread of every job asking again would only hammer it.
+            raise type(failed[1])(str(failed[1]))
         try:
             fetched = self.source.fetch(self._http, self._clock)
         except AuthError as exc:
-            if fallback is None or not fallback.valid(self._clock()):
+            ttl = UNAVAILABLE_MEMORY_S if isinstance(exc, AuthUnavailableError) else REFUSAL_MEMORY_S
+            with self._state_lock:
+                self._failed = (time.monotonic() + ttl, exc)
+            if not usable:
                 raise
             log.warning("platform credential renewal failed, using the current ones meanwhile", reason=str(exc))
+            assert fallback is not None
             return fallback
         log.info("platform credentials fetched", access_key=fetched.access_key, expires_at=fetched.expires_at)
         return fetched
