@@ -208,8 +208,11 @@ class PlatformCredentialProvider:
         usable = fallback is not None and fallback.valid(self._clock())
         with self._state_lock:
             failed = self._failed
-        if failed is not None and time.monotonic() < failed[0] and not usable:
+        if failed is not None and time.monotonic() < failed[0]:
             # A refusal moments ago: every thread of every job asking again would only hammer it.
+            if usable:
+                assert fallback is not None
+                return fallback
             raise type(failed[1])(str(failed[1]))
         try:
             fetched = self.source.fetch(self._http, self._clock)
