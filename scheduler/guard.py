@@ -34,6 +34,8 @@ SELECTION_SETTINGS: Final = (
     "project_id",
     "api_endpoint",
     "share_ids",
+    "share_name_pattern",
+    "share_enterprise_project_id",
     "policy_file",
     "policies_file",
     "older_than",
@@ -47,10 +49,16 @@ SELECTION_SETTINGS: Final = (
 )
 
 
+#: Used only when no share is named (share discovery, scheduler.inventory.shares).
+_DISCOVERY_SETTINGS: Final = frozenset({"share_name_pattern", "share_enterprise_project_id"})
+
+
 def settings_view(settings: Settings) -> dict[str, str]:
     """The selection settings as text, by environment name (stored with each plan)."""
     view: dict[str, str] = {}
     for name in SELECTION_SETTINGS:
+        if name in _DISCOVERY_SETTINGS and settings.share_ids:
+            continue  # shares named: these select nothing (and a plan of before them still applies)
         value = getattr(settings, name)
         text = ",".join(value) if isinstance(value, list) else "" if value is None else str(value)
         view[ENV_PREFIX + name.upper()] = text

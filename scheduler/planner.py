@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from scheduler.inventory import InventoryItem, Rejected
+from scheduler.inventory import Discovery, InventoryItem, Rejected
 from scheduler.policy import Policy, Selector
 from worker.ledger import RECHECK_MARK, Audit, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
@@ -50,6 +50,7 @@ class PlanResult:
     sample: list[str] = field(default_factory=list)  # the first planned tasks, share/task
     cap: int | None = None
     hold_reason: str | None = None  # why the run waits for approval (nothing sent until then)
+    discovery: Discovery | None = None  # the shares found, when none were named
 
     def note(self, item: TaskInfo) -> None:
         """Count a planned task into what the plan shows before anyone consents to it."""
@@ -68,7 +69,14 @@ class PlanResult:
             "newest_end": self.newest_end.isoformat() if self.newest_end else None,
             "sample": self.sample,
             "cap": self.cap,
-        }
+        } | self._discovered()
+
+    def _discovered(self) -> dict[str, Any]:
+        found = self.discovery
+        if found is None:
+            return {}
+        skipped = {share.share_id: share.as_dict() for share in found.skipped}
+        return {"discovery": found.summary(), "skipped_shares": skipped}
 
     def as_dict(self) -> dict[str, Any]:
         return self.summary() | {
@@ -217,7 +225,7 @@ def plan_run(
     audit: Audit,
     settings: Settings,
     policy: Policy,
-    items: Iterable[InventoryItem],
+    items: Iterable[InventoryItem | Discovery],
     *,
     run_id: str,
     dry_run: bool,
@@ -310,7 +318,7 @@ def plan_run(
 
 
 def _plan_items(
-    items: Iterable[InventoryItem],
+    items: Iterable[InventoryItem | Discovery],
     result: PlanResult,
     writer: _PlanWriter,
     fingerprints: _Fingerprints,
@@ -320,6 +328,9 @@ def _plan_items(
     source: str,
 ) -> None:
     for item in items:
+        if isinstance(item, Discovery):
+            result.discovery = item  # not a task: no count, no outcome
+            continue
         result.seen += 1
         writer.beat()
         if isinstance(item, Rejected):

@@ -117,6 +117,8 @@ def render_plan_summary(plan: dict[str, Any], console: Console) -> None:
         table.add_row(f"not selected: {reason}", str(count))
     for share, count in sorted(plan["shares"].items()):
         table.add_row(f"share {share}", str(count))
+    for share, skipped in sorted(plan.get("skipped_shares", {}).items()):
+        table.add_row(f"skipped share {share}", str(skipped.get("reason")))
     for kind, count in sorted(plan.get("types", {}).items()):
         table.add_row(f"type {kind}", str(count))
     if plan.get("oldest_end"):

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scheduler.context import Context
 from scheduler.dispatch import dispatch_run, reconcile_run
 from scheduler.guard import AWAITING_CONSENT, anomaly_guard, plan_meta, plan_problems
-from scheduler.inventory import InventoryItem, Rejected, read_live, read_manifest
+from scheduler.inventory import Discovery, InventoryItem, Rejected, discover_shares, read_live, read_manifest
 from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
 from scheduler.report import run_report
@@ -26,8 +26,11 @@ from worker.ledger import OVER, Outcome, RunMeta, RunStatus, Source, SourceKind,
 from worker.models import TaskInfo
 
 
-def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iterable[InventoryItem], Source]:
-    """The manifest if one is given, else the live listing of the policy's (or configured) shares."""
+def inventory(
+    ctx: Context, policy: Policy, manifest: Path | None
+) -> tuple[Iterable[InventoryItem | Discovery], Source]:
+    """The manifest if one is given, else the live listing of the policy's (or configured) shares,
+    else of every available share found in the project (share discovery)."""
     s = ctx.settings
     if manifest is not None:
         items = read_manifest(manifest, default_project_id=s.project_id, only_default_project=s.project_id is not None)
@@ -35,14 +38,16 @@ def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iter
     s.require_api()
     assert s.project_id is not None
     shares = list(policy.shares) or s.share_ids
-    if not shares:
-        from worker.settings import SettingsError
-
-        raise SettingsError(["SFS_CLEANUP_SHARE_IDS: no share to list: set it, or pass --share or --manifest"])
     client = ctx.client()
     project_id = s.project_id
+    found: Discovery | None = None
+    if not shares:  # none named: every available share found (scheduler.inventory.shares)
+        found = discover_shares(client, s)
+        shares = found.share_ids
 
-    def listed() -> Iterator[InventoryItem]:
+    def listed() -> Iterator[InventoryItem | Discovery]:
+        if found is not None:
+            yield found  # the planner records what was found and skipped
         # One share that cannot be listed (missing, forbidden, an outage past the retries) is
         # recorded as refused input and does not keep the other shares from being purged.
         for share_id in shares:
@@ -55,7 +60,7 @@ def inventory(ctx: Context, policy: Policy, manifest: Path | None) -> tuple[Iter
                     raise  # credentials or endpoint that no share can get past: stop, say what to fix
                 yield Rejected(f"live:{share_id}", 0, f"listing failed: {exc.answer.describe()}", share_id)
 
-    return listed(), Source(SourceKind.LIVE, ",".join(shares))
+    return listed(), Source(SourceKind.LIVE, ",".join(shares) if found is None else f"discovered:{','.join(shares)}")
 
 
 HoldRule = Literal["consent", "anomaly"] | None
@@ -72,7 +77,7 @@ def _setting_file(ctx: Context) -> Path | None:
 def start_run(
     ctx: Context,
     policy: Policy,
-    items: Iterable[InventoryItem],
+    items: Iterable[InventoryItem | Discovery],
     *,
     source: Source,
     dry_run: bool,

@@ -57,7 +57,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "older_than": settings.older_than,
         "statuses": ",".join(settings.statuses),
         "types": ",".join(settings.types) or "all",
-        "shares": ",".join(settings.share_ids) or "(none set)",
+        "shares": ",".join(settings.share_ids) or f"every available share named {settings.share_name_pattern}",
         "max_deletions": settings.max_deletions,
     }
 

@@ -11,12 +11,20 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from sandbox.fakeapi import signature
 from sandbox.fakeapi.config import FakeConfig
 
 _PREFIX: Final = "Incorrect IAM authentication information: "
+
+
+class TemporaryKeys(Protocol):
+    """Keys issued at run time (the metadata service's): the secret while valid, and the token."""
+
+    def secret_for(self, access_key: str, now: float) -> str | None: ...
+
+    def security_token_for(self, access_key: str) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,7 @@ def authenticate(
     *,
     config: FakeConfig,
     tokens: TokenRegistry,
+    temporary: TemporaryKeys | None = None,
     method: str,
     raw_path: str,
     raw_query: str,
@@ -88,8 +97,10 @@ def authenticate(
                 raw_query=raw_query,
                 headers=headers,
                 body=body,
-                secret_for=config.aksk.get,
-                security_token_for=config.security_tokens.get,
+                secret_for=lambda ak: config.aksk.get(ak) or (temporary.secret_for(ak, now) if temporary else None),
+                security_token_for=lambda ak: (
+                    config.security_tokens.get(ak) or (temporary.security_token_for(ak) if temporary else None)
+                ),
                 now=datetime.fromtimestamp(now + config.clock_offset_s, UTC),
                 max_skew_s=config.max_clock_skew_s,
             )

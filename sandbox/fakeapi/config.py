@@ -59,6 +59,15 @@ class FakeConfig:
     max_clock_skew_s: float = 900.0
     clock_offset_s: float = 0.0  # added to the gateway's clock when it checks X-Sdk-Date (a skewed client)
 
+    # --- The metadata service's temporary credentials (sandbox.fakeapi.metadata) -----------
+    metadata_credential_ttl_s: float = 3600.0  # how long each issued temporary AK/SK lives
+    metadata_session_tokens: bool = True  # False: an older service, without the session-token call
+    metadata_agency: bool = True  # False: no agency bound to the instance (401 with the SDK's text)
+    metadata_fail_first: int = 0  # the first K securitykey requests answer 500
+    # Agencies IAM's assume-role call hands out (sandbox.fakeapi.agency): {"domain", "name"} each.
+    agencies: list[dict[str, str]] = field(default_factory=list)
+    agency_credential_ttl_s: float | None = None  # None: as long as asked (duration_seconds)
+
     # --- Faults ---------------------------------------------------------------------------
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0  # uniform extra in [0, jitter]
@@ -112,13 +121,14 @@ class FakeConfig:
             "rate_limit_rps",
             "fail_first_k",
             "smn_fail_first",
+            "metadata_fail_first",
             "shares",
             "tasks_per_share",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
-        if self.token_ttl_s <= 0:
-            problems.append("token_ttl_s must be positive")
+        if self.token_ttl_s <= 0 or self.metadata_credential_ttl_s <= 0:
+            problems.append("token_ttl_s and metadata_credential_ttl_s must be positive")
         if self.retry_after is not None and self.retry_after < 0:
             problems.append("retry_after must not be negative")
         if self.default_limit < 1 or (self.max_limit is not None and self.max_limit < 1):

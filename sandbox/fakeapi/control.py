@@ -9,6 +9,7 @@ from aiohttp import web
 
 from sandbox.fakeapi import auth
 from sandbox.fakeapi.config import ConfigError, FakeConfig
+from sandbox.fakeapi.shares import ShareCatalog
 from sandbox.fakeapi.state import TaskStore
 from sandbox.fakeapi.stats import Stats
 
@@ -18,6 +19,7 @@ class ControlRoutes:
 
     config: FakeConfig
     store: TaskStore
+    shares: ShareCatalog
     stats: Stats
     tokens: auth.TokenRegistry
 
@@ -31,6 +33,9 @@ class ControlRoutes:
         raise NotImplementedError
 
     def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False) -> int:
+        raise NotImplementedError
+
+    def add_share(self, record: dict[str, Any], project_id: str | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
     async def _c_stats(self, request: web.Request) -> web.Response:
@@ -78,3 +83,14 @@ class ControlRoutes:
 
     async def _c_revoke(self, request: web.Request) -> web.Response:
         return web.json_response({"revoked": self.tokens.revoke_all()})
+
+    async def _c_shares(self, request: web.Request) -> web.Response:
+        """GET: every project's shares (``?project_id=`` for one). POST ``{"project_id"?, "share"}``."""
+        if request.method == "GET":
+            return web.json_response(self.shares.records(request.query.get("project_id")))
+        try:
+            body = await request.json()
+            added = self.add_share(body["share"], body.get("project_id"))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return web.json_response({"problems": [f"bad share: {exc}"]}, status=400)
+        return web.json_response(added)

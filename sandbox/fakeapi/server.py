@@ -214,5 +214,33 @@ class FakeApi:
     def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False) -> int:
         return self._on_loop(lambda: self.service.load_tasks(records, replace=replace))
 
+    def add_share(self, share_id: str, name: str, *, project_id: str | None = None, **fields: str) -> dict[str, Any]:
+        """A new file system, listed from now on (``status``, ``enterprise_project_id``...: ``fields``)."""
+        record = {"id": share_id, "name": name, **fields}
+        return self._on_loop(lambda: self.service.add_share(record, project_id))
+
+    def listed_shares(self, project_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Every project's shares as the listing shows them (one project's with ``project_id``)."""
+        return self._on_loop(lambda: self.service.shares.records(project_id))
+
+    @property
+    def metadata_url(self) -> str:
+        """Where the fake metadata service hands out temporary credentials (SFS_CLEANUP_METADATA_URL)."""
+        from sandbox.fakeapi.metadata import SECURITYKEY_PATH
+
+        return self.url + SECURITYKEY_PATH
+
+    def metadata_stats(self) -> dict[str, Any]:
+        """How often the metadata service was asked, and how many temporary keys it issued."""
+        return self._on_loop(self.service.metadata.snapshot)
+
+    def agency_stats(self) -> dict[str, Any]:
+        """IAM's assume-role calls: how many, and keys issued per ``domain/agency``."""
+        return self._on_loop(self.service.agency.snapshot)
+
+    def metadata_secrets(self) -> dict[str, str]:
+        """Every temporary SK and security token the metadata service handed out, by name."""
+        return self._on_loop(self.service.metadata.issued_secrets)
+
     def revoke_tokens(self) -> int:
         return self._on_loop(self.service.tokens.revoke_all)

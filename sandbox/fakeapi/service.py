@@ -18,9 +18,11 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.fakeapi import auth, smn
+from sandbox.fakeapi.agency import AgencyService
 from sandbox.fakeapi.config import FakeConfig, apply_patch
 from sandbox.fakeapi.control import ControlRoutes
 from sandbox.fakeapi.faults import Fault, FaultDice
+from sandbox.fakeapi.metadata import MetadataService
 from sandbox.fakeapi.responses import (
     API_PREFIX,
     ARRIVED,
@@ -41,6 +43,7 @@ from sandbox.fakeapi.responses import (
     sfs_error,
 )
 from sandbox.fakeapi.seed import Inventory
+from sandbox.fakeapi.shares import ShareCatalog
 from sandbox.fakeapi.state import DeleteOutcome, TaskStore
 from sandbox.fakeapi.stats import DROPPED, Deletion, Stats
 from sandbox.fakeapi.tasks import STATUSES, TYPES, Task
@@ -53,6 +56,9 @@ class FakeService(ControlRoutes):
     def __init__(self, config: FakeConfig, inventory: Inventory) -> None:
         self.config = config.validate()
         self.store = TaskStore(inventory)
+        self.shares = ShareCatalog(inventory.project_id, inventory.share_ids)
+        self.metadata = MetadataService(lambda: self.config)
+        self.agency = AgencyService(lambda: self.config, self.metadata, self._iam_caller)
         self.stats = Stats()
         self.tokens = auth.TokenRegistry()
         self.dice = FaultDice(config.fault_seed)
@@ -82,16 +88,27 @@ class FakeService(ControlRoutes):
     def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False) -> int:
         return self.store.add((Task.from_record(record) for record in records), replace=replace)
 
+    def add_share(self, record: dict[str, Any], project_id: str | None = None) -> dict[str, Any]:
+        """A new file system (listed from now on); in the inventory's project it can hold tasks."""
+        project = project_id or self.store.project_id
+        share = self.shares.add(project, record)
+        if project == self.store.project_id:
+            self.store.shares.setdefault(share.id, {})
+        return share.to_api()
+
     # --- The application -------------------------------------------------------------------
 
     def app(self) -> web.Application:
         app = web.Application()
         add = app.router.add_route
+        add("GET", "/v1/{project_id}/sfs-turbo/shares/detail", self._api(self._list_shares))
         add("GET", API_PREFIX + "/tasks", self._api(self._list))
         add("GET", API_PREFIX + "/task/{task_id}", self._api(self._show))
         add("DELETE", API_PREFIX + "/task/{task_id}", self._api(self._delete))
         add("POST", API_PREFIX + "/task", self._api(self._create))
         add("POST", "/v3/auth/tokens", self._iam_login)
+        self.metadata.add_routes(app)
+        self.agency.add_routes(app)
         add("POST", "/v2/{project_id}/notifications/topics/{topic_urn}/publish", self._smn_publish)
         add("GET", "/_fake/stats", self._c_stats)
         add("POST", "/_fake/reset_stats", self._c_reset_stats)
@@ -103,6 +120,8 @@ class FakeService(ControlRoutes):
         add("GET", "/_fake/info", self._c_info)
         add("POST", "/_fake/revoke_tokens", self._c_revoke)
         add("GET", "/_fake/smn", self._c_smn)
+        add("GET", "/_fake/shares", self._c_shares)
+        add("POST", "/_fake/shares", self._c_shares)
         # Last: anything else is the gateway's "no such API", whatever the method.
         add("*", "/{tail:.*}", self._api(self._no_such_api, gateway=False))
         return app
@@ -161,6 +180,7 @@ class FakeService(ControlRoutes):
         refusal = auth.authenticate(
             config=config,
             tokens=self.tokens,
+            temporary=self.metadata,
             method=request.method,
             raw_path=url.raw_path,
             raw_query=url.raw_query_string,
@@ -233,6 +253,21 @@ class FakeService(ControlRoutes):
         count = len(page.tasks) if config.count_is_page_size else page.total
         return json_response(
             200, {"tasks": [task.to_api() for task in page.tasks], "count": count}, {SFS_ID_HEADER: rid}
+        )
+
+    async def _list_shares(self, request: web.Request, rid: str) -> web.Response:
+        """Every project's file systems, paged like the task listing (an unknown project has none)."""
+        config = self.config
+        offset = int_param(request.query.get("offset"), 0)
+        limit = int_param(request.query.get("limit"), config.default_limit)
+        if offset is None or limit is None or offset < 0 or limit < 1:
+            return sfs_error(400, PARAMETER_ERROR, rid)
+        if config.max_limit is not None and limit > config.max_limit:
+            return sfs_error(400, PARAMETER_ERROR, rid)
+        shares, total = self.shares.page(request.match_info["project_id"], offset, limit)
+        count = len(shares) if config.count_is_page_size else total
+        return json_response(
+            200, {"shares": [share.to_api() for share in shares], "count": count}, {SFS_ID_HEADER: rid}
         )
 
     async def _show(self, request: web.Request, rid: str) -> web.Response:
@@ -339,6 +374,10 @@ class FakeService(ControlRoutes):
             self.stats.tokens_issued += 1
             headers["X-Subject-Token"] = result.token
         return json_response(result.status, result.body, headers)
+
+    async def _iam_caller(self, request: web.Request) -> web.Response | None:
+        """IAM's calls past the login authenticate like the API's (a token or a signature)."""
+        return await self._authenticate(request, request_id(), self.config)
 
     # --- SMN ----------------------------------------------------------------------------------
 

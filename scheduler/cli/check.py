@@ -18,6 +18,7 @@ from scheduler.cli.common import (
     print_json,
     setup_cli_logging,
 )
+from worker.api.client import SfsTurboClient
 from worker.errors import CleanupError
 from worker.settings import Settings, load_settings
 
@@ -51,7 +52,7 @@ def check(
     quiet: Annotated[
         bool, typer.Option("--quiet", help="Print nothing but errors (the container health check).")
     ] = False,
-    api: Annotated[bool, typer.Option("--api", help="Also list one page of each configured share.")] = False,
+    api: Annotated[bool, typer.Option("--api", help="Also list one page of each configured (or found) share.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was found as one JSON object.")] = False,
 ) -> None:
     """Check the settings and Redis, and with --api each share (the container health check).
@@ -105,11 +106,30 @@ def _run_checks(result: CheckResult, *, durability: bool, api: bool) -> None:
     if api:
         client = ctx.client()
         result.facts["shares"] = {}
-        for share_id in settings.share_ids:
+        shares = settings.share_ids
+        if not shares:
+            shares = _discovered(result, client, settings)
+        for share_id in shares:
             answer, _ = client.list_page(share_id, offset=0, limit=1)
             if not answer.ok:
                 raise UserError(f"share {share_id}: {answer.describe()}")
             result.facts["shares"][share_id] = "lists"
+
+
+def _discovered(result: CheckResult, client: SfsTurboClient, settings: Settings) -> list[str]:
+    """With no SHARE_IDS a run purges the shares it finds: show which, and which it skips."""
+    from scheduler.inventory import discover_shares
+
+    found = discover_shares(client, settings)
+    result.facts["discovery"] = found.summary() | {
+        "pattern": settings.share_name_pattern,
+        "enterprise_project_id": settings.share_enterprise_project_id,
+        "selected_shares": {share.share_id: share.name for share in found.selected},
+        "skipped_shares": {share.share_id: share.as_dict() for share in found.skipped},
+    }
+    if not found.selected:
+        result.warnings.append(f"no available share matches {settings.share_name_pattern!r}: a run would purge nothing")
+    return found.share_ids
 
 
 def _print_text(result: CheckResult) -> None:
@@ -126,6 +146,13 @@ def _print_text(result: CheckResult) -> None:
         if redis.get("refused") and redis.get("read_with"):
             shown.append(f"read with {' and '.join(redis['read_with'])}: {'; '.join(redis['refused'])}")
         say("Redis reachable" + (f" ({', '.join(shown)})" if shown else ""))
+    discovery = result.facts.get("discovery")
+    if discovery is not None:
+        say(f"shares found: {discovery['found']}; selected {discovery['selected']} by {discovery['pattern']!r}")
+        for share_id, name in discovery["selected_shares"].items():
+            say(f"share {share_id} ({name}): selected")
+        for share_id, skipped in discovery["skipped_shares"].items():
+            say(f"share {share_id} ({skipped['name']}): skipped: {skipped['reason']}")
     for share_id in result.facts.get("shares", {}):
         say(f"share {share_id}: lists")
     for line in result.warnings + result.unchecked:

@@ -6,7 +6,7 @@ says which line was refused and why; a bad line never stops the lines after it.
 
 :mod:`scheduler.inventory.manifest` reads manifests (its docstring states the rules),
 :mod:`scheduler.inventory.live` the listing API, and :mod:`scheduler.inventory.items` holds
-what both yield.
+what both yield. :mod:`scheduler.inventory.shares` finds the shares to list when none are named.
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ from scheduler.inventory.manifest import (
     Rejection,
     read_manifest,
 )
+from scheduler.inventory.shares import (
+    ClientSharePager,
+    Discovery,
+    ListingUnreadableError,
+    ShareInfo,
+    SkippedShare,
+    discover,
+    discover_shares,
+    list_shares,
+)
 
 __all__ = [
     "IGNORED_FIELDS",
@@ -35,11 +45,19 @@ __all__ = [
     "REQUIRED_FIELDS",
     "STATUSES",
     "TYPES",
+    "ClientSharePager",
+    "Discovery",
     "InventoryItem",
+    "ListingUnreadableError",
     "ManifestError",
     "Rejected",
     "Rejection",
+    "ShareInfo",
+    "SkippedShare",
     "TaskLister",
+    "discover",
+    "discover_shares",
+    "list_shares",
     "printable",
     "read_live",
     "read_manifest",

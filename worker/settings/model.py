@@ -9,11 +9,12 @@ from pydantic_settings import SettingsConfigDict
 
 from worker.ids import explain
 from worker.settings.base import ENV_PREFIX, CommaList, SettingsError, split_commas
+from worker.settings.fleet import FleetSettings
 from worker.settings.notify import NotifySettings
 from worker.settings.redis_ha import RedisHASettings, RedisTarget
 
 
-class Settings(RedisHASettings, NotifySettings):
+class Settings(RedisHASettings, FleetSettings, NotifySettings):
     """The service's settings. Every field is ``SFS_CLEANUP_<NAME>`` in the environment."""
 
     model_config = SettingsConfigDict(
@@ -58,7 +59,9 @@ class Settings(RedisHASettings, NotifySettings):
     # --- The API --------------------------------------------------------------------------
     api_endpoint: str | None = Field(None, description="e.g. https://sfs-turbo.ap-southeast-1.myhuaweicloud.com")
     project_id: str | None = Field(None, description="The project (32 hex characters in the console).")
-    share_ids: CommaList = Field(default_factory=list, description="File systems to purge, comma-separated.")
+    share_ids: CommaList = Field(
+        default_factory=list, description="File systems to purge, comma-separated; empty: every available one found."
+    )
     list_page_size: int = Field(1000, ge=1, le=10000, description="`limit` of each listing page.")
     http_connect_timeout_s: float = Field(5.0, gt=0, le=60, description="Seconds to open a connection.")
     http_read_timeout_s: float = Field(30.0, gt=0, le=300, description="Seconds to wait for an answer.")
@@ -269,10 +272,18 @@ class Settings(RedisHASettings, NotifySettings):
             )
         if (self.access_key is None) != (self.secret_key is None):
             problems.append(f"{P}ACCESS_KEY: AK/SK signing needs both {P}ACCESS_KEY and {P}SECRET_KEY")
-        modes = sum([self.auth_token is not None, all(v is not None for v in iam), self.access_key is not None])
+        modes = sum(
+            [
+                self.auth_token is not None,
+                all(v is not None for v in iam),
+                self.access_key is not None,
+                self.metadata_credentials,
+            ]
+        )
         if modes > 1:
             problems.append(
-                f"{P}AUTH_TOKEN: set exactly one of {P}AUTH_TOKEN, the {P}IAM_* login, or {P}ACCESS_KEY/SECRET_KEY"
+                f"{P}AUTH_TOKEN: set exactly one of {P}AUTH_TOKEN, the {P}IAM_* login, {P}ACCESS_KEY/SECRET_KEY, "
+                f"or {P}METADATA_CREDENTIALS"
             )
         if self.retry_backoff_base_s > self.retry_backoff_max_s:
             problems.append(f"{P}RETRY_BACKOFF_BASE_S: must not exceed {P}RETRY_BACKOFF_MAX_S")
@@ -300,6 +311,7 @@ class Settings(RedisHASettings, NotifySettings):
         if self.reconcile_after_s < self.lease_s:
             problems.append(f"{P}RECONCILE_AFTER_S: must be at least {P}LEASE_S")
         problems.extend(self._smn_problems(self.project_id))
+        problems.extend(self._fleet_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -331,13 +343,15 @@ class Settings(RedisHASettings, NotifySettings):
         return self.control_time_limit_s or max(1, self.visibility_timeout_s - 60)
 
     @property
-    def auth_mode(self) -> Literal["token", "iam", "aksk", "none"]:
+    def auth_mode(self) -> Literal["token", "iam", "aksk", "metadata", "none"]:
         if self.auth_token is not None:
             return "token"
         if self.iam_user is not None:
             return "iam"
         if self.access_key is not None:
             return "aksk"
+        if self.metadata_credentials:
+            return "metadata"
         return "none"
 
     def require_api(self) -> None:
@@ -348,6 +362,8 @@ class Settings(RedisHASettings, NotifySettings):
             if getattr(self, name) is None
         ]
         if self.auth_mode == "none":
-            missing.append(f"{ENV_PREFIX}AUTH_TOKEN: set a token, the IAM_* login, or ACCESS_KEY/SECRET_KEY")
+            missing.append(
+                f"{ENV_PREFIX}AUTH_TOKEN: set a token, the IAM_* login, ACCESS_KEY/SECRET_KEY or METADATA_CREDENTIALS"
+            )
         if missing:
             raise SettingsError(missing)

@@ -1,4 +1,4 @@
-"""Authentication of API calls, in three modes, behind one seam: an :class:`httpx.Auth`.
+"""Authentication of API calls, in four modes, behind one seam: an :class:`httpx.Auth`.
 
 :func:`build_auth` (:mod:`.provider`) picks the mode from the settings:
 
@@ -8,6 +8,9 @@
   (:mod:`worker.api.signer`).
 * ``iam`` (:mod:`.iam`): a password login to IAM (:mod:`.iam_login`) gives a project-scoped
   token (:class:`IamTokenProvider`), shared by the fleet through Redis (:mod:`.cache`).
+* ``metadata`` (:mod:`.metadata`): the temporary AK/SK and security token of the instance's
+  agency, from the ECS/CCE metadata service (:mod:`.metadata_fetch`), renewed before they
+  expire and shared by the fleet through Redis, sealed (:mod:`.sealed`).
 
 No secret (token, password, SK, security token, derived key) is put in any repr, exception
 or log line.
@@ -17,6 +20,8 @@ from worker.api.auth.aksk import AkSkAuth
 from worker.api.auth.base import NO_CREDENTIALS, AuthError, AuthUnavailableError
 from worker.api.auth.iam import IamAuth, IamTokenProvider
 from worker.api.auth.iam_login import CachedToken, IamLogin
+from worker.api.auth.metadata import PlatformAuth, PlatformCredentialProvider
+from worker.api.auth.metadata_fetch import TemporaryCredentials
 from worker.api.auth.provider import build_auth
 from worker.api.auth.token import TokenAuth
 
@@ -29,6 +34,9 @@ __all__ = [
     "IamAuth",
     "IamLogin",
     "IamTokenProvider",
+    "PlatformAuth",
+    "PlatformCredentialProvider",
+    "TemporaryCredentials",
     "TokenAuth",
     "build_auth",
 ]

@@ -13,7 +13,8 @@ import httpx
 from worker.errors import EXIT_UNAVAILABLE, UnavailableError, UsageError
 
 NO_CREDENTIALS: Final = (
-    "no credentials configured: set SFS_CLEANUP_AUTH_TOKEN, the IAM_* login, or ACCESS_KEY/SECRET_KEY"
+    "no credentials configured: set SFS_CLEANUP_AUTH_TOKEN, the IAM_* login, ACCESS_KEY/SECRET_KEY "
+    "or METADATA_CREDENTIALS"
 )
 _JSON: Final = "application/json"
 
