@@ -150,7 +150,7 @@ class FleetLimiter:
                 raise RateLimitCancelled(round(self._clock() - start, 6))
             waited = self._clock() - start
             budget_us = max(0, int((t.wait_max_s - waited) * _US))
-            want = self._next_want() if t.bank_slots > 1 else 1
+            want = self._next_want() if t.banks else 1
             reply = self._run(
                 "acquire",
                 [
