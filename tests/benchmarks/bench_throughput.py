@@ -133,7 +133,7 @@ def render(doc: dict[str, Any]) -> None:
     repeat = doc["params"]["repeat"]
     table = Table(
         title=f"Throughput: deletions per second (fake API, {doc['params']['latency_ms']:g} ms latency, no rate "
-        f"limit), median [min..max] of {repeat} run(s) per case"
+        f"limit), median \\[min..max] of {repeat} run(s) per case"
     )
     for column in ("case", "deleted", "del/s", "x SDK", "worker CPU", "scheduler", "redis", "fake", "CPU bound/s"):
         table.add_column(column, justify="left" if column == "case" else "right")
