@@ -1,17 +1,20 @@
 """The client's transport on the wire (urllib3 behind httpx's seam), against a real local server.
 
 What the fake API cannot send: an endless body, a gzip-encoded answer, a connection closed
-before the answer. Each case checks what the client's caller sees (the answer, the error's
-kind) and that the connection left behind serves the next request correctly.
+before the answer, TLS with a certificate nobody trusts. Each case checks what the client's
+caller sees (the answer, the error's kind) and that the connection left behind serves the next
+request correctly.
 """
 
 from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -141,3 +144,69 @@ def test_a_read_timeout_is_httpx_read_timeout() -> None:
         with pytest.raises(httpx.ReadTimeout):
             transport.handle_request(request)
         transport.close()
+
+
+# --- TLS: the certificate is checked, and nothing is sent to a server that fails the check ------
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself, and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_server(server: ThreadingHTTPServer, tmp_path: Path) -> tuple[ThreadingHTTPServer, Path]:
+    cert_path, key_path = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server, cert_path
+
+
+def test_a_certificate_nobody_trusts_is_refused_before_anything_is_sent(
+    tls_server: tuple[ThreadingHTTPServer, Path],
+) -> None:
+    httpd, _ = tls_server
+    port = httpd.server_address[1]
+    with SfsTurboClient(ClientConfig(endpoint=f"https://127.0.0.1:{port}", project_id=PROJECT)) as client:
+        answer = client.delete_task(SHARE, TASK)
+    assert (answer.status, answer.verdict, answer.error_code) == (0, Verdict.RETRYABLE, "transport.ConnectError")
+    assert "CERTIFICATE_VERIFY_FAILED" in (answer.error_msg or "")
+    assert httpd.seen == []  # type: ignore[attr-defined]
+
+
+def test_a_trusted_certificate_is_accepted(tls_server: tuple[ThreadingHTTPServer, Path]) -> None:
+    httpd, cert_path = tls_server
+    port = httpd.server_address[1]
+    transport = Urllib3Transport(ssl.create_default_context(cafile=str(cert_path)))
+    request = httpx.Request("DELETE", f"https://127.0.0.1:{port}/v1/x", extensions={"timeout": {"read": 5.0}})
+    response = transport.handle_request(request)
+    transport.close()
+    assert response.status_code == 400 and response.json()["error_code"] == "SFS.TURBO.0106"
+    assert len(httpd.seen) == 1  # type: ignore[attr-defined]
