@@ -96,8 +96,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             },
             "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "structured"}},
             "root": {"handlers": ["stderr"], "level": level},
-            # httpx logs every request at INFO; the audit already records each one.
-            "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+            # httpx logs every request at INFO, urllib3 (the client's wire) at DEBUG; the audit
+            # already records each one.
+            "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpcore", "urllib3")},
         }
     )
     structlog.configure(

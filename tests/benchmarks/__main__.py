@@ -17,9 +17,14 @@ BENCHMARKS = {
 
 
 def main(argv: list[str]) -> int:
-    flags = [a for a in argv if a.startswith("-")]
-    names = [a for a in argv if not a.startswith("-")] or list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
+    names = [a for a in argv if a in BENCHMARKS] or list(BENCHMARKS)
+    flags = [a for a in argv if a not in BENCHMARKS]
+    # A word right after an option is taken as that option's value (``--repeat 3``).
+    unknown = [
+        a
+        for i, a in enumerate(argv)
+        if not a.startswith("-") and a not in BENCHMARKS and not (i and argv[i - 1].startswith("-"))
+    ]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2

@@ -90,12 +90,14 @@ def micro_costs(
         "limiter.acquire (EVALSHA acquire.lua)": _cpu_us(rt.limiter.acquire, n),
         "limiter.acquire, 16 threads at once": threaded_us(rt.limiter.acquire, n),
         "limiter.record_result (batched)": _cpu_us(lambda: rt.limiter.record_result(server_error=False), n),
-        "DELETE with AK/SK (httpx + signing + answer)": _cpu_us(
+        "DELETE with AK/SK (client: signing, httpx models, urllib3)": _cpu_us(
             lambda: rt.client.delete_task(share_id, next(missing)), n
         ),
         "DELETE with AK/SK, 16 threads at once": threaded_us(lambda: rt.client.delete_task(share_id, next(missing)), n),
-        "DELETE with a token (httpx + answer)": _cpu_us(lambda: token_client.delete_task(share_id, next(missing)), n),
-        "DELETE with a token, urllib3 instead of httpx (comparison)": _cpu_us(
+        "DELETE with a token (client: httpx models, urllib3)": _cpu_us(
+            lambda: token_client.delete_task(share_id, next(missing)), n
+        ),
+        "DELETE with a token, bare urllib3 (the wire alone, comparison)": _cpu_us(
             lambda: pool.urlopen("DELETE", path + next(missing), headers=headers).data, n
         ),
         "AK/SK signing alone": _cpu_us(lambda: sign(httpx.Request("DELETE", url), creds, fake.project_id), n),
@@ -177,7 +179,7 @@ _CATEGORIES: tuple[tuple[str, Any], ...] = (
         "HTTP client set-up (SSL context per client)",
         lambda f, below: any("create_default_context" in b or "SSLContext" in b for b in below),
     ),
-    ("HTTP request + answer (httpx, httpcore)", lambda f, below: _file(f).startswith("worker/api/")),
+    ("HTTP request + answer (httpx models, urllib3)", lambda f, below: _file(f).startswith("worker/api/")),
     ("fleet limiter (EVALSHA per request)", lambda f, below: _file(f).startswith("worker/ratelimit/")),
     ("audit: records to JSON", lambda f, below: _file(f).startswith("worker/ledger/") and "to_json" in f),
     (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -58,3 +59,25 @@ def targets_table(targets: list[dict[str, Any]]) -> Table:
     for t in targets:
         table.add_row(t["name"], str(t["measured"]), "yes" if t["met"] else "NO")
     return table
+
+
+def spread(values: list[float | None]) -> dict[str, Any]:
+    """Median and [min..max] of a case's repeated measures (``None``: not measured, left out).
+
+    A noisy machine shows as a wide spread, not as a different claim: benchmarks report the
+    median with its spread, never one run.
+    """
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": round(statistics.median(got), 2), "min": got[0], "max": got[-1], "n": len(got)}
+
+
+def format_spread(stat: dict[str, Any], digits: int = 1) -> str:
+    """``1,397 [1,324..1,415]``: a spread as the tables and the docs print it."""
+    if stat.get("median") is None:
+        return "-"
+    fmt = f"{{:,.{digits}f}}"
+    if stat["n"] == 1:
+        return fmt.format(stat["median"])
+    return f"{fmt.format(stat['median'])} [{fmt.format(stat['min'])}..{fmt.format(stat['max'])}]"

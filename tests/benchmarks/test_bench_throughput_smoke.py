@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmarks import bench_scale, bench_throughput, procstat, profiling
+from tests.benchmarks import bench_scale, bench_throughput, procstat, profiling, results
 
 pytestmark = pytest.mark.integration
 
@@ -20,34 +20,68 @@ def test_throughput_benchmark_writes_its_figures(tmp_path: Path) -> None:
     output = tmp_path / "throughput.json"
     code = bench_throughput.main(
         [
-            "--shares", "2", "--tasks-per-share", "30", "--baseline-tasks", "10",
+            "--shares", "2", "--tasks-per-share", "30", "--baseline-tasks", "10", "--repeat", "2",
             "--auth", "aksk", "--latency-ms", "5", "--output", str(output), "--workdir", str(tmp_path / "work"),
         ]
     )  # fmt: skip
     assert code in (0, 1)  # 1: the ratio target is not met at these sizes, which is fine here
     doc = json.loads(output.read_text())
-    assert doc["benchmark"] == "throughput"
+    assert doc["benchmark"] == "throughput" and doc["params"]["repeat"] == 2
     assert doc["machine"]["cpus"] >= 1 and len(doc["machine"]["load_average"]) == 3
 
     base = doc["baseline"]
-    assert base["deleted"] == base["tasks"] == 10 and base["errors"] == 0
-    assert base["deletions_per_s"] > 0 and base["cpu_per_1000"]["client"] > 0
+    assert [run["repetition"] for run in base["runs"]] == [1, 2]
+    for run in base["runs"]:
+        assert run["deleted"] == run["tasks"] == 10 and run["errors"] == 0
+        assert run["deletions_per_s"] > 0 and run["cpu_per_1000"]["client"] > 0
+    rates = sorted(run["deletions_per_s"] for run in base["runs"])
+    assert base["summary"]["deletions_per_s"] == {
+        "median": round((rates[0] + rates[1]) / 2, 2), "min": rates[0], "max": rates[1], "n": 2,
+    }  # fmt: skip
 
     (ours,) = doc["ours"]
-    assert ours["auth"] == "aksk" and ours["workers"] == 2
-    assert ours["deleted"] == ours["tasks"] == 60 and ours["status"] == "finished" and ours["agree"]
-    assert ours["server"]["duplicate_deletes"] == 0
-    assert ours["deletions_per_s"] > 0 and ours["ratio"] > 0
-    for name in ("workers", "scheduler", "ours_total", "fake"):
-        assert ours["cpu_per_1000"][name] > 0, name
-    # Redis serves 60 tasks in less than one 10 ms /proc clock tick at times: measured, maybe 0.
-    assert ours["cpu_per_1000"]["redis"] >= 0
-    assert ours["cpu_s"]["worker1"] > 0 and ours["cpu_s"]["worker2"] > 0
-    assert 0 < ours["scheduler_peak_rss_mb"] < 1000
-    assert doc["ratio"] == ours["ratio"]
+    assert ours["auth"] == "aksk" and ours["workers"] == 2 and ours["agree"]
+    assert [run["repetition"] for run in ours["runs"]] == [1, 2]
+    for run, base_run in zip(ours["runs"], base["runs"], strict=True):
+        assert run["deleted"] == run["tasks"] == 60 and run["status"] == "finished" and run["agree"]
+        assert run["server"]["duplicate_deletes"] == 0
+        # Each run is compared with the SDK loop of its own repetition.
+        assert run["ratio"] == round(run["deletions_per_s"] / base_run["deletions_per_s"], 1) > 0
+        for name in ("workers", "scheduler", "ours_total", "fake"):
+            assert run["cpu_per_1000"][name] > 0, name
+        # Redis serves 60 tasks in less than one 10 ms /proc clock tick at times: measured, maybe 0.
+        assert run["cpu_per_1000"]["redis"] >= 0
+        assert run["cpu_s"]["worker1"] > 0 and run["cpu_s"]["worker2"] > 0
+        assert 0 < run["scheduler_peak_rss_mb"] < 1000
+    for name, key in (("ratio", "ratio"), ("deletions_per_s", "deletions_per_s")):
+        stat = ours["summary"][name]
+        values = [run[key] for run in ours["runs"]]
+        assert stat["n"] == 2 and stat["min"] == min(values) and stat["max"] == max(values), name
+        assert stat["min"] <= stat["median"] <= stat["max"], name
+    cpu = ours["summary"]["cpu_per_1000_workers"]
+    assert cpu["min"] == min(run["cpu_per_1000"]["workers"] for run in ours["runs"]) and cpu["n"] == 2
+    assert doc["ratio"] == ours["summary"]["ratio"]["median"]
     names = [t["name"] for t in doc["targets"]]
-    assert any(name.startswith("ratio >= 20") for name in names)
+    assert any(name.startswith("ratio >= 15 (median of 2)") for name in names)  # 60 tasks: a short run
     assert all(isinstance(t["met"], bool) for t in doc["targets"])
+
+
+def test_spread_is_the_median_and_the_range() -> None:
+    assert results.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert results.spread([1.0, None, 4.0]) == {"median": 2.5, "min": 1.0, "max": 4.0, "n": 2}
+    assert results.spread([None])["median"] is None
+    assert results.format_spread(results.spread([1324.0, 1397.0, 1415.0]), 0) == "1,397 [1,324..1,415]"
+    assert results.format_spread(results.spread([0.83]), 2) == "0.83"
+
+
+def test_the_runner_passes_option_values_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.benchmarks import __main__ as runner
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(bench_throughput, "main", lambda flags: seen.append(flags) or 0)
+    assert runner.main(["throughput", "--quick", "--repeat", "2"]) == 0
+    assert seen == [["--quick", "--repeat", "2"]]
+    assert runner.main(["throughput", "nonesuch"]) == 2
 
 
 def test_scale_benchmark_writes_its_figures(tmp_path: Path) -> None:

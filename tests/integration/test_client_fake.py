@@ -441,16 +441,16 @@ def test_bad_ids_are_refused_and_nothing_is_sent(api: FakeApi, client: SfsTurboC
 
 @pytest.fixture
 def tcp_connects(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Every TCP connection opened to the fake (httpx's sync transport opens them with this call)."""
+    """Every TCP connection opened to the fake (whichever HTTP stack opens it, it calls connect)."""
     opened: list[tuple[str, int]] = []
-    real = socket.create_connection
+    real = socket.socket.connect
 
-    def counting(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
-        if int(address[1]) == api.port:
+    def counting(sock: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and int(address[1]) == api.port:
             opened.append((str(address[0]), int(address[1])))
-        return real(address, *args, **kwargs)
+        return real(sock, address)
 
-    monkeypatch.setattr(socket, "create_connection", counting)
+    monkeypatch.setattr(socket.socket, "connect", counting)
     return opened
 
 

@@ -27,7 +27,14 @@ from urllib.parse import quote
 import httpx
 
 from worker.api.answers import ApiAnswer, Verdict, classify, parse_error_body, parse_retry_after
-from worker.api.transport import MAX_BODY_BYTES, TOO_LARGE, BodyTooLargeError, read_bounded, request_id_of
+from worker.api.transport import (
+    MAX_BODY_BYTES,
+    TOO_LARGE,
+    BodyTooLargeError,
+    Urllib3Transport,
+    read_bounded,
+    request_id_of,
+)
 from worker.errors import EXIT_USAGE, UnavailableError, UsageError
 from worker.ids import check_project_id, check_share_id, check_task_id
 from worker.models import TaskInfo, parse_time
@@ -107,18 +114,17 @@ class SfsTurboClient:
         self._limiter = limiter
         self._pace = pace if pace is not None else limiter.acquire if limiter is not None else None
         self.project_id = check_project_id(config.project_id)
-        # httpx's transport and auth flow, driven here instead of through httpx.Client: the
-        # Client's per-request work (URL merging, cookies, hooks, redirects) cost about 200 us
-        # of CPU per DELETE, a third of the whole call, measured on the throughput benchmark;
-        # nothing of it applies to this API. Pooling, timeouts and the auth seam are httpx's own.
-        # One small connection pool per sending thread instead of one pool for all of them:
-        # httpcore's pool scans every connection it holds (a select() per idle one) on each
-        # request and each answer, under one lock, which cost about 70 us of CPU per DELETE with
-        # 16 threads (the throughput profile). A thread sends one request at a time (a 401's
-        # resend follows its first send), so one keep-alive connection each is enough. At most
-        # ``max_connections`` pools are made; threads beyond that share the existing ones
-        # (httpcore queues them), so the bound on connections holds. A ``transport`` given by
-        # the caller (tests' MockTransport) is used as it is, by every thread.
+        # httpx's auth flow, driven here instead of through httpx.Client: the Client's
+        # per-request work (URL merging, cookies, hooks, redirects) cost about 200 us of CPU per
+        # DELETE, a third of the whole call, measured on the throughput benchmark; nothing of it
+        # applies to this API. On the wire, urllib3 behind httpx's transport seam
+        # (:class:`Urllib3Transport`): httpcore and h11 cost about twice its CPU per request.
+        # One connection per sending thread instead of one pool for all of them: a pool shared
+        # by 16 threads serialises them on its lock. A thread sends one request at a time (a
+        # 401's resend follows its first send), so one keep-alive connection each is enough. At
+        # most ``max_connections`` transports are made; threads beyond that share the existing
+        # ones (and wait for their connection), so the bound on connections holds. A
+        # ``transport`` given by the caller (tests' MockTransport) is used as it is, by every thread.
         self._given_transport = transport
         self._local = threading.local()
         self._transports: list[httpx.BaseTransport] = []
@@ -154,11 +160,7 @@ class SfsTurboClient:
                     if self._ssl_context is None:
                         # Built once and shared: building one (CA certificates) costs ~17 ms.
                         self._ssl_context = httpx.create_ssl_context()
-                    transport = httpx.HTTPTransport(
-                        verify=self._ssl_context,
-                        retries=1,  # connect errors only: safe for DELETE
-                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                    )
+                    transport = Urllib3Transport(self._ssl_context)
                     self._transports.append(transport)
                 else:
                     transport = self._transports[threading.get_ident() % len(self._transports)]

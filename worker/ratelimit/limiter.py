@@ -85,6 +85,27 @@ class FleetLimiter:
         self._last_flush = -math.inf
         # What this process last heard of the circuit; it decides whether results may wait.
         self._circuit_seen = CircuitState.CLOSED
+        # acquire.lua's arguments but the wait budget and the number of slots wanted, as text
+        # once (they follow from the tuning, which never changes): building them per request
+        # was a sixth of the limiter's CPU in the throughput profile.
+        t = tuning
+        self._acquire_args: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = (
+            (str(t.paced_rate), str(t.burst)),
+            tuple(
+                str(a)
+                for a in (
+                    t.recovery_slope,
+                    t.half_open_fraction,
+                    t.key_ttl_ms,
+                    t.ramp_start_fraction,
+                    t.start_slope,
+                    round(t.idle_spell_s * _US),
+                    t.ceiling_slope,
+                    round(t.half_open_reach_s * _US),
+                )
+            ),
+            (str(round(t.bank_horizon_s * _US)), str(round(t.bank_grace_s * _US))),
+        )
 
     @classmethod
     def from_settings(cls, redis_client: redis.Redis, settings: Settings, **overrides: Any) -> FleetLimiter:
@@ -150,26 +171,9 @@ class FleetLimiter:
                 raise RateLimitCancelled(round(self._clock() - start, 6))
             waited = self._clock() - start
             budget_us = max(0, int((t.wait_max_s - waited) * _US))
-            want = self._next_want() if t.bank_slots > 1 else 1
-            reply = self._run(
-                "acquire",
-                [
-                    t.paced_rate,
-                    t.burst,
-                    budget_us,
-                    t.recovery_slope,
-                    t.half_open_fraction,
-                    t.key_ttl_ms,
-                    t.ramp_start_fraction,
-                    t.start_slope,
-                    round(t.idle_spell_s * _US),
-                    t.ceiling_slope,
-                    round(t.half_open_reach_s * _US),
-                    want,
-                    round(t.bank_horizon_s * _US),
-                    round(t.bank_grace_s * _US),
-                ],
-            )
+            want = self._next_want() if t.banks else 1
+            head, middle, tail = self._acquire_args
+            reply = self._run_texts("acquire", [*head, str(budget_us), *middle, str(want), *tail])
             code, wait_us, epoch, circuit = reply[:4]
             self._circuit_seen = CircuitState(int(circuit))
             if len(reply) > 5:
@@ -360,4 +364,7 @@ class FleetLimiter:
         }
 
     def _run(self, name: str, args: Sequence[float | int]) -> list[Any]:
-        return list(self._scripts[name](keys=[self.key], args=[str(a) for a in args]))
+        return self._run_texts(name, [str(a) for a in args])
+
+    def _run_texts(self, name: str, args: list[str]) -> list[Any]:
+        return list(self._scripts[name](keys=[self.key], args=args))
