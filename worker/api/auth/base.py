@@ -37,3 +37,23 @@ def put_token(request: httpx.Request, token: str) -> None:
     """Send ``token`` as ``X-Auth-Token`` (the token and IAM modes), JSON unless said otherwise."""
     request.headers["X-Auth-Token"] = token
     request.headers.setdefault("Content-Type", _JSON)
+
+
+class Expiring:
+    """Renewal arithmetic of a credential with an issue (``iat``) and expiry (``exp``) time, shared
+    by the IAM token and the platform's temporary keys: renewed when less than the smaller of
+    ``renew_before_s`` and a third of its lifetime remains, so a short-lived credential is not
+    renewed on every use."""
+
+    exp: float
+    iat: float
+
+    @property
+    def lifetime(self) -> float:
+        return self.exp - self.iat
+
+    def valid(self, now: float) -> bool:
+        return now < self.exp
+
+    def fresh(self, now: float, renew_before_s: float) -> bool:
+        return self.exp - now >= min(renew_before_s, self.lifetime / 3)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from worker.api.auth.base import AuthError, AuthUnavailableError
+from worker.api.auth.base import AuthError, AuthUnavailableError, Expiring
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class IamLogin:
 
 
 @dataclass(frozen=True)
-class CachedToken:
+class CachedToken(Expiring):
     """A token and its validity on this host's clock (epoch seconds)."""
 
     value: str = field(repr=False)
@@ -65,16 +65,6 @@ class CachedToken:
     # logging in again will not help (see IamTokenProvider.renew).
     after_rejection: bool = False
     blob: str | None = field(default=None, repr=False, compare=False)  # as stored in Redis
-
-    @property
-    def lifetime(self) -> float:
-        return self.exp - self.iat
-
-    def valid(self, now: float) -> bool:
-        return now < self.exp
-
-    def fresh(self, now: float, renew_before_s: float) -> bool:
-        return self.exp - now >= min(renew_before_s, self.lifetime / 3)
 
 
 def fetch_token(login: IamLogin, http: httpx.Client, clock: Callable[[], float]) -> CachedToken:

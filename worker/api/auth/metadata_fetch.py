@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
-from worker.api.auth.base import AuthError, AuthUnavailableError
+from worker.api.auth.base import AuthError, AuthUnavailableError, Expiring
 from worker.api.signer import AkSkCredentials
 
 SESSION_TOKEN_PATH: Final = "/meta-data/latest/api/token"  # noqa: S105 - a path
@@ -40,7 +40,7 @@ _SETTING: Final = "SFS_CLEANUP_METADATA_URL"
 
 
 @dataclass(frozen=True)
-class TemporaryCredentials:
+class TemporaryCredentials(Expiring):
     """A temporary AK/SK and its security token, valid until ``exp`` (this host's epoch seconds)."""
 
     access_key: str
@@ -50,16 +50,6 @@ class TemporaryCredentials:
     iat: float
     expires_at: str
     blob: str | None = field(default=None, repr=False, compare=False)  # as stored in Redis
-
-    @property
-    def lifetime(self) -> float:
-        return self.exp - self.iat
-
-    def valid(self, now: float) -> bool:
-        return now < self.exp
-
-    def fresh(self, now: float, renew_before_s: float) -> bool:
-        return self.exp - now >= min(renew_before_s, self.lifetime / 3)
 
     def signing(self) -> AkSkCredentials:
         return AkSkCredentials(self.access_key, self.secret_key, self.security_token)
