@@ -110,7 +110,12 @@ def get_runtime(settings: Settings) -> Runtime:
             _runtime = Runtime(
                 settings=settings,
                 redis=client,
-                audit=Audit(client, prefix=settings.key_prefix, retention_s=retention_of(settings)),
+                audit=Audit(
+                    client,
+                    prefix=settings.key_prefix,
+                    retention_s=retention_of(settings),
+                    audit_key=audit_key_of(settings),
+                ),
                 retry=RetryPolicy.from_settings(settings),
                 worker_name=f"{socket.gethostname()}:{os.getpid()}",
             )
@@ -131,3 +136,8 @@ def close_runtime() -> None:
 def retention_of(settings: Settings) -> Retention:
     """The ledger's retention by kind of run, from the settings (days)."""
     return Retention.days(settings.retention_days, settings.retention_failed_days, settings.retention_dry_run_days)
+
+
+def audit_key_of(settings: Settings) -> bytes | None:
+    """The audit chain's key (``SFS_CLEANUP_AUDIT_KEY``), if set: kept in the process, never sent."""
+    return settings.audit_key.get_secret_value().encode() if settings.audit_key else None

@@ -12,6 +12,7 @@ import redis
 import structlog
 
 from worker.ledger.audit import Audit
+from worker.ledger.outcomes import RecordItem
 from worker.ledger.records import Attempt, Batch, FinalOutcome
 
 
@@ -93,21 +94,22 @@ class RecordBuffer:
                 items, self._items = self._items, []
             if not items:
                 return
-            pipe = self.audit.redis.pipeline(transaction=True)
-            for batch, task_id, attempt, final, bump in items:
-                self.audit.record(
-                    batch, task_id, attempt=attempt, final=final, bump=bump, pipe=pipe, **self.record_args
-                )
             try:
-                results = pipe.execute()
+                results = self.audit.record_many(
+                    [
+                        RecordItem(batch, task_id, attempt, final, bump)
+                        for batch, task_id, attempt, final, bump in items
+                    ],
+                    **self.record_args,
+                )
             except BaseException:
                 with self._lock:
                     self._items[:0] = items  # back in front, in order, for the next try
                 raise
         for (batch, _, _, _, _), result in zip(items, results, strict=True):
-            if int(result) == 2:
+            if result == 2:
                 self.audit.on_run_over(batch.run_id)
-            elif int(result) == -1:
+            elif result == -1:
                 self.duplicates += 1
 
     @property

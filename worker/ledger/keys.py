@@ -18,6 +18,10 @@ key                                type      holds
 ``P:run:{R}:lease:{N}``            string    the job working on batch N (expires unless renewed)
 ``P:run:{R}:out:{N}``              hash      task ID -> its one final outcome (JSON), written once
 ``P:run:{R}:att:{N}``              hash      task ID -> every attempt, one JSON object per line
+                                             (each record ends with its chain position ``"q"``)
+``P:run:{R}:chain``                hash      batch number -> its hash chain's state ``head:count`` (``chain``)
+``P:run:{R}:z``                    hash      batch number -> the batch's outcomes and attempts once the run
+                                             is over and the batch compacted: zlib of ``compact`` rows
 ``P:run:{R}:rejected``             list      refused input (JSON: source, line, reason, raw)
 ``P:run:{R}:rejected:done``        set       tokens of the writes of refused input (a repeat stores nothing)
 ``P:run:{R}:rps``                  hash      epoch second -> API requests sent (rate compliance)
@@ -105,6 +109,12 @@ class Keys:
 
     def attempts(self, run_id: str, batch: int) -> str:
         return f"{self.run(run_id)}:att:{batch}"
+
+    def chain(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:chain"
+
+    def compacted(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:z"
 
     def rejected(self, run_id: str) -> str:
         return f"{self.run(run_id)}:rejected"

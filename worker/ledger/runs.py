@@ -144,6 +144,8 @@ class RunStore(EventLog):
             self.keys.rps(run_id),
             self.keys.bad_shares(run_id),
             self.keys.deliveries(run_id),
+            self.keys.chain(run_id),
+            self.keys.compacted(run_id),
         ):
             pipe.expire(key, keep)
         for number in range(batches):
@@ -151,4 +153,5 @@ class RunStore(EventLog):
             pipe.expire(self.keys.attempts(run_id, number), keep)
         pipe.zrem(self.keys.active_runs, run_id)
         pipe.execute()
+        self.close_ledger(run_id)
         self.event("run_over", run_id=run_id, status=meta.get("status", ""), reason=meta.get("reason", ""), keep_s=keep)
