@@ -11,8 +11,8 @@ Nothing per entry but its position is stored: each record carries its sequence n
 at the end of its JSON), which is what recovers the order. An intent line (``"v":"sending"``) is
 an entry ``I`` covering the task and the attempt's key (``d2``): all that its completion, which
 overwrites the line in place, still holds; the completion keeps the intent's position as
-``"qi"`` and is an entry ``A`` of its own. An entry is ``seq US task US kind US body`` where the
-body is the record's JSON as the client wrote it (without ``q``/``qi``).
+``"qi"`` and is an entry ``A`` of its own. An entry is ``seq US task US kind US sha256(body)`` where
+the body is the record's JSON as the client wrote it (without ``q``/``qi``).
 
 Without a key the chain proves order and completeness against mistakes, not against someone who
 can write Redis: such a writer can recompute an unkeyed chain. With a key, only its holders can.
@@ -34,6 +34,7 @@ FINAL: Final = "F"
 _TAIL = re.compile(r',"q":(\d+)(?:,"qi":(\d+))?\}$')
 _KEY = re.compile(r'^\{"k":"([^"]+)"')
 _SENDING = '"v":"sending"'
+_MASKED = '{"masked":"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +77,32 @@ class Chain:
 
     def step(self, state: ChainState, task_id: str, kind: str, body: str) -> ChainState:
         seq = state.count + 1
-        entry = f"{seq}{SEP}{task_id}{SEP}{kind}{SEP}{body}".encode()
+        entry = f"{seq}{SEP}{task_id}{SEP}{kind}{SEP}{body_digest(body)}".encode()
         return ChainState(self._digest(bytes.fromhex(state.head) + entry).hex(), seq)
 
     def run_head(self, run_id: str, heads: Iterable[tuple[int, ChainState]]) -> str:
         """The run's head: over every batch's head and count, in batch order."""
         parts = [f"sfs-run/1{SEP}{run_id}"] + [f"{n}{SEP}{s.head}{SEP}{s.count}" for n, s in sorted(heads)]
         return self._digest("\n".join(parts).encode()).hex()
+
+
+def body_digest(body: str) -> str:
+    """What an entry holds of its record: the SHA-256 of its JSON, which an evidence bundle can
+    carry in place of a record that had to be masked (an API message echoing a secret)."""
+    if body.startswith(_MASKED):
+        return body[len(_MASKED) : len(_MASKED) + 64]
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def masked(stored: str) -> str:
+    """A stored record replaced by its digest, its chain positions kept (see :func:`body_digest`)."""
+    body, seq, intent_seq = split_seq(stored)
+    digest = f'{_MASKED}{body_digest(body)}"}}'
+    return with_seq(digest, seq, intent_seq) if seq is not None else digest
+
+
+def is_masked(body: str) -> bool:
+    return body.startswith(_MASKED)
 
 
 def with_seq(body: str, seq: int, intent_seq: int | None = None) -> str:
@@ -143,8 +163,13 @@ def check_batch(
     finals: Mapping[str, str],
     attempts: Mapping[str, str],
     stored: ChainState | None,
+    *,
+    heads: bool = True,
 ) -> BatchCheck:
-    """Recompute a batch's chain from its records and compare it with the stored state."""
+    """Recompute a batch's chain from its records and compare it with the stored state.
+
+    ``heads=False`` (a keyed chain checked without its key) checks positions and counts only.
+    """
     found = list(entries(finals, attempts))
     state = chain.genesis(run_id, batch)
     where = f"batch {batch}"
@@ -173,7 +198,7 @@ def check_batch(
         return BatchCheck(
             state, f"{where}: {state.count} records but the chain counts {stored.count} (removed or inserted)"
         )
-    if state.head != stored.head:
+    if heads and state.head != stored.head:
         return BatchCheck(
             state,
             f"{where}: the records do not hash to the chain's head (a record edited, swapped or reordered, "
