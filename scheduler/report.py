@@ -104,9 +104,10 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         table.add_row("requests per second (median / p95)", f"{rate['median_rps']} / {rate['p95_rps']}")
     chain = report.get("chain") or {}
     table.add_row("audit chain entries", str(chain.get("entries", 0)) + ("" if chain.get("keyed") else " (unkeyed)"))
-    if chain.get("head"):
-        table.add_row("audit chain head", str(chain["head"]))
     console.print(table)
+    if chain.get("head"):
+        # Whole, on its own line: a head cut short cannot be compared with a bundle's.
+        console.print(f"audit chain head: {chain['head']}", soft_wrap=True, highlight=False)
     if report.get("reason"):
         console.print(f"[bold]reason:[/bold] {report['reason']}")
     if report.get("parent_run"):
