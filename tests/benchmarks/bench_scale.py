@@ -300,6 +300,7 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
         measured, report = purge_cli(
             env, "--older-than", "0s", "--wait", timeout_s=300 + count / 50, workdir=rundir / "cli"
         )
+        compacted_s = wait_sealed(client, report["run_id"])
         after = used_memory(client)
         stats = fake.stats()
     finally:
@@ -327,6 +328,8 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
         "agree": deleted + gone == count == stats["deletes_accepted"],
         "wall_s": round(measured.wall_s, 1),
         "deletions_per_s": round(deleted / measured.wall_s, 1),
+        # From the CLI's exit (the run over) until its ledger is compacted and its chain sealed.
+        "compacted_after_s": compacted_s,
         "redis": {
             "used_memory_delta_mb": _mb(after - before),
             "run_keys_mb": _mb(run_part),
@@ -349,6 +352,16 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
         f"({result['bytes_per_100k_finished']:,} bytes per 100,000 finished tasks)"
     )
     return result
+
+
+def wait_sealed(client: redis.Redis, run_id: str, timeout_s: float = 600) -> float:
+    """Seconds until the ended run's chain head is sealed, which its compaction precedes."""
+    started = time.monotonic()
+    while not client.hget(f"{PREFIX}:run:{{{run_id}}}", "chain_head"):
+        if time.monotonic() - started > timeout_s:
+            raise RuntimeError(f"run {run_id} not compacted and sealed after {timeout_s} s")
+        time.sleep(0.2)
+    return round(time.monotonic() - started, 1)
 
 
 # --- Profile of one plan ----------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class Chain:
     def _digest(self, data: bytes) -> bytes:
         if self._key is None:
             return hashlib.sha256(data).digest()
-        return hmac.new(self._key, data, hashlib.sha256).digest()
+        return hmac.digest(self._key, data, "sha256")  # the one-shot C path: on every ledger write
 
     def genesis(self, run_id: str, batch: int) -> ChainState:
         """The state before a batch's first entry: bound to its run and batch, so records moved

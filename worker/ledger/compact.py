@@ -34,7 +34,7 @@ def encode_batch_records(task_ids: Sequence[str], finals: Mapping[str, str], att
     planned = set(task_ids)
     for t in sorted((set(finals) | set(attempts)) - planned):
         rows.append(f"{t}\t{finals.get(t, '')}\t{attempts.get(t, '').replace(chr(10), _RS)}")
-    return zlib.compress("\n".join(rows).encode(), 9)
+    return zlib.compress("\n".join(rows).encode(), 6)
 
 
 def decode_batch_records(task_ids: Sequence[str], blob: bytes) -> tuple[dict[str, str], dict[str, str]]:

@@ -77,9 +77,19 @@ class OutcomeStore(RunStore, CompactStore):
         return state
 
     def _record_call(
-        self, item: RecordItem, state: ChainState | None, failure_ratio: float, failure_min_attempts: int
+        self,
+        item: RecordItem,
+        state: ChainState | None,
+        failure_ratio: float,
+        failure_min_attempts: int,
+        *,
+        full: bool = False,
     ) -> tuple[list[str], list[Any], ChainState | None]:
-        """The keys and arguments of one record.lua call, and the chain state if all of it is written."""
+        """The keys and arguments of one record.lua call, and the chain state if all of it is written.
+
+        The head after the final alone (the attempt a repeat) is rare: computed only when ``full``
+        (record.lua asks for it by answering that the chain moved).
+        """
         batch, task_id, attempt, final = item.batch, item.task_id, item.attempt, item.final
         run_id, number = batch.run_id, batch.number
         start = state or self.chain.genesis(run_id, number)
@@ -87,7 +97,10 @@ class OutcomeStore(RunStore, CompactStore):
         fin_json = final.to_json() if final else ""
         after_a = self.chain.step(start, task_id, ATTEMPT, att_json) if attempt else start
         after_af = self.chain.step(after_a, task_id, FINAL, fin_json) if final else after_a
-        after_f = self.chain.step(start, task_id, FINAL, fin_json) if final else start
+        if final and attempt and not full:
+            after_f = None
+        else:
+            after_f = self.chain.step(start, task_id, FINAL, fin_json) if final else start
         keys = [
             self.keys.run(run_id),
             self.keys.outcomes(run_id, number),
@@ -113,7 +126,7 @@ class OutcomeStore(RunStore, CompactStore):
             start.count,
             after_a.encode(),
             after_af.encode(),
-            after_f.encode(),
+            after_f.encode() if after_f else "",
         ]
         return keys, args, after_af
 
@@ -132,6 +145,7 @@ class OutcomeStore(RunStore, CompactStore):
         """
         codes: list[int | None] = [None] * len(items)
         todo = list(range(len(items)))
+        retried: set[int] = set()  # sent again: with every head it may need
         tries = 0
         while todo:
             tries += 1
@@ -140,7 +154,8 @@ class OutcomeStore(RunStore, CompactStore):
             for lock in locks:
                 lock.acquire()
             try:
-                todo = self._record_round(items, todo, codes, failure_ratio, failure_min_attempts, transaction)
+                todo = self._record_round(items, todo, codes, failure_ratio, failure_min_attempts, transaction, retried)
+                retried.update(todo)
             finally:
                 for lock in reversed(locks):
                     lock.release()
@@ -156,6 +171,7 @@ class OutcomeStore(RunStore, CompactStore):
         failure_ratio: float,
         failure_min_attempts: int,
         transaction: bool,
+        retried: set[int],
     ) -> list[int]:
         pipe = self.redis.pipeline(transaction=transaction)
         expected: dict[tuple[str, int], ChainState | None] = {}
@@ -163,7 +179,9 @@ class OutcomeStore(RunStore, CompactStore):
             b = items[i].batch
             key = (b.run_id, b.number)
             state = expected[key] if key in expected else self._chain_state(*key)
-            keys, args, after = self._record_call(items[i], state, failure_ratio, failure_min_attempts)
+            keys, args, after = self._record_call(
+                items[i], state, failure_ratio, failure_min_attempts, full=i in retried
+            )
             self._record(keys=keys, args=args, client=pipe)
             expected[key] = after
         try:

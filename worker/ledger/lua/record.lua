@@ -14,13 +14,17 @@
 --       6 batch size, 7 extra counter to bump or '', 8 failure ratio limit, 9 minimum attempted,
 --       10 count this attempt as an API request ('1' or '0'), 11 the attempt's line marker or '',
 --       12 the chain state the client computed from ('' for none yet), 13 its entry count,
---       14 the state after the attempt alone, 15 after the attempt and the final, 16 after the final alone
+--       14 the state after the attempt alone, 15 after the attempt and the final, 16 after the final
+--       alone ('' when an attempt comes with the final: asked for by answering -3 if needed)
 -- Returns {code, chain state}: code 0 attempt only, 1 final written, 2 final written and the run
 --   is now over, -1 final refused because the task already had one (a duplicate delivery),
 --   -3 the chain moved (nothing written; recompute from the state given), -4 the batch is compacted
 --   (its run is over; nothing written). A repeat of a final already written by this same write
 --   answers 1, or 2 if the run is over.
-if redis.call('HEXISTS', KEYS[7], ARGV[5]) == 1 then
+local status = redis.call('HGET', KEYS[1], 'status')
+local over = status == 'finished' or status == 'aborted' or status == 'cancelled'
+-- Only an ended run's batches are compacted: the check costs nothing while a run goes on.
+if over and redis.call('HEXISTS', KEYS[7], ARGV[5]) == 1 then
   return {-4, ''}
 end
 local t = redis.call('TIME')
@@ -51,11 +55,7 @@ if ARGV[3] ~= '' then
   else
     local body = (string.gsub(had, ',"q":%d+}$', '}'))
     if body == ARGV[4] then
-      local st = redis.call('HGET', KEYS[1], 'status')
-      repeated = 1
-      if st == 'finished' or st == 'aborted' or st == 'cancelled' then
-        repeated = 2
-      end
+      repeated = 1 -- or 2 if the run is over (below)
     else
       repeated = -1
     end
@@ -63,11 +63,11 @@ if ARGV[3] ~= '' then
 end
 local chain = redis.call('HGET', KEYS[6], ARGV[5]) or ''
 if att or fin then
-  if chain ~= ARGV[12] then
+  -- The head after the final alone is sent only when asked for (the attempt was a repeat): rare.
+  if chain ~= ARGV[12] or (fin and not att and ARGV[16] == '') then
     return {-3, chain}
   end
-  local was = redis.call('HGET', KEYS[1], 'status')
-  if was == 'finished' or was == 'aborted' or was == 'cancelled' then
+  if over then
     -- A late write (a job that lost its lease): the run's sealed head no longer covers it.
     redis.call('HDEL', KEYS[1], 'chain_head')
   end
@@ -117,6 +117,9 @@ end
 if ARGV[3] == '' then
   return {0, chain}
 end
+if repeated == 1 and over then
+  return {2, chain}
+end
 if repeated then
   return {repeated, chain}
 end
@@ -125,7 +128,6 @@ local finals = redis.call('HINCRBY', KEYS[1], 'finals', 1)
 if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[6]) then
   redis.call('SREM', KEYS[4], ARGV[5])
 end
-local status = redis.call('HGET', KEYS[1], 'status')
 if ARGV[3] == 'failed' and status == 'running' then
   local failed = tonumber(redis.call('HGET', KEYS[1], 'n:failed') or '0')
   local tried = failed + tonumber(redis.call('HGET', KEYS[1], 'n:deleted') or '0')
