@@ -249,6 +249,12 @@ def test_every_kind_of_tampering_is_caught_live_and_in_a_bundle(
     code, intact = verify_live(cluster, run_id)
     assert code == 0 and intact["intact"] and intact["keyed"], intact
     assert intact["chain_head"] == intact["sealed_head"] == audit.run(run_id)["chain_head"]
+    plain = cluster.cli("audit", "verify", run_id)
+    assert plain.returncode == 0 and f"intact: run {run_id} (chain head {intact['chain_head']})" in plain.stdout
+    # The key stays in the processes: never in Redis (not even as a script argument), never logged.
+    dumped = b"".join(audit.raw_redis.dump(k) or b"" for k in audit.raw_redis.scan_iter())  # type: ignore[misc]
+    assert KEY.encode() not in dumped
+    assert all(KEY not in w.log_path.read_text() for w in cluster.workers)
     shown = cluster.cli("runs", "show", run_id).stdout
     assert "audit chain entries" in shown and intact["chain_head"] in shown
     before = tmp_path / "before.zip"
@@ -271,6 +277,10 @@ def test_every_kind_of_tampering_is_caught_live_and_in_a_bundle(
 
     restore(r, run_id, saved)
     assert verify_live(cluster, run_id)[0] == 0, "restored: intact again"
+    counter(audit, run_id)
+    plain = cluster.cli("audit", "verify", run_id)
+    assert plain.returncode == 8 and "first broken link: counter n:deleted says" in plain.stderr, plain.stderr
+    restore(r, run_id, saved)
     code, sound = verify_offline(cluster, before)
     assert code == 0, ("a bundle made before the tampering still verifies", sound)
 
