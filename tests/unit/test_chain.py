@@ -76,3 +76,22 @@ def test_real_writes_chain_in_order_and_verify_in_both_forms(redis_client: redis
     checked = audit.verify_run("rc")
     assert checked.intact and checked.entries == 4 and checked.head == audit.run("rc")["chain_head"]
     assert not Audit(redis_client, audit_key=b"another").verify_run("rc").intact
+
+
+def test_a_second_compaction_never_replaces_the_first_with_less(redis_client: redis.Redis) -> None:
+    audit = Audit(redis_client)
+    audit.create_run("rz", {"trigger": "cli"})
+    audit.add_batches("rz", [(0, "s", ["t0"])])
+    assert audit.freeze("rz", 1, batches=1) is RunStatus.RUNNING
+    batch = Batch("rz", 0, "s", ("t0",))
+    audit.record(batch, "t0", final=FinalOutcome(Outcome.DELETED, time.time()))
+    blob = audit.raw_redis.hget(audit.keys.compacted("rz"), "0")
+    # A slower process that read the (now deleted) hashes as empty, then tries to compact.
+    keys = [audit.keys.outcomes("rz", 0), audit.keys.attempts("rz", 0), audit.keys.lease("rz", 0)]
+    keys += [audit.keys.chain("rz"), audit.keys.compacted("rz"), audit.keys.run("rz")]
+    state = redis_client.hget(audit.keys.chain("rz"), "0")
+    empty = encode_batch_records(["t0"], {}, {})
+    assert audit._compact(keys=keys, args=[0, state, empty]) == 0
+    assert audit.compact_run("rz") == 0
+    assert audit.raw_redis.hget(audit.keys.compacted("rz"), "0") == blob
+    assert audit.verify_run("rz").intact

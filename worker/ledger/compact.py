@@ -111,6 +111,8 @@ class CompactStore(PlanStore):
             pipe = self.redis.pipeline(transaction=False)
             for i, b in enumerate(chunk):
                 outs, atts, state = raw[3 * i : 3 * i + 3]
+                if not outs and not atts:
+                    continue  # nothing written, or compacted meanwhile by another process
                 finals = {decode(k): decode(v) for k, v in outs.items()}
                 attempts = {decode(k): decode(v) for k, v in atts.items()}
                 blob = encode_batch_records(b.task_ids, finals, attempts)

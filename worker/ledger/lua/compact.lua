@@ -4,8 +4,12 @@
 -- whose lease is held (a job may still write) is left for later.
 -- KEYS: 1 outcomes hash, 2 attempts hash, 3 the batch's lease, 4 chain hash, 5 compacted hash, 6 run hash
 -- ARGV: 1 batch number, 2 the chain state read, 3 the compressed value
--- Returns 1 compacted, 0 left as it is.
+-- Returns 1 compacted, 0 left as it is (held, written meanwhile, or compacted already).
 if redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
+-- Compacted already (by another process that read the hashes first): never over it with less.
+if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 or redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
   return 0
 end
 if (redis.call('HGET', KEYS[4], ARGV[1]) or '') ~= ARGV[2] then
