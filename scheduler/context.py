@@ -15,7 +15,7 @@ from worker.ledger import Audit
 from worker.ledger.layout import check_layout
 from worker.ratelimit import FleetLimiter
 from worker.redisconn import connect
-from worker.runtime import retention_of
+from worker.runtime import audit_key_of, retention_of
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,7 +36,12 @@ class Context:
 
     @functools.cached_property
     def audit(self) -> Audit:
-        audit = Audit(self.redis, prefix=self.settings.key_prefix, retention_s=retention_of(self.settings))
+        audit = Audit(
+            self.redis,
+            prefix=self.settings.key_prefix,
+            retention_s=retention_of(self.settings),
+            audit_key=audit_key_of(self.settings),
+        )
         check_layout(self.redis, audit.keys)  # a CLI or scheduler of another key layout stops here
         return audit
 

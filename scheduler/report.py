@@ -59,6 +59,12 @@ def run_report(audit: Audit, run_id: str) -> dict[str, Any]:
         "elapsed_s": round(max(0.0, ended - started), 2),
         "rate": rate,
         "policy": json.loads(meta.get("policy") or "{}"),
+        # The audit's hash chain: every attempt and final outcome, in order (``audit verify``).
+        "chain": {
+            "head": meta.get("chain_head") or None,
+            "entries": int(meta.get("chain_n", 0)),
+            "keyed": audit.chain.keyed,
+        },
     }
 
 
@@ -96,7 +102,12 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     table.add_row("busiest second", f"{rate['busiest_second']} requests")
     if rate.get("seconds"):
         table.add_row("requests per second (median / p95)", f"{rate['median_rps']} / {rate['p95_rps']}")
+    chain = report.get("chain") or {}
+    table.add_row("audit chain entries", str(chain.get("entries", 0)) + ("" if chain.get("keyed") else " (unkeyed)"))
     console.print(table)
+    if chain.get("head"):
+        # Whole, on its own line: a head cut short cannot be compared with a bundle's.
+        console.print(f"audit chain head: {chain['head']}", soft_wrap=True, highlight=False)
     if report.get("reason"):
         console.print(f"[bold]reason:[/bold] {report['reason']}")
     if report.get("parent_run"):

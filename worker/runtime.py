@@ -108,7 +108,12 @@ def get_runtime(settings: Settings) -> Runtime:
         if _runtime is None or _pid != os.getpid():
             client = redis_client(settings)
             check_layout(client, Keys(settings.key_prefix))  # a process of another layout stops here
-            audit = Audit(client, prefix=settings.key_prefix, retention_s=retention_of(settings))
+            audit = Audit(
+                client,
+                prefix=settings.key_prefix,
+                retention_s=retention_of(settings),
+                audit_key=audit_key_of(settings),
+            )
             audit.durability = durability_of(settings)
             _runtime = Runtime(
                 settings=settings,
@@ -144,3 +149,8 @@ def retention_of(settings: Settings) -> Retention:
 def durability_of(settings: Settings) -> Durability:
     """How many replicas must hold a write-ahead record or an outcome before it counts."""
     return Durability(settings.redis_min_replicas, settings.redis_wait_timeout_ms)
+
+
+def audit_key_of(settings: Settings) -> bytes | None:
+    """The audit chain's key (``SFS_CLEANUP_AUDIT_KEY``), if set: kept in the process, never sent."""
+    return settings.audit_key.get_secret_value().encode() if settings.audit_key else None

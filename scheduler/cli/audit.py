@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -131,17 +132,62 @@ def audit_bundle(
 @audit_app.command("verify")
 @friendly
 def audit_verify(
-    bundle: Annotated[Path, typer.Option("--bundle", help="An evidence bundle (sfs-cleanup audit bundle).")],
+    run_id: Annotated[str | None, typer.Argument(help="A run in Redis: recompute its hash chain.")] = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="An evidence bundle (sfs-cleanup audit bundle), offline.")
+    ] = None,
     digest: Annotated[str | None, typer.Option(help="The digest recorded when it was made (the ticket's).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check an evidence bundle offline: manifest, every member's hash, counts that add up."""
+    """Check a run's audit in Redis (RUN_ID), or an evidence bundle offline (--bundle): exit 8 if broken."""
+    if (run_id is None) == (bundle is None):
+        raise UserError("give a RUN_ID (the audit in Redis) or --bundle FILE (offline), not both")
+    if bundle is None:
+        assert run_id is not None
+        if digest is not None:
+            raise UserError("--digest goes with --bundle")
+        _verify_run(run_id, as_json=as_json)
+        return
+    _verify_bundle(bundle, digest, as_json=as_json)
+
+
+def _verify_run(run_id: str, *, as_json: bool) -> None:
+    from scheduler.evidence.verify import EXIT_TAMPERED
+
+    ctx = context()
+    if not ctx.audit.run(run_id):
+        raise UserError(f"no run {run_id!r}")
+    result = ctx.audit.verify_run(run_id)
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        lines = [f"note: {x}" for x in result.notes]
+        if result.intact:
+            lines.insert(
+                0, f"ok: {result.batches} batches, {result.entries} chain entries, each batch's head recomputed"
+            )
+            lines.insert(1, "ok: the run's counters equal a recount of its records")
+            lines.append(f"intact: run {run_id} (chain head {result.head})")
+            sys.stdout.write("\n".join(lines) + "\n")
+        else:
+            sys.stdout.write(
+                "\n".join(lines + [f"broken: {p}" for p in result.problems[1:]])
+                + ("\n" if lines or result.problems[1:] else "")
+            )
+            err.print(f"error: run {run_id}: first broken link: {result.problems[0]}", markup=False, highlight=False)
+    if not result.intact:
+        raise typer.Exit(EXIT_TAMPERED)
+
+
+def _verify_bundle(bundle: Path, digest: str | None, *, as_json: bool) -> None:
     from scheduler.evidence.verify import BundleProblemError, verify_bundle
 
     if not bundle.is_file():
         raise UserError(f"no file {bundle}")
     try:
-        result = verify_bundle(bundle, digest)
+        # Only the chain's key is read (no other setting): a keyed chain's hashes need it.
+        key = os.environ.get("SFS_CLEANUP_AUDIT_KEY")
+        result = verify_bundle(bundle, digest, audit_key=key.encode() if key else None)
     except BundleProblemError as exc:
         if as_json:
             print_json({"file": str(bundle), "sound": False, "problem": str(exc)})

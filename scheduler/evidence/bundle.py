@@ -28,7 +28,8 @@ from scheduler.export import attempt_dict, iso, refused_row, task_row
 from scheduler.guard import settings_view
 from scheduler.report import run_report
 from worker.errors import UsageError
-from worker.ledger import OVER, Audit, TaskRecord
+from worker.ledger import OVER, Audit, Batch, TaskRecord
+from worker.ledger.chain import masked
 from worker.settings import Settings
 
 PACKAGE = "sfs-turbo-cleanup"
@@ -87,6 +88,17 @@ def bundle_row(record: TaskRecord, project_id: str) -> dict[str, Any]:
         "batch": record.batch,
         "attempt_log": [attempt_dict(a) for a in record.attempts],
     }
+
+
+def _chained(redact: Redactor, stored: str) -> str:
+    """A record as the chain member carries it: as stored, or by its digest if it holds a secret
+    (masking it would break its hash; the task rows carry it masked)."""
+    return masked(stored) if redact.finds(stored) else stored
+
+
+def _unique(batches: list[Batch]) -> list[Batch]:
+    """HSCAN may return an entry twice if the hash is rehashed meanwhile: each batch once."""
+    return list({b.number: b for b in batches}.values())
 
 
 def _jsonl(value: Any) -> str:
@@ -167,16 +179,22 @@ def _write(
     report = run_report(audit, run_id)
     archive.json(m.REPORT, report)
     rows = 0
-    seen: set[int] = set()
+    states = audit.chain_states(run_id)
+    batches = _unique(sorted(audit.iter_batches(run_id), key=lambda b: b.number))
     with archive.member(m.TASKS) as write:
-        for batch in audit.iter_batches(run_id):
-            # HSCAN may return an entry twice if the hash is rehashed meanwhile: one row per task.
-            if batch.number in seen:
-                continue
-            seen.add(batch.number)
+        for batch in batches:
             for record in audit.task_records(batch):
                 write(_jsonl(bundle_row(record, project_id)))
                 rows += 1
+    # A zip member is written whole before the next one starts: the records are read again.
+    with archive.member(m.CHAIN) as write:
+        for batch in batches:
+            finals, attempts = audit.batch_records(batch)
+            state = states.get(batch.number)
+            line = {"batch": batch.number, "head": state.head if state else None, "n": state.count if state else 0}
+            finals = {t: _chained(archive.redact, v) for t, v in finals.items()}
+            attempts = {t: "\n".join(_chained(archive.redact, x) for x in v.split("\n")) for t, v in attempts.items()}
+            write(_jsonl(line | {"finals": finals, "attempts": attempts}))
     refused = 0
     with archive.member(m.REFUSED) as write:
         for item in audit.rejected(run_id):
@@ -190,7 +208,8 @@ def _write(
     policy_keys = ("policy_fp", "policy_name", "policy_file_path", "policy_file_sha256", "policies_file_sha256")
     archive.json(m.POLICY, {"policy": report["policy"]} | {k: meta.get(k) for k in policy_keys})
     archive.json(m.SETTINGS, _settings_record(meta, settings))
-    chain_n = meta.get("chain_n")
+    # The sealed head (when the run ended), else the head over the batches as they are now.
+    chain_head = meta.get("chain_head") or audit.chain.run_head(run_id, states.items())
     archive.json(
         m.BUNDLE,
         {
@@ -205,9 +224,11 @@ def _write(
             "created_by": made_by,
             "task_rows": rows,
             "refused_lines": refused,
-            # The run's hash chain, once the ledger keeps one: its head and length when bundled.
-            "chain_head": meta.get("chain_head"),
-            "chain_n": int(chain_n) if chain_n else None,
+            # The run's hash chain: its head and length when bundled, and whether it is keyed
+            # (SFS_CLEANUP_AUDIT_KEY: then only its holders can recompute it).
+            "chain_head": chain_head,
+            "chain_n": sum(s.count for s in states.values()),
+            "chain_keyed": audit.chain.keyed,
             "masked_secrets": archive.redact.masked,
         },
     )

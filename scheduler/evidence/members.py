@@ -22,7 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-FORMAT: Final = "sfs-cleanup-evidence/1"
+FORMAT: Final = "sfs-cleanup-evidence/2"
+#: The format before the hash chain (no ``chain.jsonl``): still verified.
+FORMAT_1: Final = "sfs-cleanup-evidence/1"
 
 MANIFEST: Final = "MANIFEST"
 MANIFEST_DIGEST: Final = "MANIFEST.sha256"
@@ -33,9 +35,14 @@ REFUSED: Final = "refused.jsonl"  # one row per refused input line (the export's
 RATE: Final = "rate.json"  # requests per second over the run, 429s, retries
 POLICY: Final = "policy.json"  # the policy the run applied, its fingerprint, its files' digests
 SETTINGS: Final = "settings.json"  # the non-secret selection settings and their SHA-256
+#: One line per batch: its records as stored (chain positions included) and its chain's head and
+#: count, so the hash chain is recomputed offline. Bundles made before the chain have none.
+CHAIN: Final = "chain.jsonl"
 
 #: Every member a bundle of this format has, besides the manifest and its digest.
-MEMBERS: Final = (BUNDLE, POLICY, RATE, REFUSED, REPORT, SETTINGS, TASKS)
+MEMBERS: Final = (BUNDLE, CHAIN, POLICY, RATE, REFUSED, REPORT, SETTINGS, TASKS)
+#: The members every bundle has, of either format.
+REQUIRED: Final = tuple(n for n in MEMBERS if n != CHAIN)
 
 _LINE = re.compile(r"^([0-9a-f]{64})  (\d+)  (\S+)$")
 

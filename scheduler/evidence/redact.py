@@ -56,3 +56,7 @@ class Redactor:
         clean, count = self._pattern.subn(MASK, text)
         self.masked += count
         return clean
+
+    def finds(self, text: str) -> bool:
+        """Whether the text holds a secret (not counted: the caller replaces the text whole)."""
+        return self._pattern is not None and self._pattern.search(text) is not None

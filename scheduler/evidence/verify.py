@@ -16,13 +16,15 @@ import json
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scheduler.evidence import members as m
 from worker.errors import CleanupError
-from worker.ledger import OVER, Outcome
+from worker.ledger import OVER, Attempt, FinalOutcome, Outcome
+from worker.ledger.chain import Chain, ChainState, check_batch, is_masked, split_seq
 
 #: ``audit verify``'s exit code for a bundle that is tampered with or inconsistent.
 EXIT_TAMPERED = 8
@@ -44,8 +46,11 @@ class Verification:
     notes: list[str] = field(default_factory=list)
 
 
-def verify_bundle(path: Path, expected_digest: str | None = None) -> Verification:
-    """Every check, in order; raises :class:`BundleProblemError` at the first problem."""
+def verify_bundle(path: Path, expected_digest: str | None = None, *, audit_key: bytes | None = None) -> Verification:
+    """Every check, in order; raises :class:`BundleProblemError` at the first problem.
+
+    ``audit_key``: the chain's key (``SFS_CLEANUP_AUDIT_KEY``), to recompute a keyed chain's hashes.
+    """
     result = Verification()
     try:
         archive = zipfile.ZipFile(path)
@@ -56,6 +61,7 @@ def verify_bundle(path: Path, expected_digest: str | None = None) -> Verificatio
         _check_members(archive, entries, result)
         try:
             _check_consistency(archive, result)
+            _check_chain(archive, result, audit_key)
         except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             # Members that match their hashes but not the format: a forged manifest over forged data.
             raise BundleProblemError(f"a member is not in the bundle's format ({type(exc).__name__}: {exc})") from exc
@@ -93,7 +99,7 @@ def _check_manifest(archive: zipfile.ZipFile, result: Verification, expected: st
     except m.ManifestError as exc:
         raise BundleProblemError(str(exc)) from exc
     listed = {e.name for e in entries}
-    if missing := [n for n in m.MEMBERS if n not in listed]:
+    if missing := [n for n in m.REQUIRED if n not in listed]:
         raise BundleProblemError(f"MANIFEST does not list the required member {missing[0]}")
     return entries
 
@@ -145,7 +151,7 @@ def _lines(archive: zipfile.ZipFile, name: str) -> Any:
 
 def _check_header(info: dict[str, Any], report: dict[str, Any]) -> None:
     run_id = info.get("run_id")
-    if info.get("format") != m.FORMAT:
+    if info.get("format") not in (m.FORMAT, m.FORMAT_1):
         raise BundleProblemError(f"{m.BUNDLE} names the format {info.get('format')!r}, not {m.FORMAT}")
     if bool(info.get("complete")) != (info.get("run_status") in OVER):
         raise BundleProblemError(
@@ -199,10 +205,6 @@ def _check_consistency(archive: zipfile.ZipFile, result: Verification) -> None:
     result.checked.append("every row's request IDs are those its attempts recorded")
     if not info.get("complete"):
         result.notes.append(str(info.get("incomplete_note") or "made from a run that was not over"))
-    head = info.get("chain_head")
-    result.notes.append(
-        f"hash chain head {head} over {info.get('chain_n')} entries" if head else "no hash chain head recorded"
-    )
     if no_id:
         result.notes.append(f"{no_id} answered attempts carry no request ID (the API gave none)")
 
@@ -226,3 +228,92 @@ def _check_outcomes(report: dict[str, Any], recount: Counter[str], *, complete: 
         if complete
         else "the report's outcome counts are within a recount of the rows (incomplete run: they may have grown)"
     )
+
+
+def _chain_lines(archive: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    for number, line in _lines(archive, m.CHAIN):
+        if not isinstance(line.get("finals"), dict) or not isinstance(line.get("attempts"), dict):
+            raise BundleProblemError(f"{m.CHAIN} line {number} is not a batch's records")
+        yield line
+
+
+def _check_chain(archive: zipfile.ZipFile, result: Verification, key: bytes | None) -> None:
+    """The hash chain recomputed from the records the bundle holds, and the task rows against them."""
+    info = _json(archive, m.BUNDLE)
+    head = info.get("chain_head")
+    if m.CHAIN not in archive.namelist():
+        if head or info.get("format") == m.FORMAT:
+            raise BundleProblemError(f"{m.BUNDLE} records a chain head but the bundle has no {m.CHAIN}")
+        result.notes.append("no hash chain in this bundle (made before the ledger kept one)")
+        return
+    run_id = str(info.get("run_id"))
+    keyed = bool(info.get("chain_keyed"))
+    if keyed and key is None:
+        result.notes.append(
+            "the chain is keyed and SFS_CLEANUP_AUDIT_KEY is not set: positions and counts checked, not hashes"
+        )
+    chain = Chain(key if keyed else None)
+    states: dict[int, ChainState] = {}
+    rows = _Rows(archive)
+    for line in _chain_lines(archive):
+        number = int(line["batch"])
+        stored = ChainState(str(line["head"]), int(line["n"])) if line.get("head") else None
+        finals, attempts = line["finals"], line["attempts"]
+        check = check_batch(chain, run_id, number, finals, attempts, stored, heads=key is not None or not keyed)
+        if check.problem:
+            raise BundleProblemError(f"{m.CHAIN}: first broken link: {check.problem}")
+        if stored is not None:
+            states[number] = stored
+        if info.get("complete"):
+            _check_rows_against(rows.take(number), finals, attempts)
+    if info.get("complete") and (left := rows.left) is not None:
+        raise BundleProblemError(
+            f"{m.TASKS}: task {left.get('task_id')} of batch {left.get('batch')} is in no chain line"
+        )
+    total = sum(s.count for s in states.values())
+    if info.get("chain_n") != total:
+        raise BundleProblemError(f"{m.BUNDLE} records {info.get('chain_n')} chain entries, {m.CHAIN} holds {total}")
+    if key is not None or not keyed:
+        if chain.run_head(run_id, states.items()) != head:
+            raise BundleProblemError(f"the run's chain head {head} is not the one its batches' heads give")
+        how = "keyed (HMAC-SHA256)" if keyed else "unkeyed (SHA-256: anyone can rebuild it)"
+        result.checked.append(f"hash chain of {total} entries recomputed, {how}: head {head}")
+    if info.get("complete"):
+        result.checked.append("every task row's outcome and request IDs are those its chained records hold")
+
+
+class _Rows:
+    """tasks.jsonl's rows, batch by batch (in the chain's batch order)."""
+
+    def __init__(self, archive: zipfile.ZipFile) -> None:
+        self._it = (row for _, row in _lines(archive, m.TASKS))
+        self._next = next(self._it, None)
+
+    def take(self, number: int) -> list[dict[str, Any]]:
+        rows = []
+        while self._next is not None and self._next.get("batch") == number:
+            rows.append(self._next)
+            self._next = next(self._it, None)
+        return rows
+
+    @property
+    def left(self) -> dict[str, Any] | None:
+        return self._next
+
+
+def _check_rows_against(rows: list[dict[str, Any]], finals: dict[str, Any], attempts: dict[str, Any]) -> None:
+    """A batch's task rows say what its chained records hold: outcome and request IDs."""
+    for row in rows:
+        task_id = str(row.get("task_id"))
+        stored = finals.get(task_id)
+        if any(is_masked(split_seq(x)[0]) for x in [stored or "", *str(attempts.get(task_id, "")).split("\n")]):
+            continue  # a record that held a secret is chained by its digest: its row is masked
+        final = FinalOutcome.from_json(split_seq(stored)[0]).outcome.value if stored else "pending"
+        if row.get("outcome") != final:
+            raise BundleProblemError(f"{m.TASKS}: task {task_id} says {row.get('outcome')}, its chained record {final}")
+        lines = [split_seq(x)[0] for x in str(attempts.get(task_id, "")).split("\n") if x]
+        ids = [a.request_id for a in map(Attempt.from_json, lines) if a.request_id]
+        if row.get("request_ids") != ids:
+            raise BundleProblemError(f"{m.TASKS}: task {task_id}'s request IDs differ from its chained attempts'")
+    if stray := sorted((set(finals) | set(attempts)) - {str(r.get("task_id")) for r in rows}):
+        raise BundleProblemError(f"{m.CHAIN}: task {stray[0]} has chained records but no row in {m.TASKS}")

@@ -54,6 +54,7 @@ QUEUE = "sfs.delete"
 MB = 2**20
 TARGET_RSS_MB = 200.0
 TARGET_REDIS_MB_PER_100K = 30.0
+TARGET_FINISHED_MB_PER_100K = 10.0  # issue 17: a finished run, attempts included
 TARGET_PLAN_RATE = 20_000.0
 
 console = Console(stderr=True)
@@ -299,6 +300,7 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
         measured, report = purge_cli(
             env, "--older-than", "0s", "--wait", timeout_s=300 + count / 50, workdir=rundir / "cli"
         )
+        compacted_s = wait_sealed(client, report["run_id"])
         after = used_memory(client)
         stats = fake.stats()
     finally:
@@ -313,9 +315,8 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
     deleted = int(report["outcomes"].get("deleted", 0))
     gone = int(report["outcomes"].get("already_gone", 0))
     run_part = sum(v for k, v in sizes.items() if k not in ("keys", "queue", "queue_messages"))
-    by_kind = {
-        kind: _per_100k(sizes.get(kind, 0), count) for kind in ("plan", "out", "att", "run", "touch", "open", "rps")
-    }
+    kinds = ("plan", "out", "att", "z", "chain", "run", "touch", "open", "rps")
+    by_kind = {kind: _per_100k(sizes.get(kind, 0), count) for kind in kinds}
     result = {
         "tasks": count,
         "deleted": deleted,
@@ -327,6 +328,8 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
         "agree": deleted + gone == count == stats["deletes_accepted"],
         "wall_s": round(measured.wall_s, 1),
         "deletions_per_s": round(deleted / measured.wall_s, 1),
+        # From the CLI's exit (the run over) until its ledger is compacted and its chain sealed.
+        "compacted_after_s": compacted_s,
         "redis": {
             "used_memory_delta_mb": _mb(after - before),
             "run_keys_mb": _mb(run_part),
@@ -335,6 +338,8 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
             "lua_scripts_mb": _mb(int(info.get("used_memory_scripts", 0))),
             "clients_mb": _mb(int(info.get("mem_clients_normal", 0))),
         },
+        # The run's keys once it is over (outcomes and attempts compacted, hash chain included).
+        "bytes_per_100k_finished": round(run_part * 100_000 / count) if count else None,
         "redis_mb_per_100k": {
             "used_memory_delta": _per_100k(after - before, count),
             "run_keys": _per_100k(run_part, count),
@@ -343,9 +348,20 @@ def finished_run(server: RedisServer, shares: int, per_share: int, workdir: Path
     }
     console.print(
         f"  finished run of {count}: {deleted} deleted in {measured.wall_s:.0f} s; Redis for the run "
-        f"{result['redis_mb_per_100k']['run_keys']} MB per 100,000 tasks"
+        f"{result['redis_mb_per_100k']['run_keys']} MB per 100,000 tasks "
+        f"({result['bytes_per_100k_finished']:,} bytes per 100,000 finished tasks)"
     )
     return result
+
+
+def wait_sealed(client: redis.Redis, run_id: str, timeout_s: float = 600) -> float:
+    """Seconds until the ended run's chain head is sealed, which its compaction precedes."""
+    started = time.monotonic()
+    while not client.hget(f"{PREFIX}:run:{{{run_id}}}", "chain_head"):
+        if time.monotonic() - started > timeout_s:
+            raise RuntimeError(f"run {run_id} not compacted and sealed after {timeout_s} s")
+        time.sleep(0.2)
+    return round(time.monotonic() - started, 1)
 
 
 # --- Profile of one plan ----------------------------------------------------------------------------
@@ -455,7 +471,10 @@ def render(doc: dict[str, Any]) -> None:
         table.add_column("MB per 100,000 tasks", justify="right")
         for kind, value in done["redis_mb_per_100k"].items():
             table.add_row(kind, str(value))
-        table.caption = f"{done['deleted']:,} deleted in {done['wall_s']} s ({done['deletions_per_s']}/s)"
+        table.caption = (
+            f"{done['deleted']:,} deleted in {done['wall_s']} s ({done['deletions_per_s']}/s); "
+            f"{done['bytes_per_100k_finished']:,} bytes per 100,000 finished tasks"
+        )
         out.print(table)
     out.print(targets_table(doc["targets"]))
     live = [p["profile"] for p in doc["plans"] if p.get("profile")]
@@ -477,6 +496,30 @@ def render(doc: dict[str, Any]) -> None:
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     plans = doc["plans"]
+    result = _plan_targets(plans) if plans else []
+    done = doc.get("finished_run")
+    if done:
+        result.append(
+            {
+                "name": f"finished run of {done['tasks']:,}: every task deleted, audit agrees with the server",
+                "target": True,
+                "measured": done["agree"] and done["status"] == "finished",
+                "met": done["agree"] and done["status"] == "finished",
+            }
+        )
+        per = done["redis_mb_per_100k"]["run_keys"]
+        result.append(
+            {
+                "name": f"finished run: Redis <= {TARGET_FINISHED_MB_PER_100K:g} MB per 100,000 tasks (attempts too)",
+                "target": TARGET_FINISHED_MB_PER_100K,
+                "measured": per,
+                "met": per is not None and per <= TARGET_FINISHED_MB_PER_100K,
+            }
+        )
+    return result
+
+
+def _plan_targets(plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     manifests = [p for p in plans if p["source"] == "manifest"]
     largest = max(plans, key=lambda p: p["planned"])
     smallest = min(manifests, key=lambda p: p["planned"]) if manifests else largest
@@ -513,16 +556,6 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "met": (slowest["tasks_per_s"] or 0) >= TARGET_PLAN_RATE,
         },
     ]
-    done = doc.get("finished_run")
-    if done:
-        result.append(
-            {
-                "name": f"finished run of {done['tasks']:,}: every task deleted, audit agrees with the server",
-                "target": True,
-                "measured": done["agree"] and done["status"] == "finished",
-                "met": done["agree"] and done["status"] == "finished",
-            }
-        )
     return result
 
 

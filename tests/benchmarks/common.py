@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +38,7 @@ from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
 from tests.benchmarks.results import RESULTS_DIR, new_doc, write_json  # noqa: F401  (bench_ratelimit's import)
 from tests.support.environment import ServiceEnv, inherited, run_cli, start_workers, stop_workers
+from worker.ledger import Audit, TaskRecord
 
 SHARES = 4
 
@@ -143,20 +144,28 @@ class StallProbe:
 
 def audit_send_times(redis_url: str) -> list[float]:
     """Send time of every DELETE our workers recorded: each attempt's ``t - l`` (epoch seconds)."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    sent: list[float] = []
+    client = redis.Redis.from_url(redis_url)
     try:
-        for key in client.scan_iter(match="*:att:*", count=1000):
-            for lines in client.hvals(key):
-                for line in lines.split("\n"):
-                    if not line:
-                        continue
-                    attempt = json.loads(line)
-                    if attempt.get("op") in (None, "delete"):
-                        sent.append(float(attempt["t"]) - float(attempt.get("l") or 0.0) / 1000)
+        return [
+            a.at - a.latency_ms / 1000
+            for record in all_task_records(client)
+            for a in record.attempts
+            if a.op == "delete"
+        ]
     finally:
         client.close()
-    return sent
+
+
+def all_task_records(client: redis.Redis) -> Iterator[TaskRecord]:
+    """Every task record of every run in this Redis, through the ledger's reader (live hashes or
+    the compacted form of an ended run), whatever the key prefix."""
+    for raw in client.scan_iter(match="*:run:{*}:plan", count=1000):
+        key = raw.decode()
+        prefix, _, rest = key.partition(":run:{")
+        audit = Audit(client, prefix=prefix)
+        run_id = rest.partition("}")[0]
+        for batch in audit.iter_batches(run_id):
+            yield from audit.task_records(batch)
 
 
 # --- /proc ---------------------------------------------------------------------------------------

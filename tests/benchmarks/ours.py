@@ -23,10 +23,12 @@ from sandbox.fakeapi.process import FakeApiProcess
 from sandbox.fakeapi.tasks import format_time
 from sandbox.processes import WorkerProcess
 from sandbox.redis_server import RedisServer
+from scheduler.export import attempt_dict
 from tests.benchmarks import procstat
 from tests.benchmarks.results import ROOT
 from tests.support import environment
 from tests.support.environment import ServiceEnv, aksk_auth, cli_command, stop_workers, token_auth
+from worker.ledger import Audit
 
 AK = "BENCHAKAAAAAAAAAAAAA"
 SK = "bench-secret-key-not-a-secret"
@@ -133,15 +135,15 @@ def already_gone_records(client: redis.Redis, run_id: str, prefix: str = "bench"
     """The audit of tasks that ended ``already_gone`` (at most ``limit``): their outcome and every
     attempt, so a lost answer (a DELETE that took effect but whose answer never came) shows why."""
     found: list[Any] = []
-    for key in client.scan_iter(match=f"{prefix}:run:{{{run_id}}}:out:*", count=1000):
-        for task_id, value in client.hgetall(key).items():
-            if b'"already_gone"' in value and len(found) < limit:
-                attempts = client.hget(key.replace(b":out:", b":att:"), task_id) or b""
+    audit = Audit(client, prefix=prefix)
+    for batch in audit.iter_batches(run_id):
+        for record in audit.task_records(batch):
+            if record.final is not None and record.final.outcome.value == "already_gone" and len(found) < limit:
                 found.append(
                     {
-                        "task_id": task_id.decode(),
-                        "outcome": json.loads(value),
-                        "attempts": [json.loads(line) for line in attempts.decode().splitlines() if line],
+                        "task_id": record.task_id,
+                        "outcome": record.final.outcome.value,
+                        "attempts": [attempt_dict(a) for a in record.attempts],
                     }
                 )
     return found

@@ -128,7 +128,10 @@ def test_the_bundle_holds_every_task_and_request_id_and_verifies(
     ]
 
     info = json.loads(contents[m.BUNDLE])
-    assert info["complete"] is True and info["chain_head"] is None and info["chain_n"] is None
+    assert info["complete"] is True and info["chain_head"] == report["chain"]["head"]
+    # Each final and each attempt, and each DELETE's write-ahead intent besides its answer.
+    deletes = sum(1 for r in tasks for a in r["attempt_log"] if a["op"] == "delete")
+    assert info["chain_n"] == report["chain"]["entries"] == report["attempts"] + len(tasks) + deletes
     assert info["created_by"] and info["tool_version"] and info["run_status"] == "finished"
     rate = json.loads(contents[m.RATE])
     assert rate["requests"] == len(answered) and rate["throttled_429"] == report["throttled"]

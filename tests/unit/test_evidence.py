@@ -18,6 +18,7 @@ from scheduler.evidence.bundle import write_bundle
 from scheduler.evidence.verify import BundleProblemError, verify_bundle
 from scheduler.guard import settings_view
 from worker.ledger import Attempt, Audit, FinalOutcome, Outcome, RunStatus
+from worker.ledger.outcomes import RecordItem
 from worker.settings import load_settings
 
 TOKEN = "tok-SECRET-1f2e3d4c5b6a7988"
@@ -109,12 +110,12 @@ def test_a_large_run_is_bundled_and_verified_in_flat_memory(redis_client: redis.
     for n in range(batches):
         batch = audit.batch(run_id, n)
         assert batch is not None
-        pipe = redis_client.pipeline(transaction=False)
+        items: list[RecordItem] = []
         for t in batch.task_ids:
-            audit.record(batch, t, attempt=Attempt(1, now, 500, "retryable", f"r1-{t}"), bump="retries", pipe=pipe)
-            audit.record(batch, t, attempt=Attempt(2, now, 202, "deleted", f"r2-{t}"), pipe=pipe)
-            audit.record(batch, t, final=FinalOutcome(Outcome.DELETED, now, 2, 202, request_id=f"r2-{t}"), pipe=pipe)
-        pipe.execute()
+            items.append(RecordItem(batch, t, Attempt(1, now, 500, "retryable", f"r1-{t}"), bump="retries"))
+            items.append(RecordItem(batch, t, Attempt(2, now, 202, "deleted", f"r2-{t}")))
+            items.append(RecordItem(batch, t, final=FinalOutcome(Outcome.DELETED, now, 2, 202, request_id=f"r2-{t}")))
+        audit.record_many(items, transaction=False)
     assert audit.status(run_id) is RunStatus.FINISHED
     path = tmp_path / "large.zip"
 

@@ -48,7 +48,9 @@ def test_the_last_outcome_ends_the_run_and_totals_add_up(redis_client: redis.Red
     meta = audit.run("r2")
     assert meta["status"] == "finished" and meta.get("finished_at")
     assert sum(audit.counts("r2").values()) == int(meta["selected"]) == 3
-    assert redis_client.ttl(audit.keys.outcomes("r2", 0)) > 0  # retention applied at the end
+    # Retention applied at the end, to the batches compacted when the run ended.
+    assert redis_client.ttl(audit.keys.compacted("r2")) > 0
+    assert not redis_client.exists(audit.keys.outcomes("r2", 0), audit.keys.attempts("r2", 0))
 
 
 def test_attempts_are_all_kept_with_their_request_ids(redis_client: redis.Redis) -> None:
@@ -180,7 +182,7 @@ def test_an_ended_run_is_kept_as_long_as_its_kind_says(redis_client: redis.Redis
         audit.record(batches[1], batches[1].task_ids[0], final=final(Outcome.DELETED))
         redis_client.hset(audit.keys.run(run_id), mapping=fields)
         audit.on_run_over(run_id)
-        for key in (audit.keys.run(run_id), audit.keys.plan(run_id), audit.keys.outcomes(run_id, 1)):
+        for key in (audit.keys.run(run_id), audit.keys.plan(run_id), audit.keys.compacted(run_id)):
             ttl = redis_client.ttl(key)
             assert days * DAY_S - 5 <= ttl <= days * DAY_S, (run_id, key, ttl)
     assert audit.retention_s == 180 * DAY_S  # the longest: what notifications keep their marks for

@@ -17,6 +17,7 @@ class LedgerBase:
     """
 
     redis: redis.Redis
+    raw_redis: redis.Redis  # the same server, answering bytes (compressed values)
     keys: Keys
     retention_s: int
     retention: Retention
@@ -26,4 +27,9 @@ class LedgerBase:
     _release: Script
     _abandon_stale: Script
     _gate: Script
+    _compact: Script
+    _expand: Script
     _add_rejected: Script
+
+    def close_ledger(self, run_id: str) -> None:
+        """When a run ends: compact its batches and seal its chain (:mod:`worker.ledger.chainaudit`)."""

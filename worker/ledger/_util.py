@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+import redis
+
 
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -29,3 +31,16 @@ def as_field(value: Any) -> str:
     if hasattr(value, "__dataclass_fields__"):
         return json.dumps(asdict(value), default=str)
     return str(value)
+
+
+def bytes_client(client: redis.Redis) -> redis.Redis:
+    """The client itself, or one on the same server that answers bytes: compressed values are not text."""
+    kwargs = client.connection_pool.connection_kwargs
+    if not kwargs.get("decode_responses"):
+        return client
+    pool = client.connection_pool
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **(kwargs | {"decode_responses": False})
+        )
+    )

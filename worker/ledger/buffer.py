@@ -13,6 +13,7 @@ import structlog
 
 from worker.ledger.audit import Audit
 from worker.ledger.durable import confirm
+from worker.ledger.outcomes import RecordItem
 from worker.ledger.records import Attempt, Batch, FinalOutcome
 
 
@@ -94,13 +95,14 @@ class RecordBuffer:
                 items, self._items = self._items, []
             if not items:
                 return
-            pipe = self.audit.redis.pipeline(transaction=True)
-            for batch, task_id, attempt, final, bump in items:
-                self.audit.record(
-                    batch, task_id, attempt=attempt, final=final, bump=bump, pipe=pipe, **self.record_args
-                )
             try:
-                results = pipe.execute()
+                results = self.audit.record_many(
+                    [
+                        RecordItem(batch, task_id, attempt, final, bump)
+                        for batch, task_id, attempt, final, bump in items
+                    ],
+                    **self.record_args,
+                )
             except BaseException:
                 with self._lock:
                     self._items[:0] = items  # back in front, in order, for the next try

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from worker.ledger._util import as_field, decode
-from worker.ledger.outcomes import OutcomeStore
+from worker.ledger.outcomes import OutcomeStore, RecordItem
 from worker.ledger.plans import PlanStore
 from worker.ledger.records import OVER, FinalOutcome, Outcome, RunStatus
 
@@ -62,13 +62,10 @@ class PlanFreeze(OutcomeStore, PlanStore):
         For runs decided without a job: a dry run (``would_delete``) and a run stopped while it
         was planning (``aborted``). Each record is the usual once-only write.
         """
-        pipe = self.redis.pipeline(transaction=False)
-        queued = 0
+        items: list[RecordItem] = []
         for batch in self.iter_batches(run_id):
-            for task_id in batch.task_ids:
-                self.record(batch, task_id, final=final, pipe=pipe)
-                queued += 1
-            if queued >= 5000:
-                pipe.execute()
-                queued = 0
-        pipe.execute()
+            items.extend(RecordItem(batch, task_id, final=final) for task_id in batch.task_ids)
+            if len(items) >= 5000:
+                self.record_many(items, transaction=False)
+                items = []
+        self.record_many(items, transaction=False)

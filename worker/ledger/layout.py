@@ -18,8 +18,9 @@ from worker.errors import UsageError
 from worker.ledger.keys import Keys
 
 #: 1: the layout before write-ahead records; 2: attempt lines keyed (``"k":"d2"``), write-ahead
-#: intents, refused-line tokens, the active-run index, fleet API metrics and worker heartbeats.
-LAYOUT_VERSION: Final = 2
+#: intents, refused-line tokens, the active-run index, fleet API metrics and worker heartbeats;
+#: 3: every record carries its hash-chain position ("q"), batches compacted when a run ends.
+LAYOUT_VERSION: Final = 3
 
 
 class LayoutMismatchError(UsageError):

@@ -1,18 +1,215 @@
-"""Recording: each task's attempts and its one final outcome, and the write-ahead gate."""
+"""Recording: each task's attempts and its one final outcome, and the write-ahead gate.
+
+Both join the batch's hash chain (:mod:`worker.ledger.chain`) in the same Lua step. This process
+keeps the chain state it last saw for each batch, and writes of one batch from this process go
+one at a time (a lock per batch), so the state is right unless another process wrote the batch
+meanwhile (a job that lost its lease, a stop settling unsent tasks); then the script answers the
+current state and the write is recomputed and sent again.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from worker.ledger._util import decode
-from worker.ledger.durable import Durability, call_and_wait, require
+from worker.ledger.chain import ATTEMPT, FINAL, INTENT, Chain, ChainState
+from worker.ledger.compact import CompactStore
+from worker.ledger.durable import Durability, call_and_wait, confirm, require
 from worker.ledger.records import UNSENT, Attempt, Batch, FinalOutcome, Gate, RecordResult
 from worker.ledger.runs import RunStore
 
+#: record.lua's answers besides 0, 1, 2 and -1.
+CHAIN_MOVED = -3
+COMPACTED = -4
+#: gate.lua's answer when the chain moved.
+GATE_CHAIN_MOVED = -9
+_MAX_TRIES = 50
 
-class OutcomeStore(RunStore):
+
+@dataclass(frozen=True, slots=True)
+class RecordItem:
+    batch: Batch
+    task_id: str
+    attempt: Attempt | None = None
+    final: FinalOutcome | None = None
+    bump: str = ""
+
+
+class ChainCache:
+    """The chain state this process last saw per batch, and a lock per batch for its writes."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, int], ChainState | None] = {}
+        self._locks: dict[tuple[str, int], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, run_id: str, number: int) -> threading.Lock:
+        with self._guard:
+            if len(self._locks) > 10_000:  # a long-lived worker: forget batches long done
+                self._locks.clear()
+                self._states.clear()
+            return self._locks.setdefault((run_id, number), threading.Lock())
+
+    def get(self, run_id: str, number: int) -> tuple[bool, ChainState | None]:
+        key = (run_id, number)
+        return key in self._states, self._states.get(key)
+
+    def put(self, run_id: str, number: int, state: ChainState | None) -> None:
+        self._states[(run_id, number)] = state
+
+    def forget(self, run_id: str, number: int) -> None:
+        self._states.pop((run_id, number), None)
+
+
+class OutcomeStore(RunStore, CompactStore):
+    chain: Chain
+    chains: ChainCache
     durability: Durability = Durability()  # replicas that must hold a record (worker.ledger.durable)
+
+    def _chain_state(self, run_id: str, number: int) -> ChainState | None:
+        known, state = self.chains.get(run_id, number)
+        if not known:
+            state = ChainState.decode(decode(self.redis.hget(self.keys.chain(run_id), str(number)) or b""))
+            self.chains.put(run_id, number, state)
+        return state
+
+    def _record_call(
+        self,
+        item: RecordItem,
+        state: ChainState | None,
+        failure_ratio: float,
+        failure_min_attempts: int,
+        *,
+        full: bool = False,
+    ) -> tuple[list[str], list[Any], ChainState | None]:
+        """The keys and arguments of one record.lua call, and the chain state if all of it is written.
+
+        The head after the final alone (the attempt a repeat) is rare: computed only when ``full``
+        (record.lua asks for it by answering that the chain moved).
+        """
+        batch, task_id, attempt, final = item.batch, item.task_id, item.attempt, item.final
+        run_id, number = batch.run_id, batch.number
+        start = state or self.chain.genesis(run_id, number)
+        att_json = attempt.to_json() if attempt else ""
+        fin_json = final.to_json() if final else ""
+        after_a = self.chain.step(start, task_id, ATTEMPT, att_json) if attempt else start
+        after_af = self.chain.step(after_a, task_id, FINAL, fin_json) if final else after_a
+        if final and attempt and not full:
+            after_f = None
+        else:
+            after_f = self.chain.step(start, task_id, FINAL, fin_json) if final else start
+        keys = [
+            self.keys.run(run_id),
+            self.keys.outcomes(run_id, number),
+            self.keys.attempts(run_id, number),
+            self.keys.open_batches(run_id),
+            self.keys.rps(run_id),
+            self.keys.chain(run_id),
+            self.keys.compacted(run_id),
+        ]
+        args = [
+            task_id,
+            att_json,
+            final.outcome.value if final else "",
+            fin_json,
+            number,
+            len(batch.task_ids),
+            item.bump,
+            failure_ratio,
+            failure_min_attempts,
+            "1" if attempt is not None and attempt.verdict not in ("local", UNSENT) else "0",
+            attempt.marker if attempt is not None else "",
+            state.encode() if state else "",
+            start.count,
+            after_a.encode(),
+            after_af.encode(),
+            after_f.encode() if after_f else "",
+        ]
+        return keys, args, after_af
+
+    def record_many(
+        self,
+        items: Sequence[RecordItem],
+        *,
+        failure_ratio: float = 1.0,
+        failure_min_attempts: int = 1_000_000_000,
+        transaction: bool = True,
+    ) -> list[int]:
+        """Write records in order, in pipelines, each joined to its batch's chain; record.lua's
+        code per item (0, 1, 2 or -1).
+
+        Raises any Redis error; every write is idempotent, so sending all of them again is safe.
+        """
+        codes: list[int | None] = [None] * len(items)
+        todo = list(range(len(items)))
+        retried: set[int] = set()  # sent again: with every head it may need
+        tries = 0
+        while todo:
+            tries += 1
+            batches = sorted({(items[i].batch.run_id, items[i].batch.number) for i in todo})
+            locks = [self.chains.lock(r, n) for r, n in batches]
+            for lock in locks:
+                lock.acquire()
+            try:
+                todo = self._record_round(items, todo, codes, failure_ratio, failure_min_attempts, transaction, retried)
+                retried.update(todo)
+            finally:
+                for lock in reversed(locks):
+                    lock.release()
+            if todo and tries >= _MAX_TRIES:
+                raise RuntimeError(f"the audit chain of {items[todo[0]].batch.run_id} keeps moving: not written")
+        return [int(c or 0) for c in codes]
+
+    def _record_round(
+        self,
+        items: Sequence[RecordItem],
+        todo: list[int],
+        codes: list[int | None],
+        failure_ratio: float,
+        failure_min_attempts: int,
+        transaction: bool,
+        retried: set[int],
+    ) -> list[int]:
+        pipe = self.redis.pipeline(transaction=transaction)
+        expected: dict[tuple[str, int], ChainState | None] = {}
+        for i in todo:
+            b = items[i].batch
+            key = (b.run_id, b.number)
+            state = expected[key] if key in expected else self._chain_state(*key)
+            keys, args, after = self._record_call(
+                items[i], state, failure_ratio, failure_min_attempts, full=i in retried
+            )
+            self._record(keys=keys, args=args, client=pipe)
+            expected[key] = after
+        try:
+            replies = pipe.execute()
+        except BaseException:
+            for key in expected:  # applied or not, nobody knows: read it afresh next time
+                self.chains.forget(*key)
+            raise
+        again = []
+        expand: dict[tuple[str, int], Batch] = {}
+        for i, reply in zip(todo, replies, strict=True):
+            code, current = int(reply[0]), decode(reply[1])
+            b = items[i].batch
+            if code in (CHAIN_MOVED, COMPACTED):
+                again.append(i)
+            if code == COMPACTED:
+                expand[(b.run_id, b.number)] = b
+            else:
+                self.chains.put(b.run_id, b.number, ChainState.decode(current))
+            codes[i] = code
+        for b in expand.values():
+            # A late write (a job that lost its lease) after the run ended: the batch goes back to
+            # its live hashes and is compacted again when that job lets it go.
+            structlog.get_logger(__name__).info("late record for a compacted batch", run_id=b.run_id, batch=b.number)
+            self.expand_batch(b)
+        return again
 
     def record(
         self,
@@ -24,41 +221,15 @@ class OutcomeStore(RunStore):
         bump: str = "",
         failure_ratio: float = 1.0,
         failure_min_attempts: int = 1_000_000_000,
-        pipe: Any = None,
-    ) -> RecordResult | None:
-        """Append an attempt and/or write the final outcome, with counters, in one atomic step.
-
-        With ``pipe`` the call is queued on that pipeline and ``None`` is returned.
-        """
-        run_id, number = batch.run_id, batch.number
-        keys = [
-            self.keys.run(run_id),
-            self.keys.outcomes(run_id, number),
-            self.keys.attempts(run_id, number),
-            self.keys.open_batches(run_id),
-            self.keys.rps(run_id),
-        ]
-        args = [
-            task_id,
-            attempt.to_json() if attempt else "",
-            final.outcome.value if final else "",
-            final.to_json() if final else "",
-            number,
-            len(batch.task_ids),
-            bump,
-            failure_ratio,
-            failure_min_attempts,
-            "1" if attempt is not None and attempt.verdict not in ("local", UNSENT) else "0",
-            attempt.marker if attempt is not None else "",
-        ]
-        if pipe is not None:
-            self._record(keys=keys, args=args, client=pipe)
-            return None
-        raw, acknowledged = call_and_wait(self._record, self.redis, self.durability, keys, args)
-        require(acknowledged, self.durability)
-        result = int(raw)
+    ) -> RecordResult:
+        """Append an attempt and/or write the final outcome, with counters and the chain, in one atomic step."""
+        item = RecordItem(batch, task_id, attempt, final, bump)
+        (result,) = self.record_many(
+            [item], failure_ratio=failure_ratio, failure_min_attempts=failure_min_attempts, transaction=False
+        )
+        confirm(self.redis, self.durability)  # too few replicas hold it: raises (the write is idempotent)
         if result == 2:
-            self.on_run_over(run_id)
+            self.on_run_over(batch.run_id)
         return RecordResult(written=result >= 1, duplicate=result == -1, run_over=result == 2)
 
     def gate(self, batch: Batch, task_id: str, intent: Attempt, holder: str) -> Gate:
@@ -75,28 +246,62 @@ class OutcomeStore(RunStore):
             self.keys.rps(run_id),
             self.keys.protected_tasks,
             self.keys.protected_shares,
+            self.keys.chain(run_id),
         ]
-        args = [task_id, intent.to_json(), intent.marker, holder, batch.share_id]
-        raw, acknowledged = call_and_wait(self._gate, self.redis, self.durability, keys, args)
-        gate = Gate(int(raw))
-        if gate is Gate.GO:
-            require(acknowledged, self.durability)  # fewer replicas: raises, and nothing is sent
-        return gate
+        intent_json = intent.to_json()
+        with self.chains.lock(run_id, number):
+            for _ in range(_MAX_TRIES):
+                state = self._chain_state(run_id, number)
+                start = state or self.chain.genesis(run_id, number)
+                after = self.chain.step(start, task_id, INTENT, intent.key)
+                args = [
+                    task_id,
+                    intent_json,
+                    intent.marker,
+                    holder,
+                    batch.share_id,
+                    number,
+                    state.encode() if state else "",
+                    start.count,
+                    after.encode(),
+                ]
+                try:
+                    reply, acknowledged = call_and_wait(self._gate, self.redis, self.durability, keys, args)
+                except BaseException:
+                    self.chains.forget(run_id, number)
+                    raise
+                code = int(reply[0])
+                if code in (1, GATE_CHAIN_MOVED):
+                    self.chains.put(run_id, number, ChainState.decode(decode(reply[1])))
+                if code != GATE_CHAIN_MOVED:
+                    if Gate(code) is Gate.GO:
+                        require(acknowledged, self.durability)  # fewer replicas: raises, and nothing is sent
+                    return Gate(code)
+        raise RuntimeError(f"the audit chain of {run_id} batch {number} keeps moving: intent not written")
 
     def attempt_history(self, run_id: str, number: int, task_ids: Iterable[str]) -> dict[str, list[Attempt]]:
         """The attempts already recorded for these tasks (earlier deliveries of the batch)."""
         ids = list(task_ids)
         if not ids:
             return {}
-        raw = self.redis.hmget(self.keys.attempts(run_id, number), ids)
-        return {
-            tid: [Attempt.from_json(line) for line in decode(value).split("\n") if line]
-            for tid, value in zip(ids, raw, strict=True)
-            if value
-        }
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.attempts(run_id, number), ids)
+        pipe.hexists(self.keys.compacted(run_id), str(number))
+        raw, compacted = pipe.execute()
+        lines = {tid: decode(value) for tid, value in zip(ids, raw, strict=True) if value}
+        if compacted and (batch := self.batch(run_id, number)) is not None:
+            _, stored = self.batch_records(batch)
+            lines = {tid: stored[tid] for tid in ids if tid in stored}
+        return {tid: [Attempt.from_json(line) for line in value.split("\n") if line] for tid, value in lines.items()}
 
     def finished_tasks(self, run_id: str, number: int) -> set[str]:
-        return {decode(k) for k in self.redis.hkeys(self.keys.outcomes(run_id, number))}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hkeys(self.keys.outcomes(run_id, number))
+        pipe.hexists(self.keys.compacted(run_id), str(number))
+        live, compacted = pipe.execute()
+        if compacted and (batch := self.batch(run_id, number)) is not None:
+            return set(self.batch_records(batch)[0])
+        return {decode(k) for k in live}
 
     def mark_share_missing(self, run_id: str, share_id: str, description: str) -> None:
         self.redis.hsetnx(self.keys.bad_shares(run_id), share_id, description)

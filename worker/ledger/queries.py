@@ -7,18 +7,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from worker.ledger._util import decode
-from worker.ledger.plans import PlanStore
+from worker.ledger.compact import CompactStore
 from worker.ledger.records import Attempt, Batch, FinalOutcome, TaskRecord
 
 
-class QueryStore(PlanStore):
+class QueryStore(CompactStore):
     def task_records(self, batch: Batch) -> Iterator[TaskRecord]:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.outcomes(batch.run_id, batch.number))
-        pipe.hgetall(self.keys.attempts(batch.run_id, batch.number))
-        outs, atts = pipe.execute()
-        outs = {decode(k): decode(v) for k, v in outs.items()}
-        atts = {decode(k): decode(v) for k, v in atts.items()}
+        outs, atts = self.batch_records(batch)
         for task_id in batch.task_ids:
             final = FinalOutcome.from_json(outs[task_id]) if task_id in outs else None
             attempts = [Attempt.from_json(line) for line in atts.get(task_id, "").split("\n") if line]

@@ -139,6 +139,8 @@ class RunStore(EventLog):
             self.keys.rps(run_id),
             self.keys.bad_shares(run_id),
             self.keys.deliveries(run_id),
+            self.keys.chain(run_id),
+            self.keys.compacted(run_id),
         ]
         for number in range(batches):
             keys += [self.keys.outcomes(run_id, number), self.keys.attempts(run_id, number)]
@@ -158,4 +160,5 @@ class RunStore(EventLog):
                 pipe.expire(key, keep)
         pipe.zrem(self.keys.active_runs, run_id)
         pipe.execute()
+        self.close_ledger(run_id)
         self.event("run_over", run_id=run_id, status=meta.get("status", ""), reason=meta.get("reason", ""), keep_s=keep)

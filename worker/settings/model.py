@@ -116,6 +116,11 @@ class Settings(RedisHASettings, FleetSettings, NotifySettings):
     audit_flush_ms: int = Field(
         50, ge=0, le=1000, description="Outcomes are written in pipelines this often; 0: each at once."
     )
+    audit_key: SecretStr | None = Field(
+        None,
+        description="Keys the audit's hash chain (HMAC-SHA256): without it, anyone who can write Redis can "
+        "rebuild the chain (secret).",
+    )
     lease_s: int = Field(60, ge=5, le=3600, description="A job's claim on its batch, renewed while it works.")
     reconcile_after_s: int = Field(120, ge=10, description="Re-dispatch a batch with no progress for this long.")
     max_job_deliveries: int = Field(
