@@ -159,7 +159,11 @@ def test_egress_is_fenced(component: str) -> None:
     expected = {("TCP", 6379), ("UDP", 53), ("TCP", 53)}
     if component in ("worker", "scheduler"):  # they call the SFS Turbo API (and IAM) over HTTPS
         expected.add(("TCP", 443))
+        expected.add(("TCP", 80))  # the metadata service only (platform credentials), checked below
     assert allowed == expected
+    for rule in policy["spec"]["egress"]:
+        if any(port["port"] == 80 for port in rule["ports"]):
+            assert rule["to"] == [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "HTTP: metadata only"
 
 
 def test_a_pod_disruption_budget_per_deployment() -> None:
