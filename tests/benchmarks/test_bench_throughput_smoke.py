@@ -104,8 +104,13 @@ def test_scale_benchmark_writes_its_figures(tmp_path: Path) -> None:
         assert 0 < plan["redis_mb_per_100k"]["plan_plus_queue"] < 100
     done = doc["finished_run"]
     assert done["deleted"] == done["tasks"] == 400 and done["agree"]
-    assert done["redis"]["keys"]["out"] > 0 and done["redis"]["keys"]["att"] > 0
-    assert len(doc["targets"]) == 5
+    # A finished run is compacted: its records live in one compressed value per batch, chained.
+    sizes = done["redis"]["keys"]
+    assert sizes["z"] > 0 and sizes["chain"] > 0, sizes
+    assert "out" not in sizes and "att" not in sizes, sizes
+    assert len(doc["targets"]) == 6
+    [compact] = [t for t in doc["targets"] if t["name"].startswith("finished run: Redis")]
+    assert compact["target"] == 10.0 and compact["measured"] > 0
 
 
 def test_stacks_are_classified_by_their_deepest_frame_in_our_code() -> None:
