@@ -6,6 +6,7 @@ or log line.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Final
 
 import httpx
@@ -57,3 +58,14 @@ class Expiring:
 
     def fresh(self, now: float, renew_before_s: float) -> bool:
         return self.exp - now >= min(renew_before_s, self.lifetime / 3)
+
+
+def parse_time(value: object) -> datetime | None:
+    """An ISO 8601 time from an IAM or metadata answer (naive means UTC); ``None`` if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

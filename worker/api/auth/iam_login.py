@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from worker.api.auth.base import AuthError, AuthUnavailableError, Expiring
+from worker.api.auth.base import AuthError, AuthUnavailableError, Expiring, parse_time
 
 
 @dataclass(frozen=True)
@@ -155,14 +155,4 @@ def _token_times(response: httpx.Response) -> tuple[datetime | None, datetime | 
     token = data.get("token") if isinstance(data, dict) else None
     if not isinstance(token, dict):
         return None, None
-    return _parse_time(token.get("expires_at")), _parse_time(token.get("issued_at"))
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return parse_time(token.get("expires_at")), parse_time(token.get("issued_at"))

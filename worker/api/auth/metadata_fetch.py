@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
-from worker.api.auth.base import AuthError, AuthUnavailableError, Expiring
+from worker.api.auth.base import AuthError, AuthUnavailableError, Expiring, parse_time
 from worker.api.signer import AkSkCredentials
 
 SESSION_TOKEN_PATH: Final = "/meta-data/latest/api/token"  # noqa: S105 - a path
@@ -116,7 +116,7 @@ def read_credential(where: str, response: httpx.Response, started: float) -> Tem
     access = found.get("access") or found.get("accessKeyId")
     secret = found.get("secret") or found.get("secretAccessKey")
     token = found.get("securitytoken") or found.get("securityToken")
-    expires_at = _parse_time(found.get("expires_at") or found.get("expiration"))
+    expires_at = parse_time(found.get("expires_at") or found.get("expiration"))
     if not all(isinstance(v, str) and v for v in (access, secret, token)) or expires_at is None:
         missing = [
             name
@@ -150,13 +150,3 @@ def _server_date(response: httpx.Response) -> datetime | None:
         return parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
