@@ -56,6 +56,7 @@ def micro_costs(
 
     from worker.api.signer import AkSkCredentials, sign
     from worker.ledger import Attempt, Batch, FinalOutcome, Outcome
+    from worker.ledger.outcomes import RecordItem
 
     fake.configure(latency_ms=0.0)
     missing = iter(f"{i:032x}" for i in range(10 * n + 100))  # unknown tasks: 400 SFS.TURBO.0106
@@ -66,10 +67,8 @@ def micro_costs(
     final = FinalOutcome(Outcome.DELETED, time.time(), 1, 202, request_id="f" * 32)
 
     def record_64() -> None:
-        pipe = rt.audit.redis.pipeline(transaction=False)
-        for task_id in batch.task_ids:
-            rt.audit.record(batch, task_id, attempt=attempt, final=final, pipe=pipe)
-        pipe.execute()
+        items = [RecordItem(batch, task_id, attempt, final) for task_id in batch.task_ids]
+        rt.audit.record_many(items, transaction=False)
 
     def threaded_us(fn: Any, n: int, threads: int = 16) -> float:
         """CPU per call of ``fn`` called from ``threads`` threads at once, as in a batch job."""
