@@ -15,18 +15,18 @@ pass an ``httpx.MockTransport`` as ``transport``.
 
 from __future__ import annotations
 
-import json
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 from worker.api.answers import ApiAnswer, Verdict, classify, parse_error_body, parse_retry_after
+from worker.api.pages import json_object, task_from
 from worker.api.transport import (
     MAX_BODY_BYTES,
     TOO_LARGE,
@@ -35,9 +35,10 @@ from worker.api.transport import (
     read_bounded,
     request_id_of,
 )
+from worker.api.wire import Wire, WireBodyTooLargeError, WireFlow, WireRequest, as_is, send_through
 from worker.errors import EXIT_USAGE, UnavailableError, UsageError
 from worker.ids import check_project_id, check_share_id, check_task_id
-from worker.models import TaskInfo, parse_time
+from worker.models import TaskInfo
 from worker.ratelimit import FleetLimiter, RateLimitWaitTooLong
 
 USER_AGENT: Final = "sfs-turbo-cleanup/0.1"
@@ -134,6 +135,21 @@ class SfsTurboClient:
         self._endpoint = config.endpoint.rstrip("/")
         self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         self._timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s).as_dict()
+        # DELETE and show (no query, no body) go over the hand-written wire (:mod:`worker.api.wire`,
+        # about a tenth of the CPU of httpx and urllib3) when the auth mode can put its headers on
+        # it; listings, tests' transports and other auth modes go through httpx.
+        self._wire: Wire | None = None
+        self._wire_flow: WireFlow | None = None
+        if transport is None and urlsplit(self._endpoint).scheme in ("http", "https"):
+            self._wire_flow = as_is if auth is None or type(auth) is httpx.Auth else getattr(auth, "wire_flow", None)
+            if self._wire_flow is not None:
+                self._wire = Wire(
+                    self._endpoint,
+                    connect_timeout_s=config.connect_timeout_s,
+                    read_timeout_s=config.read_timeout_s,
+                    ssl_context=self._ssl,
+                    max_connections=config.max_connections,
+                )
 
     def __enter__(self) -> SfsTurboClient:
         return self
@@ -148,6 +164,15 @@ class SfsTurboClient:
             transports, self._transports = self._transports, []
         for transport in transports:
             transport.close()
+        if self._wire is not None:
+            self._wire.close()
+
+    def _ssl(self) -> ssl.SSLContext:
+        """The one SSL context (verifying, as httpx's default): building one costs ~17 ms."""
+        with self._transports_lock:
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context()
+            return self._ssl_context
 
     def _transport(self) -> httpx.BaseTransport:
         """This thread's transport (see ``__init__``)."""
@@ -155,12 +180,10 @@ class SfsTurboClient:
             return self._given_transport
         transport: httpx.BaseTransport | None = getattr(self._local, "transport", None)
         if transport is None:
+            context = self._ssl()
             with self._transports_lock:
                 if len(self._transports) < self.config.max_connections:
-                    if self._ssl_context is None:
-                        # Built once and shared: building one (CA certificates) costs ~17 ms.
-                        self._ssl_context = httpx.create_ssl_context()
-                    transport = Urllib3Transport(self._ssl_context)
+                    transport = Urllib3Transport(context)
                     self._transports.append(transport)
                 else:
                     transport = self._transports[threading.get_ident() % len(self._transports)]
@@ -209,18 +232,30 @@ class SfsTurboClient:
         if self._pace is not None:
             self._pace()
         started = time.perf_counter()
+        status: int
+        headers: Mapping[str, str]
         try:
-            response = self._send(method, path, params, resend_pace or self._pace)
-        except BodyTooLargeError as exc:
+            if params is None and self._wire is not None and self._wire_flow is not None:
+                request = WireRequest(method, self._wire.prefix + path, {"Host": self._wire.netloc, **self._headers})
+                wired = send_through(self._wire, self._wire_flow, request, resend_pace or self._pace)
+                status, headers, body = wired.status, wired.headers, wired.body
+            else:
+                response = self._send(method, path, params, resend_pace or self._pace)
+                status, headers, body = response.status_code, response.headers, response.content
+        except (BodyTooLargeError, WireBodyTooLargeError) as exc:
+            if isinstance(exc, BodyTooLargeError):
+                status, headers = exc.response.status_code, exc.response.headers
+            else:
+                status, headers = exc.status, exc.headers
             return (
                 ApiAnswer(
                     method=method,
                     path=path,
-                    status=exc.response.status_code,
+                    status=status,
                     # Unreadable: what it said is unknown (an error code, a page of tasks).
                     # Retryable like a lost answer: a DELETE asked again answers "already gone".
                     verdict=Verdict.RETRYABLE,
-                    request_id=request_id_of(exc.response.headers),
+                    request_id=request_id_of(headers),
                     error_code=TOO_LARGE,
                     error_msg=f"answer body larger than {MAX_BODY_BYTES} bytes, not read",
                     latency_ms=(time.perf_counter() - started) * 1000,
@@ -241,19 +276,18 @@ class SfsTurboClient:
                 b"",
             )
         latency_ms = (time.perf_counter() - started) * 1000
-        body = response.content
-        code, msg = (None, None) if response.is_success else parse_error_body(body)
+        code, msg = (None, None) if 200 <= status < 300 else parse_error_body(body)
         return (
             ApiAnswer(
                 method=method,
                 path=path,
-                status=response.status_code,
-                verdict=classify(response.status_code, code),
-                request_id=request_id_of(response.headers),
+                status=status,
+                verdict=classify(status, code),
+                request_id=request_id_of(headers),
                 error_code=code,
                 error_msg=msg,
                 latency_ms=latency_ms,
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+                retry_after_s=parse_retry_after(headers.get("retry-after")),
             ),
             body,
         )
@@ -277,8 +311,8 @@ class SfsTurboClient:
         answer, body = self._call("GET", self.task_path(share_id, task_id), resend_pace=resend_pace)
         if not answer.ok:
             return answer, None
-        data = _json_object(body)
-        return answer, _task_from(self.project_id, share_id, data) if data else None
+        data = json_object(body)
+        return answer, task_from(self.project_id, share_id, data) if data else None
 
     def list_page(
         self, share_id: str, *, offset: int, limit: int, status: str | None = None, type: str | None = None
@@ -292,10 +326,10 @@ class SfsTurboClient:
         answer, body = self._call("GET", f"{self._base(share_id)}/tasks", params)
         if not answer.ok:
             return answer, []
-        data = _json_object(body) or {}
+        data = json_object(body) or {}
         items = data.get("tasks")
         tasks = [
-            _task_from(self.project_id, share_id, item)
+            task_from(self.project_id, share_id, item)
             for item in (items if isinstance(items, list) else [])
             if isinstance(item, dict)
         ]
@@ -349,30 +383,6 @@ def _no_slot(path: str, exc: RateLimitWaitTooLong) -> ApiAnswer:
         verdict=Verdict.THROTTLED,
         error_code="ratelimit.wait_too_long",
         error_msg=str(exc),
-    )
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _task_from(project_id: str, share_id: str, item: dict[str, Any]) -> TaskInfo:
-    def text(key: str) -> str | None:
-        value = item.get(key)
-        return str(value) if value is not None else None
-
-    return TaskInfo(
-        project_id=project_id,
-        share_id=share_id,
-        task_id=str(item.get("task_id", "")),
-        status=text("status"),
-        type=text("type"),
-        end_time=parse_time(item.get("end_time")),
-        raw={k: str(v) for k, v in item.items() if isinstance(v, str | int | float)},
     )
 
 

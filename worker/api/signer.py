@@ -161,11 +161,15 @@ def _body_hash(request: httpx.Request) -> str:
 
 def _canonical(request: httpx.Request, query: str) -> tuple[str, list[str]]:
     """The canonical request and the signed header names, from one pass over the headers."""
-    values = _signed_values(request)
+    return _canonical_of(request.method, _path_of(request), query, _signed_values(request), _body_hash(request))
+
+
+def _canonical_of(
+    method: str, path: str, query: str, values: dict[str, list[str]], body_hash: str
+) -> tuple[str, list[str]]:
     names = sorted(values)
     headers = "".join(f"{name}:{', '.join(values[name]).strip()}\n" for name in names)
-    lines = [request.method.upper(), canonical_uri(_path_of(request)), query, headers, ";".join(names)]
-    lines.append(_body_hash(request))
+    lines = [method.upper(), canonical_uri(path), query, headers, ";".join(names), body_hash]
     return "\n".join(lines), names
 
 
@@ -215,5 +219,35 @@ def sign(request: httpx.Request, creds: AkSkCredentials, project_id: str, now: d
         request.url = request.url.copy_with(query=query.encode("ascii") if query else None)
 
     canonical, names = _canonical(request, query)
+    to_sign = string_to_sign(canonical, sdk_date)
+    headers["Authorization"] = authorization(creds.access_key, names, signature(to_sign, creds.secret_key))
+
+
+def sign_headers(
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    creds: AkSkCredentials,
+    project_id: str,
+    now: datetime | None = None,
+) -> None:
+    """:func:`sign` for a request with no query and no body whose headers are a plain dict with
+    one spelling per name, ``Host`` among them (the hand-written wire's, :mod:`worker.api.wire`):
+    the same headers are added and the same ``Authorization`` computed, without httpx's models."""
+    headers.pop("Authorization", None)
+    sdk_date = format_sdk_date(now)
+    headers[HEADER_DATE] = sdk_date
+    headers[HEADER_PROJECT] = project_id
+    if creds.security_token is not None:
+        headers[HEADER_SECURITY_TOKEN] = creds.security_token.get_secret_value()
+    content_type = headers.setdefault("Content-Type", "application/json")
+    if not content_type.startswith(("application/json", "application/bson")):
+        headers[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
+    values: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if "_" not in lower and lower not in UNSIGNED_HEADERS:
+            values.setdefault(lower, []).append(value)
+    canonical, names = _canonical_of(method, path, "", values, EMPTY_BODY_SHA256)
     to_sign = string_to_sign(canonical, sdk_date)
     headers["Authorization"] = authorization(creds.access_key, names, signature(to_sign, creds.secret_key))

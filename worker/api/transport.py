@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import ssl
 import threading
+from collections.abc import Mapping
 from typing import Any, Final
 
 import httpx
@@ -38,9 +39,10 @@ class BodyTooLargeError(Exception):
         self.response = response
 
 
-def request_id_of(headers: httpx.Headers) -> str | None:
-    """The gateway's request ID, bounded, from whichever of its headers is present."""
-    for name in _REQUEST_ID_HEADERS:  # httpx.Headers compares names case-insensitively
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The gateway's request ID, bounded, from whichever of its headers is present (``headers``:
+    httpx's, which compare names case-insensitively, or a dict of lower-cased names)."""
+    for name in _REQUEST_ID_HEADERS:
         value = headers.get(name)
         if value:
             return str(value)[:128]

@@ -6,7 +6,8 @@ from collections.abc import Generator
 
 import httpx
 
-from worker.api.signer import AkSkCredentials, sign
+from worker.api.signer import AkSkCredentials, sign, sign_headers
+from worker.api.wire import WireAnswer, WireRequest
 
 
 class AkSkAuth(httpx.Auth):
@@ -23,4 +24,8 @@ class AkSkAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         sign(request, self._creds, self._project_id)
+        yield request
+
+    def wire_flow(self, request: WireRequest) -> Generator[WireRequest, WireAnswer, None]:
+        sign_headers(request.method, request.target, request.headers, self._creds, self._project_id)
         yield request

@@ -6,11 +6,13 @@ or log line.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Final
 
 import httpx
 
+from worker.api.answers import Verdict, classify, parse_error_body
 from worker.errors import EXIT_UNAVAILABLE, UnavailableError, UsageError
 
 NO_CREDENTIALS: Final = (
@@ -36,8 +38,21 @@ class AuthUnavailableError(AuthError, UnavailableError):
 
 def put_token(request: httpx.Request, token: str) -> None:
     """Send ``token`` as ``X-Auth-Token`` (the token and IAM modes), JSON unless said otherwise."""
-    request.headers["X-Auth-Token"] = token
-    request.headers.setdefault("Content-Type", _JSON)
+    put_wire_token(request.headers, token)
+
+
+def put_wire_token(headers: MutableMapping[str, str], token: str) -> None:
+    """:func:`put_token` on a header mapping (httpx's, or the hand-written wire's plain dict)."""
+    headers["X-Auth-Token"] = token
+    headers.setdefault("Content-Type", _JSON)
+
+
+def renewable(status: int, body: bytes) -> bool:
+    """A 401 whose error code says the credential may be renewed (``APIGW.0301``/``0307``)."""
+    if status != 401:
+        return False
+    code, _ = parse_error_body(body)
+    return classify(401, code) is Verdict.AUTH_RENEW
 
 
 class Expiring:

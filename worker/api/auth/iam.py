@@ -30,19 +30,17 @@ import httpx
 import redis
 import structlog
 
-from worker.api.answers import Verdict, classify, parse_error_body
-from worker.api.auth.base import AuthError, AuthUnavailableError, put_token
+from worker.api.answers import parse_error_body
+from worker.api.auth.base import AuthError, AuthUnavailableError, put_token, put_wire_token, renewable
 from worker.api.auth.cache import SharedTokenCache
 from worker.api.auth.iam_login import CachedToken, IamLogin, fetch_token
+from worker.api.wire import WireAnswer, WireRequest
 
 log = structlog.get_logger(__name__)
 
 
 def _renewable(response: httpx.Response) -> bool:
-    if response.status_code != 401:
-        return False
-    code, _ = parse_error_body(response.content)
-    return classify(401, code) is Verdict.AUTH_RENEW
+    return renewable(response.status_code, response.content)
 
 
 class IamAuth(httpx.Auth):
@@ -66,6 +64,19 @@ class IamAuth(httpx.Auth):
             log.info("iam token refused by the API, renewing", code=code, status=response.status_code)
             renewed = self.provider.renew(rejected=token)
             if renewed != token:  # the same token back: renewing cannot help, the 401 stands
+                request.headers["X-Auth-Token"] = renewed
+                yield request
+
+    def wire_flow(self, request: WireRequest) -> Generator[WireRequest, WireAnswer, None]:
+        """:meth:`auth_flow` on the hand-written wire (:mod:`worker.api.wire`)."""
+        token = self.provider.token()
+        put_wire_token(request.headers, token)
+        answer = yield request
+        if renewable(answer.status, answer.body):
+            code, _ = parse_error_body(answer.body)
+            log.info("iam token refused by the API, renewing", code=code, status=answer.status)
+            renewed = self.provider.renew(rejected=token)
+            if renewed != token:
                 request.headers["X-Auth-Token"] = renewed
                 yield request
 

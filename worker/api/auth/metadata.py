@@ -29,11 +29,11 @@ import redis
 import structlog
 from pydantic import SecretStr
 
-from worker.api.answers import Verdict, classify, parse_error_body
-from worker.api.auth.base import AuthError, AuthUnavailableError
+from worker.api.auth.base import AuthError, AuthUnavailableError, renewable
 from worker.api.auth.metadata_fetch import TemporaryCredentials, fetch_credentials
 from worker.api.auth.sealed import SealedStore
-from worker.api.signer import sign
+from worker.api.signer import sign, sign_headers
+from worker.api.wire import WireAnswer, WireRequest
 
 log = structlog.get_logger(__name__)
 
@@ -274,10 +274,7 @@ class PlatformCredentialProvider:
 
 
 def _renewable(response: httpx.Response) -> bool:
-    if response.status_code != 401:
-        return False
-    code, _ = parse_error_body(response.content)
-    return classify(401, code) is Verdict.AUTH_RENEW
+    return renewable(response.status_code, response.content)
 
 
 class PlatformAuth(httpx.Auth):
@@ -302,4 +299,16 @@ class PlatformAuth(httpx.Auth):
             renewed = self.provider.renew(creds.access_key)
             if renewed is not None and renewed.access_key != creds.access_key:
                 sign(request, renewed.signing(), self._project_id)
+                yield request
+
+    def wire_flow(self, request: WireRequest) -> Generator[WireRequest, WireAnswer, None]:
+        """:meth:`auth_flow` on the hand-written wire (:mod:`worker.api.wire`)."""
+        creds = self.provider.credentials()
+        sign_headers(request.method, request.target, request.headers, creds.signing(), self._project_id)
+        answer = yield request
+        if renewable(answer.status, answer.body):
+            log.info("platform credentials refused by the API, renewing", status=answer.status)
+            renewed = self.provider.renew(creds.access_key)
+            if renewed is not None and renewed.access_key != creds.access_key:
+                sign_headers(request.method, request.target, request.headers, renewed.signing(), self._project_id)
                 yield request

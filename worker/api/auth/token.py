@@ -10,7 +10,8 @@ from collections.abc import Generator
 import httpx
 from pydantic import SecretStr
 
-from worker.api.auth.base import put_token
+from worker.api.auth.base import put_token, put_wire_token
+from worker.api.wire import WireAnswer, WireRequest
 
 
 class TokenAuth(httpx.Auth):
@@ -24,4 +25,8 @@ class TokenAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         put_token(request, self._token.get_secret_value())
+        yield request
+
+    def wire_flow(self, request: WireRequest) -> Generator[WireRequest, WireAnswer, None]:
+        put_wire_token(request.headers, self._token.get_secret_value())
         yield request
