@@ -6,8 +6,8 @@ through httpx's request and answer models and urllib3 (http.client's header writ
 package's header parsing), of which the wire part (urllib3 alone) 360 us, against 35 us for
 writing the same bytes to a socket and reading the answer by hand; through this module the whole
 call costs 170 to 190 us (with a token: 490 to 560 us before, 105 to 160 after; measured with
-``tests/benchmarks/profiling.py``'s micro-costs and a loop of 2,000 calls). This client writes the request in one ``sendall``
-and parses the answer minimally: the status, the headers (``Content-Length``, chunked
+``tests/benchmarks/profiling.py``'s micro-costs and a loop of 2,000 calls). This client writes
+the request in one ``sendall`` and parses the answer minimally: the status, the headers (``Content-Length``, chunked
 ``Transfer-Encoding``, ``Connection``, ``Content-Encoding``, the request ID), and the body,
 bounded by :data:`~worker.api.transport.MAX_BODY_BYTES`. It sends no request body and never
 follows redirects; listings (query strings) and tests' ``httpx.MockTransport`` still go through
