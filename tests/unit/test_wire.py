@@ -14,6 +14,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -44,10 +45,12 @@ def answer(status: int, body: bytes = GONE, *extra: str, reason: str = "X") -> b
 class Server:
     """Accepts connections; answers each request with the next step of ``steps``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
+        if tls is not None:
+            self.listener = tls.wrap_socket(self.listener, server_side=True)
         self.port = self.listener.getsockname()[1]
         self.steps: list[Step] = []
         self.requests: list[bytes] = []
@@ -60,6 +63,8 @@ class Server:
         while not self._stop:
             try:
                 conn, _ = self.listener.accept()
+            except ssl.SSLError:
+                continue  # a client that refused our certificate
             except OSError:
                 return
             self.connections += 1
@@ -320,3 +325,31 @@ def test_a_401_renews_the_token_once_and_the_resend_waits_for_its_slot(server: S
     assert (got.status, got.verdict, tokens.renewals, paced) == (202, Verdict.OK, 1, [1])
     assert [b"X-Auth-Token: tok-1" in r for r in server.requests] == [True, False]
     assert b"X-Auth-Token: tok-2" in server.requests[1]
+
+
+def test_tls_is_verified_and_a_trusted_certificate_carries_requests(tmp_path: Path) -> None:
+    from tests.integration.test_transport_wire import _self_signed
+
+    cert_path, key_path = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    srv = Server(context)
+    try:
+        url = f"https://127.0.0.1:{srv.port}"
+        trusted = Wire(
+            url,
+            connect_timeout_s=2.0,
+            read_timeout_s=5.0,
+            ssl_context=lambda: ssl.create_default_context(cafile=str(cert_path)),
+            max_connections=1,
+        )
+        assert [get(trusted)[0] for _ in range(3)] == [400, 400, 400]
+        trusted.close()
+        untrusted = Wire(
+            url, connect_timeout_s=2.0, read_timeout_s=5.0, ssl_context=ssl.create_default_context, max_connections=1
+        )
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            get(untrusted)
+        assert len(srv.requests) == 3  # nothing reached the server over the untrusted connection
+    finally:
+        srv.close()
