@@ -95,3 +95,45 @@ def test_a_second_compaction_never_replaces_the_first_with_less(redis_client: re
     assert audit.compact_run("rz") == 0
     assert audit.raw_redis.hget(audit.keys.compacted("rz"), "0") == blob
     assert audit.verify_run("rz").intact
+
+
+def test_threads_waiting_at_a_gate_are_served_together_and_the_chain_holds(redis_client: redis.Redis) -> None:
+    """Group commit: five threads queue at one batch's gate while it is busy; one pipeline serves
+    them all, a held task among them is refused alone, and the chain verifies afterwards."""
+    import threading
+
+    from worker.ledger import Gate
+
+    audit = Audit(redis_client, audit_key=b"unit-key")
+    tasks = [f"t{i}" for i in range(5)]
+    audit.create_run("rg", {"trigger": "cli"})
+    audit.add_batches("rg", [(0, "s", tasks)])
+    assert audit.freeze("rg", 5, batches=1) is RunStatus.RUNNING
+    assert audit.take_lease("rg", 0, "me", 60)
+    redis_client.sadd(audit.keys.protected_tasks, "t2")
+    batch = Batch("rg", 0, "s", tuple(tasks))
+    groups: list[int] = []
+    serve = audit._gate_group
+    audit._gate_group = lambda b, group: (groups.append(len(group)), serve(b, group))[1]  # type: ignore[method-assign]
+    answers: dict[str, Gate] = {}
+
+    def ask(task: str) -> None:
+        answers[task] = audit.gate(batch, task, Attempt(1, time.time(), 0, "sending", worker="me"), "me")
+
+    lock = audit.chains.lock("rg", 0)
+    with lock:  # the gate is busy: every thread queues its ask behind it
+        threads = [threading.Thread(target=ask, args=(t,)) for t in tasks]
+        for thread in threads:
+            thread.start()
+        while sum(len(v) for v in audit.chains._asks.values()) < len(tasks):
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(5)
+    assert groups == [5]
+    assert answers == {t: Gate.PROTECTED_TASK if t == "t2" else Gate.GO for t in tasks}
+    now = time.time()
+    for task in tasks:
+        if task != "t2":
+            audit.record(batch, task, attempt=Attempt(1, now, 204, "deleted", "rid", worker="me"))
+    assert audit.verify_run("rg").problems == []
+    assert int(audit.run("rg")["attempts"]) == 4  # the held task's intent was never written

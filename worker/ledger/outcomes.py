@@ -19,7 +19,7 @@ import structlog
 from worker.ledger._util import decode
 from worker.ledger.chain import ATTEMPT, FINAL, INTENT, Chain, ChainState
 from worker.ledger.compact import CompactStore
-from worker.ledger.durable import Durability, call_and_wait, confirm, require
+from worker.ledger.durable import Durability, NotReplicatedError, confirm, require
 from worker.ledger.records import UNSENT, Attempt, Batch, FinalOutcome, Gate, RecordResult
 from worker.ledger.runs import RunStore
 
@@ -29,6 +29,18 @@ COMPACTED = -4
 #: gate.lua's answer when the chain moved.
 GATE_CHAIN_MOVED = -9
 _MAX_TRIES = 50
+
+
+class _GateAsk:
+    """One thread's wait at a batch's gate: its answer (or the error) once a group served it."""
+
+    __slots__ = ("holder", "intent", "result", "task_id")
+
+    def __init__(self, task_id: str, intent: Attempt, holder: str) -> None:
+        self.task_id = task_id
+        self.intent = intent
+        self.holder = holder
+        self.result: Gate | BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,7 @@ class ChainCache:
     def __init__(self) -> None:
         self._states: dict[tuple[str, int], ChainState | None] = {}
         self._locks: dict[tuple[str, int], threading.Lock] = {}
+        self._asks: dict[tuple[str, int], list[_GateAsk]] = {}
         self._guard = threading.Lock()
 
     def lock(self, run_id: str, number: int) -> threading.Lock:
@@ -54,6 +67,21 @@ class ChainCache:
                 self._locks.clear()
                 self._states.clear()
             return self._locks.setdefault((run_id, number), threading.Lock())
+
+    def ask(self, run_id: str, number: int, ask: _GateAsk) -> None:
+        """Queue a thread's gate ask for the batch (served by :meth:`OutcomeStore.gate`)."""
+        with self._guard:
+            self._asks.setdefault((run_id, number), []).append(ask)
+
+    def take(self, run_id: str, number: int, holder: str) -> list[_GateAsk]:
+        """The batch's queued asks of ``holder``, in the order they came; others stay queued."""
+        with self._guard:
+            queued = self._asks.pop((run_id, number), [])
+            mine = [a for a in queued if a.holder == holder]
+            rest = [a for a in queued if a.holder != holder]
+            if rest:
+                self._asks[(run_id, number)] = rest
+            return mine
 
     def get(self, run_id: str, number: int) -> tuple[bool, ChainState | None]:
         key = (run_id, number)
@@ -237,6 +265,32 @@ class OutcomeStore(RunStore, CompactStore):
 
         Raises any Redis error: the caller then sends nothing. Safe to repeat (same intent, same
         answer, counted once), which is what makes redis-py's retry of a lost reply harmless.
+
+        Group commit: the threads of this process waiting at the same batch's gate are served by
+        one pipeline of gate.lua calls, sent by whichever of them takes the batch's lock first
+        (one round trip instead of one each). Each call still checks the run, the lease and the
+        holds as it runs, and each thread sends its DELETE only after its own answer, so nothing
+        about the gate's guarantees changes; only the round trips are shared.
+        """
+        ask = _GateAsk(task_id, intent, holder)
+        run_id, number = batch.run_id, batch.number
+        self.chains.ask(run_id, number, ask)
+        with self.chains.lock(run_id, number):
+            if ask.result is None:
+                group = self.chains.take(run_id, number, holder)
+                self._gate_group(batch, group)
+        result = ask.result
+        if isinstance(result, BaseException):
+            raise result
+        assert result is not None  # set by whichever thread served the group
+        return result
+
+    def _gate_group(self, batch: Batch, group: list[_GateAsk]) -> None:
+        """Pass the gate for every ask of ``group`` (one batch, one holder); under the batch's lock.
+
+        The intents are chained one after the other, in one pipeline; an ask refused (a held
+        task) leaves the chain where it was, so the asks after it answer that the chain moved and
+        go again in the next round, from the state the script answered.
         """
         run_id, number = batch.run_id, batch.number
         keys = [
@@ -248,36 +302,65 @@ class OutcomeStore(RunStore, CompactStore):
             self.keys.protected_shares,
             self.keys.chain(run_id),
         ]
-        intent_json = intent.to_json()
-        with self.chains.lock(run_id, number):
+        todo = group
+        try:
             for _ in range(_MAX_TRIES):
                 state = self._chain_state(run_id, number)
-                start = state or self.chain.genesis(run_id, number)
-                after = self.chain.step(start, task_id, INTENT, intent.key)
-                args = [
-                    task_id,
-                    intent_json,
-                    intent.marker,
-                    holder,
-                    batch.share_id,
-                    number,
-                    state.encode() if state else "",
-                    start.count,
-                    after.encode(),
-                ]
+                pipe = self.redis.pipeline(transaction=False)
+                for ask in todo:
+                    start = state or self.chain.genesis(run_id, number)
+                    after = self.chain.step(start, ask.task_id, INTENT, ask.intent.key)
+                    args = [
+                        ask.task_id,
+                        ask.intent.to_json(),
+                        ask.intent.marker,
+                        ask.holder,
+                        batch.share_id,
+                        number,
+                        state.encode() if state else "",
+                        start.count,
+                        after.encode(),
+                    ]
+                    self._gate(keys=keys, args=args, client=pipe)
+                    state = after
+                if self.durability.min_replicas > 0:
+                    pipe.execute_command("WAIT", self.durability.min_replicas, self.durability.timeout_ms)
                 try:
-                    reply, acknowledged = call_and_wait(self._gate, self.redis, self.durability, keys, args)
+                    replies = pipe.execute()
                 except BaseException:
                     self.chains.forget(run_id, number)
                     raise
-                code = int(reply[0])
-                if code in (1, GATE_CHAIN_MOVED):
-                    self.chains.put(run_id, number, ChainState.decode(decode(reply[1])))
-                if code != GATE_CHAIN_MOVED:
-                    if Gate(code) is Gate.GO:
-                        require(acknowledged, self.durability)  # fewer replicas: raises, and nothing is sent
-                    return Gate(code)
-        raise RuntimeError(f"the audit chain of {run_id} batch {number} keeps moving: intent not written")
+                acknowledged = int(replies.pop()) if self.durability.min_replicas > 0 else None
+                todo = self._gate_answers(batch, todo, replies, acknowledged)
+                if not todo:
+                    return
+            raise RuntimeError(f"the audit chain of {run_id} batch {number} keeps moving: intent not written")
+        except BaseException as exc:
+            for ask in todo:
+                if ask.result is None:
+                    ask.result = exc
+            if not isinstance(exc, Exception):
+                raise
+
+    def _gate_answers(
+        self, batch: Batch, todo: list[_GateAsk], replies: list[Any], acknowledged: int | None
+    ) -> list[_GateAsk]:
+        """Each ask's answer from its reply; the asks whose chain moved, to go again."""
+        again = []
+        for ask, reply in zip(todo, replies, strict=True):
+            code = int(reply[0])
+            if code in (1, GATE_CHAIN_MOVED):
+                self.chains.put(batch.run_id, batch.number, ChainState.decode(decode(reply[1])))
+            if code == GATE_CHAIN_MOVED:
+                again.append(ask)
+                continue
+            ask.result = Gate(code)
+            if ask.result is Gate.GO:
+                try:
+                    require(acknowledged, self.durability)  # fewer replicas: raises, nothing is sent
+                except NotReplicatedError as exc:
+                    ask.result = exc
+        return again
 
     def attempt_history(self, run_id: str, number: int, task_ids: Iterable[str]) -> dict[str, list[Attempt]]:
         """The attempts already recorded for these tasks (earlier deliveries of the batch)."""
