@@ -54,14 +54,15 @@ def micro_costs(
     import structlog
     from pydantic import SecretStr
 
-    from worker.api.signer import AkSkCredentials, sign
+    from worker.api.signer import AkSkCredentials, sign, sign_headers
     from worker.ledger import Attempt, Batch, FinalOutcome, Outcome
     from worker.ledger.outcomes import RecordItem
 
     fake.configure(latency_ms=0.0)
     missing = iter(f"{i:032x}" for i in range(10 * n + 100))  # unknown tasks: 400 SFS.TURBO.0106
     creds = AkSkCredentials(AK, SecretStr(SK))
-    url = f"{fake.url}/v1/{fake.project_id}/sfs-turbo/{share_id}/hpc-cache/task/{'a' * 32}"
+    wire_path = f"/v1/{fake.project_id}/sfs-turbo/{share_id}/hpc-cache/task/{'a' * 32}"
+    url = fake.url + wire_path
     batch = Batch("micro-run", 0, share_id, tuple(f"{i:032x}" for i in range(64)))
     attempt = Attempt(1, time.time(), 202, "ok", "f" * 32, latency_ms=21.3, worker="host:123:celery-task-id")
     final = FinalOutcome(Outcome.DELETED, time.time(), 1, 202, request_id="f" * 32)
@@ -89,17 +90,22 @@ def micro_costs(
         "limiter.acquire (EVALSHA acquire.lua)": _cpu_us(rt.limiter.acquire, n),
         "limiter.acquire, 16 threads at once": threaded_us(rt.limiter.acquire, n),
         "limiter.record_result (batched)": _cpu_us(lambda: rt.limiter.record_result(server_error=False), n),
-        "DELETE with AK/SK (client: signing, httpx models, urllib3)": _cpu_us(
+        "DELETE with AK/SK (whole client call: signing, the wire)": _cpu_us(
             lambda: rt.client.delete_task(share_id, next(missing)), n
         ),
         "DELETE with AK/SK, 16 threads at once": threaded_us(lambda: rt.client.delete_task(share_id, next(missing)), n),
-        "DELETE with a token (client: httpx models, urllib3)": _cpu_us(
+        "DELETE with a token (whole client call)": _cpu_us(
             lambda: token_client.delete_task(share_id, next(missing)), n
         ),
-        "DELETE with a token, bare urllib3 (the wire alone, comparison)": _cpu_us(
+        "DELETE with a token, bare urllib3 (comparison)": _cpu_us(
             lambda: pool.urlopen("DELETE", path + next(missing), headers=headers).data, n
         ),
-        "AK/SK signing alone": _cpu_us(lambda: sign(httpx.Request("DELETE", url), creds, fake.project_id), n),
+        "AK/SK signing alone (httpx request)": _cpu_us(
+            lambda: sign(httpx.Request("DELETE", url), creds, fake.project_id), n
+        ),
+        "AK/SK signing alone (the wire's header dict)": _cpu_us(
+            lambda: sign_headers("DELETE", wire_path, {"Host": "h", "User-Agent": "u"}, creds, fake.project_id), n
+        ),
         "audit record, pipelined by 64 (per task)": round(_cpu_us(record_64, max(1, n // 64)) / 64, 1),
         "Attempt + FinalOutcome to JSON": _cpu_us(lambda: (attempt.to_json(), final.to_json()), n),
         "structlog bind_contextvars": _cpu_us(lambda: structlog.contextvars.bind_contextvars(run_id="r", batch=1), n),
@@ -178,7 +184,10 @@ _CATEGORIES: tuple[tuple[str, Any], ...] = (
         "HTTP client set-up (SSL context per client)",
         lambda f, below: any("create_default_context" in b or "SSLContext" in b for b in below),
     ),
-    ("HTTP request + answer (httpx models, urllib3)", lambda f, below: _file(f).startswith("worker/api/")),
+    (
+        "HTTP request + answer (worker/api: the wire, httpx for listings)",
+        lambda f, below: _file(f).startswith("worker/api/"),
+    ),
     ("fleet limiter (EVALSHA per request)", lambda f, below: _file(f).startswith("worker/ratelimit/")),
     ("audit: records to JSON", lambda f, below: _file(f).startswith("worker/ledger/") and "to_json" in f),
     (
