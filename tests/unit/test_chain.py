@@ -137,3 +137,24 @@ def test_threads_waiting_at_a_gate_are_served_together_and_the_chain_holds(redis
             audit.record(batch, task, attempt=Attempt(1, now, 204, "deleted", "rid", worker="me"))
     assert audit.verify_run("rg").problems == []
     assert int(audit.run("rg")["attempts"]) == 4  # the held task's intent was never written
+
+
+def test_a_gate_whose_intent_too_few_replicas_hold_says_so_and_nothing_may_be_sent(
+    redis_client: redis.Redis,
+) -> None:
+    import pytest
+
+    from worker.ledger import Gate
+    from worker.ledger.durable import Durability, NotReplicatedError
+
+    audit = Audit(redis_client)
+    audit.create_run("rw", {"trigger": "cli"})
+    audit.add_batches("rw", [(0, "s", ["t0", "t1"])])
+    assert audit.freeze("rw", 2, batches=1) is RunStatus.RUNNING
+    assert audit.take_lease("rw", 0, "me", 60)
+    batch = Batch("rw", 0, "s", ("t0", "t1"))
+    audit.durability = Durability(min_replicas=1, timeout_ms=50)  # this Redis has no replica
+    with pytest.raises(NotReplicatedError, match="0 of 1 required replicas"):
+        audit.gate(batch, "t0", Attempt(1, time.time(), 0, "sending", worker="me"), "me")
+    audit.durability = Durability()
+    assert audit.gate(batch, "t1", Attempt(1, time.time(), 0, "sending", worker="me"), "me") is Gate.GO

@@ -6,8 +6,8 @@ sent) only once that many replicas hold it, and a flush of outcomes counts only 
 ``timeout_ms`` raises :class:`NotReplicatedError`, a ``redis.RedisError``, so every caller's
 existing "Redis refused the write" path applies: the DELETE is not sent, the outcomes stay queued.
 
-``WAIT`` counts the writes of the connection it runs on. A script call (the gate, a single
-record) is sent with its ``WAIT`` in one pipeline, on one connection: :func:`call_and_wait`. The
+``WAIT`` counts the writes of the connection it runs on. The gate's pipeline of script calls
+(``OutcomeStore.gate``) ends with its ``WAIT``, on the same connection. The
 outcome buffer writes in a MULTI/EXEC pipeline, which cannot hold a blocking WAIT, so
 :func:`confirm` waits behind a ``PUBLISH`` on a connection of its own: the primary replicates in
 one ordered stream, and a replica that acknowledged the ``PUBLISH`` (replicated, stores nothing)
@@ -24,10 +24,8 @@ failover. See docs/deploy.md, "Redis high availability".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import redis
-from redis.commands.core import Script
 
 #: Nobody subscribes: the PUBLISH is only a replicated marker for WAIT.
 PROBE_CHANNEL = "sfs-cleanup:replication-probe"
@@ -43,20 +41,6 @@ class Durability:
 
 class NotReplicatedError(redis.RedisError):  # type: ignore[misc]  # redis-py's errors are untyped
     """Fewer replicas than required acknowledged the write in time."""
-
-
-def call_and_wait(
-    script: Script, client: redis.Redis, durability: Durability, keys: list[Any], args: list[Any]
-) -> tuple[Any, int | None]:
-    """Run a ledger script, then WAIT on the same connection: its answer and the replicas that hold
-    the write (``None`` when off). The caller decides, by the answer, whether :func:`require` it."""
-    if durability.min_replicas <= 0:
-        return script(keys=keys, args=args), None
-    pipe = client.pipeline(transaction=False)
-    script(keys=keys, args=args, client=pipe)
-    pipe.execute_command("WAIT", durability.min_replicas, durability.timeout_ms)
-    result, acknowledged = pipe.execute()
-    return result, int(acknowledged)
 
 
 def require(acknowledged: int | None, durability: Durability) -> None:
