@@ -16,25 +16,28 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scheduler.context import Context
 from scheduler.dispatch import dispatch_run, reconcile_run
 from scheduler.guard import AWAITING_CONSENT, anomaly_guard, plan_meta, plan_problems
-from scheduler.inventory import Discovery, InventoryItem, Rejected, discover_shares, read_live, read_manifest
+from scheduler.inventory import Discovery, InventoryItem, TargetStart, discover_shares, read_manifest
 from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
 from scheduler.report import run_report
-from worker.api.answers import Verdict
-from worker.api.client import ApiError
+from scheduler.targets import live_items, target_inventory, targets_of
 from worker.ledger import OVER, Outcome, RunMeta, RunStatus, Source, SourceKind, Trigger, new_run_id
 from worker.models import TaskInfo
 
 
 def inventory(
     ctx: Context, policy: Policy, manifest: Path | None
-) -> tuple[Iterable[InventoryItem | Discovery], Source]:
-    """The manifest if one is given, else the live listing of the policy's (or configured) shares,
-    else of every available share found in the project (share discovery)."""
+) -> tuple[Iterable[InventoryItem | Discovery | TargetStart], Source]:
+    """The manifest if one is given, else every target's shares (a targets file), else the live
+    listing of the policy's (or configured) shares, else of every available share found in the
+    project (share discovery)."""
     s = ctx.settings
     if manifest is not None:
         items = read_manifest(manifest, default_project_id=s.project_id, only_default_project=s.project_id is not None)
         return items, Source(SourceKind.MANIFEST, manifest.name)
+    targets = targets_of(s)
+    if targets is not None:
+        return target_inventory(ctx, policy, targets)
     s.require_api()
     assert s.project_id is not None
     shares = list(policy.shares) or s.share_ids
@@ -48,17 +51,7 @@ def inventory(
     def listed() -> Iterator[InventoryItem | Discovery]:
         if found is not None:
             yield found  # the planner records what was found and skipped
-        # One share that cannot be listed (missing, forbidden, an outage past the retries) is
-        # recorded as refused input and does not keep the other shares from being purged.
-        for share_id in shares:
-            try:
-                yield from read_live(
-                    client, project_id, [share_id], statuses=list(policy.statuses), types=list(policy.types)
-                )
-            except ApiError as exc:
-                if exc.answer.verdict in (Verdict.FATAL, Verdict.AUTH_RENEW):
-                    raise  # credentials or endpoint that no share can get past: stop, say what to fix
-                yield Rejected(f"live:{share_id}", 0, f"listing failed: {exc.answer.describe()}", share_id)
+        yield from live_items(client, project_id, shares, policy)
 
     return listed(), Source(SourceKind.LIVE, ",".join(shares) if found is None else f"discovered:{','.join(shares)}")
 
@@ -77,7 +70,7 @@ def _setting_file(ctx: Context) -> Path | None:
 def start_run(
     ctx: Context,
     policy: Policy,
-    items: Iterable[InventoryItem | Discovery],
+    items: Iterable[InventoryItem | Discovery | TargetStart],
     *,
     source: Source,
     dry_run: bool,
