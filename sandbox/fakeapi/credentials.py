@@ -40,12 +40,17 @@ class CredentialStats:
     answered_429: int = 0
     busiest: SlidingCount = field(default_factory=SlidingCount)
     by_project: Counter[str] = field(default_factory=Counter)
+    first: float = 0.0  # monotonic seconds of the first and the last request
+    last: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        span = self.last - self.first
         return {
             "requests": self.requests,
             "answered_429": self.answered_429,
             "busiest_second": self.busiest.peak,
+            # The steady rate: requests after the first, over the time from the first to the last.
+            "average_rps": round((self.requests - 1) / span, 3) if span > 0 else None,
             "by_project": dict(self.by_project),
         }
 
@@ -62,6 +67,9 @@ class CredentialMeter:
         if stats is None:
             stats = self.seen[who] = CredentialStats()
         stats.requests += 1
+        if stats.requests == 1:
+            stats.first = now
+        stats.last = now
         stats.busiest.add(now)
         if project_id:
             stats.by_project[project_id] += 1

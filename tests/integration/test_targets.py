@@ -1,0 +1,168 @@
+"""Many projects, regions and accounts in one run (``SFS_CLEANUP_TARGETS_FILE``), end to end:
+the CLI, real Celery workers, a real Redis, and two fake API servers on 127.0.0.1 as two regions.
+
+Three targets: two regions of one account (its AK/SK from environment variables, shares found by
+discovery), and another account's project reached through an agency assumed with the instance's
+platform credentials (the fake metadata service and IAM). Each target has its own limiter bucket
+at its own rate; the fakes count and throttle per credential, as the gateway does per user.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.fakeapi.config import FakeConfig
+from sandbox.fakeapi.server import FakeApi
+from tests.support.environment import metadata_auth
+from tests.support.secrets import AuthCluster, dump_redis, find_leaks
+
+pytestmark = pytest.mark.integration
+
+AK, SK = "AKACCOUNTONE0001", "account-one-secret-key-0001"
+CACHE_KEY = "FleetCacheKey+/for-the-platform-creds=0002"
+OTHER_PROJECT = "fedcba9876543210fedcba9876543210"
+OTHER_SHARES = ("0a1b2c3d-0000-4000-8000-00000000000a", "0a1b2c3d-0000-4000-8000-00000000000b")
+# The gateway's per-user limit on each server; every target's own rate is below it.
+GATEWAY_RPS = 30.0
+RATES = {"sg": 20.0, "hk": 15.0, "other": 10.0}
+
+
+def old_tasks(share_id: str, n: int) -> list[dict[str, Any]]:
+    ended = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S")
+    return [
+        {"share_id": share_id, "task_id": f"{share_id[:8]}{k:024x}", "status": "SUCCESS", "type": "export",
+         "end_time": ended, "start_time": ended}
+        for k in range(n)
+    ]  # fmt: skip
+
+
+def eligible(fake: FakeApi, project_id: str | None = None) -> int:
+    cutoff = datetime.now(UTC) - timedelta(days=7)
+    count = 0
+    for task in fake.tasks(project_id=project_id):
+        try:
+            ended = datetime.fromisoformat(task.get("end_time") or "").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        count += task["status"] in ("SUCCESS", "FAIL") and ended <= cutoff
+    return count
+
+
+def region(seed: int, **config: Any) -> FakeConfig:
+    return FakeConfig(
+        shares=2,
+        tasks_per_share=60,
+        seed=seed,
+        deleting_seconds=0.0,
+        aksk={AK: SK},
+        credential_rate_limit_rps=GATEWAY_RPS,
+        **config,
+    )
+
+
+@pytest.fixture
+def regions() -> Iterator[tuple[FakeApi, FakeApi]]:
+    one = FakeApi(region(31, region="ap-southeast-1", agencies=[{"domain": "other-account", "name": "sfs-cleanup"}]))
+    two = FakeApi(region(32, region="ap-east-1"))
+    with one.start(), two.start():
+        # The other account's project, in the first region: two shares found by listing them.
+        for n, share_id in enumerate(OTHER_SHARES):
+            one.add_share(share_id, f"hpc-other-{n}", project_id=OTHER_PROJECT)
+            one.load_tasks(old_tasks(share_id, 35), project_id=OTHER_PROJECT)
+        yield one, two
+
+
+def targets_file(path: Path, one: FakeApi, two: FakeApi) -> Path:
+    env = {"env": {"access_key": "ACCOUNT_ONE_AK", "secret_key": "ACCOUNT_ONE_SK"}}
+    targets = [
+        {"name": "sg", "region": "ap-southeast-1", "endpoint": one.url, "project_id": one.project_id,
+         "credentials": env, "rate": RATES["sg"], "burst": 1},
+        {"name": "hk", "region": "ap-east-1", "endpoint": two.url, "project_id": two.project_id,
+         "credentials": env, "rate": RATES["hk"], "burst": 1},
+        {"name": "other", "region": "ap-southeast-1", "endpoint": one.url, "project_id": OTHER_PROJECT,
+         "credentials": {"assume": {"domain": "other-account", "agency": "sfs-cleanup", "iam_endpoint": one.url}},
+         "name_pattern": "hpc-other-*", "rate": RATES["other"], "burst": 1},
+    ]  # fmt: skip
+    path.write_text(json.dumps({"targets": targets}))  # JSON is YAML
+    return path
+
+
+def test_three_targets_in_one_run_each_within_its_own_limit(
+    redis_url: str, tmp_path: Path, regions: tuple[FakeApi, FakeApi]
+) -> None:
+    one, two = regions
+    expected = {"sg": eligible(one), "hk": eligible(two), "other": eligible(one, OTHER_PROJECT)}
+    assert expected["other"] == 70 and min(expected.values()) > 50
+    cluster = AuthCluster(
+        redis_url=redis_url,
+        fake=one,
+        tmp=tmp_path,
+        settings={
+            "SFS_CLEANUP_TARGETS_FILE": str(targets_file(tmp_path / "targets.yaml", one, two)),
+            "ACCOUNT_ONE_AK": AK,
+            "ACCOUNT_ONE_SK": SK,
+            "SFS_CLEANUP_BATCH_SIZE": "25",
+            "SFS_CLEANUP_BATCH_CONCURRENCY": "4",
+            "SFS_CLEANUP_RATE_RAMP_S": "0",
+        },
+    )
+    cluster.auth = metadata_auth(one.metadata_url, CACHE_KEY)
+    try:
+        cluster.start_worker("w1", concurrency=3)
+        cluster.start_worker("w2", concurrency=3)
+        result = cluster.cli("purge", "--wait", "--json", timeout=180)
+    finally:
+        cluster.stop()
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    stats_one, stats_two = one.stats(), two.stats()
+    print(
+        json.dumps({"targets": report["targets"], "one": stats_one["by_credential"], "two": stats_two["by_credential"]})
+    )
+
+    # One report, broken down by target, every outcome adding up per target and in total.
+    assert report["status"] == "finished" and report["pending"] == 0
+    rows = report["targets"]
+    assert set(rows) == {"sg", "hk", "other"}
+    for name, row in rows.items():
+        assert row["planned"] == expected[name], name
+        assert sum(row["outcomes"].values()) == row["selected"] == row["planned"] + row["rejected"], name
+        assert row["outcomes"].get("deleted") == row["planned"], (name, row)
+        assert row["discovery"]["selected"] == 2, (name, row["discovery"])
+    assert report["selected"] == sum(row["selected"] for row in rows.values()) == sum(expected.values())
+    assert sum(report["outcomes"].values()) == report["selected"] == report["outcomes"]["deleted"]
+
+    # The fakes' own count of deletions per project equals the audit's.
+    deleted_one, deleted_two = stats_one["deleted_by_project"], stats_two["deleted_by_project"]
+    assert deleted_one == {
+        one.project_id: rows["sg"]["outcomes"]["deleted"],
+        OTHER_PROJECT: rows["other"]["outcomes"]["deleted"],
+    }
+    assert deleted_two == {two.project_id: rows["hk"]["outcomes"]["deleted"]}
+    assert stats_one["duplicate_deletes"] == stats_two["duplicate_deletes"] == 0
+
+    # Each credential went only to its own projects, each within its target's rate, no 429 storm.
+    by_one, by_two = stats_one["by_credential"], stats_two["by_credential"]
+    assert set(by_one[AK]["by_project"]) == {one.project_id}
+    assert set(by_two) == {AK} and set(by_two[AK]["by_project"]) == {two.project_id}
+    (agency_key,) = [who for who in by_one if who != AK]  # the assumed agency's temporary AK
+    assert set(by_one[agency_key]["by_project"]) == {OTHER_PROJECT}
+    for observed, rate in ((by_one[AK], RATES["sg"]), (by_two[AK], RATES["hk"]), (by_one[agency_key], RATES["other"])):
+        # The limiter spaces slots 2 % wider than 1/rate: the steady rate stays under the target's.
+        assert observed["average_rps"] <= rate * 1.02, (observed, rate)
+        # Arrivals at the fake bunch when a loaded two-core machine delays some requests (the
+        # fake stamps them as its loop reads them): a quarter of the rate is allowed for that.
+        assert observed["busiest_second"] <= rate * 1.25 + 1, (observed, rate)
+        assert observed["answered_429"] <= 2, observed
+
+    # The credentials never left the processes that use them.
+    places = {"redis": dump_redis(redis_url).text, "report": result.stdout, "stderr": result.stderr}
+    places |= {log.name: log.read_text() for log in tmp_path.glob("*.log")}
+    secrets = {"SK": SK} | one.metadata_secrets()
+    assert find_leaks(secrets, places) == []
