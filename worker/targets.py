@@ -41,6 +41,7 @@ from pydantic import (
     SecretStr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -200,11 +201,12 @@ class Target(_Strict):
             raise ValueError("must be a glob of letters, digits, '-', '_', '.', '*', '?' and [...] (1-128)")
         return value
 
-    @model_validator(mode="after")
-    def _discovery_or_list(self) -> Target:
-        if self.shares and (self.name_pattern is not None or self.enterprise_project_id is not None):
-            raise ValueError("name_pattern and enterprise_project_id select found shares: not with a shares list")
-        return self
+    @field_validator("name_pattern", "enterprise_project_id", mode="after")
+    @classmethod
+    def _only_with_discovery(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("shares"):
+            raise ValueError("selects among the shares found: not with a shares list")
+        return value
 
     @property
     def api_endpoint(self) -> str:
@@ -403,6 +405,8 @@ def _error_lines(source: str, data: Any, error: ValidationError) -> list[str]:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field"
+        elif item["type"] == "string_type":
+            message = "must be a string: quote it, or YAML reads an ID of digits as a number"
         line = f"{source}: {where}: {field}: {message}"
         if line not in lines:
             lines.append(line)
