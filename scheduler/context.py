@@ -59,9 +59,10 @@ class Context:
         settings.require_api()
         return FleetLimiter.from_settings(self.redis, settings)
 
-    def client(self, settings: Settings | None = None) -> SfsTurboClient:
+    def client(self, settings: Settings | None = None, target: str | None = None) -> SfsTurboClient:
         """An API client for listing, paced by the fleet-wide limiter like the workers' deletes;
-        ``settings``: a target's (``worker.targets``), with its endpoint, project, auth and bucket."""
+        ``settings``: a target's (``worker.targets``), with its endpoint, project, auth and bucket;
+        ``target``: its name, a label of the API metrics."""
         from worker.api.auth import build_auth
 
         settings = settings or self.settings
@@ -70,7 +71,7 @@ class Context:
             config,
             auth=build_auth(settings, self.redis),
             pace=self.limiter(settings).acquire,
-            observe=self.api_stats().observe,
+            observe=functools.partial(self.api_stats().observe, target=target),
         )
 
     def api_stats(self) -> ApiStats:

@@ -67,7 +67,7 @@ def target_inventory(ctx: Context, policy: Policy, targets: TargetSet) -> tuple[
 
 
 def _target_items(ctx: Context, policy: Policy, target: Target, settings: Settings) -> Iterator[PlanItem]:
-    client = ctx.client(settings)
+    client = ctx.client(settings, target.name)
     shares = list(settings.share_ids)
     if not shares:
         found = discover_shares(client, settings)

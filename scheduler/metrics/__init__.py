@@ -24,6 +24,7 @@ metric                                                  type     labels
 ``sfs_cleanup_workers_online``                          gauge    (worker processes with a heartbeat < 60 s old)
 ``sfs_cleanup_api_request_duration_seconds``            hist.    operation (delete, show, list)
 ``sfs_cleanup_api_responses_total``                     counter  operation, status, error_code
+``sfs_cleanup_api_target_responses_total``              counter  target, operation, status, error_code (targets file)
 ``sfs_cleanup_runs_active``                             gauge
 ``sfs_cleanup_run_info``                                gauge    run_id, status, trigger, dry_run
 ``sfs_cleanup_run_selected_tasks``                      gauge    run_id

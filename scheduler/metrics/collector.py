@@ -113,6 +113,7 @@ class FleetCollector:
         buckets: dict[str, list[float]] = {op: [0.0] * (len(BUCKETS) + 1) for op in OPERATIONS}
         sums: dict[str, float] = dict.fromkeys(OPERATIONS, 0.0)
         responses: dict[tuple[str, str, str], float] = {}
+        by_target: dict[tuple[str, str, str, str], float] = {}
         for key, value in raw.items():
             kind, _, rest = text(key).partition("|")
             number = num(text(value))
@@ -121,6 +122,11 @@ class FleetCollector:
                 if len(parts) == 3 and parts[0] in sums:
                     op, status, code = parts
                     responses[(op, status, code)] = number
+            elif kind == "t":
+                parts = rest.split("|")
+                if len(parts) == 4 and parts[0] in sums:
+                    op, status, code, target = parts
+                    by_target[(target, op, status, code)] = number
             elif kind == "b":
                 op, _, le = rest.partition("|")
                 if op in buckets:
@@ -145,7 +151,14 @@ class FleetCollector:
         )
         for (op, status, code), count in sorted(responses.items()):
             answers.add_metric([op, status, code], count)
-        return [duration, answers]
+        targets = CounterMetricFamily(
+            PREFIX + "api_target_responses",
+            "API answers by target of the targets file (also counted in api_responses): operation, status, error code.",
+            labels=["target", "operation", "status", "error_code"],
+        )
+        for key, count in sorted(by_target.items()):
+            targets.add_metric(list(key), count)
+        return [duration, answers, targets]
 
     # --- workers and Redis itself ---------------------------------------------------------
     def _workers(self) -> list[Metric]:

@@ -9,7 +9,10 @@ at its own rate; the fakes count and throttle per credential, as the gateway doe
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,23 +131,30 @@ def test_three_targets_in_one_run_each_within_its_own_limit(
 
     # One report, broken down by target, every outcome adding up per target and in total.
     assert report["status"] == "finished" and report["pending"] == 0
-    rows = report["targets"]
-    assert set(rows) == {"sg", "hk", "other"}
-    for name, row in rows.items():
+    per_target = report["targets"]
+    assert set(per_target) == {"sg", "hk", "other"}
+    for name, row in per_target.items():
         assert row["planned"] == expected[name], name
         assert sum(row["outcomes"].values()) == row["selected"] == row["planned"] + row["rejected"], name
         assert row["outcomes"].get("deleted") == row["planned"], (name, row)
         assert row["discovery"]["selected"] == 2, (name, row["discovery"])
-    assert report["selected"] == sum(row["selected"] for row in rows.values()) == sum(expected.values())
+    assert report["selected"] == sum(row["selected"] for row in per_target.values()) == sum(expected.values())
     assert sum(report["outcomes"].values()) == report["selected"] == report["outcomes"]["deleted"]
+
+    # The export: one row per task, with its target and that target's project.
+    export = cluster.cli("audit", "export", report["run_id"], "--format", "csv", check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(export)))
+    projects = {"sg": one.project_id, "hk": two.project_id, "other": OTHER_PROJECT}
+    assert len(rows) == report["selected"] and all(r["project_id"] == projects[r["target"]] for r in rows)
+    assert Counter(r["target"] for r in rows if r["outcome"] == "deleted") == expected
 
     # The fakes' own count of deletions per project equals the audit's.
     deleted_one, deleted_two = stats_one["deleted_by_project"], stats_two["deleted_by_project"]
     assert deleted_one == {
-        one.project_id: rows["sg"]["outcomes"]["deleted"],
-        OTHER_PROJECT: rows["other"]["outcomes"]["deleted"],
+        one.project_id: per_target["sg"]["outcomes"]["deleted"],
+        OTHER_PROJECT: per_target["other"]["outcomes"]["deleted"],
     }
-    assert deleted_two == {two.project_id: rows["hk"]["outcomes"]["deleted"]}
+    assert deleted_two == {two.project_id: per_target["hk"]["outcomes"]["deleted"]}
     assert stats_one["duplicate_deletes"] == stats_two["duplicate_deletes"] == 0
 
     # Each credential went only to its own projects, each within its target's rate, no 429 storm.
@@ -156,9 +166,11 @@ def test_three_targets_in_one_run_each_within_its_own_limit(
     for observed, rate in ((by_one[AK], RATES["sg"]), (by_two[AK], RATES["hk"]), (by_one[agency_key], RATES["other"])):
         # The limiter spaces slots 2 % wider than 1/rate: the steady rate stays under the target's.
         assert observed["average_rps"] <= rate * 1.02, (observed, rate)
-        # Arrivals at the fake bunch when a loaded two-core machine delays some requests (the
-        # fake stamps them as its loop reads them): a quarter of the rate is allowed for that.
-        assert observed["busiest_second"] <= rate * 1.25 + 1, (observed, rate)
+        # Over any five seconds too. (Not over any one second: the fake stamps a request when its
+        # loop reads it, and on a loaded two-core machine a stalled loop reads several at once;
+        # the limiter's own one-second bound is measured at the sender in test_ratelimit.py.)
+        assert observed["busiest_5s_rps"] <= rate * 1.2 + 0.2, (observed, rate)
+        # The gateway's per-user limit is above every target's rate: no 429 storm.
         assert observed["answered_429"] <= 2, observed
 
     # The credentials never left the processes that use them.

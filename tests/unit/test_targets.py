@@ -236,3 +236,32 @@ def test_a_plan_entry_names_its_target_and_one_without_is_read_as_before() -> No
     batch = Batch.parse("r", 3, entry)
     assert (batch.target, batch.share_id, batch.task_ids, batch.recheck) == ("prod-sg", SHARE, ("t1", "t2"), {"t2"})
     assert batch.encode() == entry and Batch.parse("r", 1, f"a_b@{SHARE}|t").target == "a_b"
+
+
+# --- Metrics by target -------------------------------------------------------------------------
+
+
+def test_api_answers_are_counted_by_target_as_well(redis_url: str) -> None:
+    import redis
+    from prometheus_client import generate_latest
+
+    from scheduler.metrics import registry_for
+    from tests.unit.test_metrics import _answer, sample
+    from worker.apimetrics import ApiStats
+    from worker.settings import load_settings
+
+    stats = ApiStats(redis.Redis.from_url(redis_url), "sfs", flush_interval_s=3600)
+    stats.observe("delete", _answer(202), "prod-sg")
+    stats.observe("delete", _answer(202), "prod-sg")
+    stats.observe("delete", _answer(202), "research")
+    stats.observe("delete", _answer(202))  # the settings' one project: no target
+    stats.observe("list", _answer(200), "research")
+    assert stats.flush()
+    stats.close(timeout=1)
+    text = generate_latest(registry_for(load_settings(redis_url=redis_url))).decode()
+    ok = {"operation": "delete", "status": "202", "error_code": "none"}
+    assert sample(text, "sfs_cleanup_api_responses_total", **ok) == 4.0  # every call, as before
+    assert sample(text, "sfs_cleanup_api_target_responses_total", target="prod-sg", **ok) == 2.0
+    assert sample(text, "sfs_cleanup_api_target_responses_total", target="research", **ok) == 1.0
+    listed = {"operation": "list", "status": "200", "error_code": "none"}
+    assert sample(text, "sfs_cleanup_api_target_responses_total", target="research", **listed) == 1.0

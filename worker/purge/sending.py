@@ -85,7 +85,7 @@ class Sending(JobBase):
     def _observed(self, op: str, answer: ApiAnswer) -> None:
         """Tell the fleet's metrics and the circuit of an answer."""
         if not (answer.error_code or "").startswith("auth"):  # made up here: nothing was sent
-            self.rt.api_stats.observe("show" if op == "show" else "delete", answer)
+            self.rt.api_stats.observe("show" if op == "show" else "delete", answer, self.target)
         if answer.verdict is not Verdict.THROTTLED:  # a 429 is the limiter's own signal, not a result
             # No answer at all (timeout, reset) counts as a server error too: an outage often looks so.
             # Best effort: the circuit can miss a sample, but a DELETE's answer must not be lost
