@@ -178,3 +178,61 @@ def test_three_targets_in_one_run_each_within_its_own_limit(
     places |= {log.name: log.read_text() for log in tmp_path.glob("*.log")}
     secrets = {"SK": SK} | one.metadata_secrets()
     assert find_leaks(secrets, places) == []
+
+
+def test_a_target_with_the_instances_agency_renews_its_keys_mid_run(redis_url: str, tmp_path: Path) -> None:
+    ttl = 4.0
+    config = FakeConfig(shares=2, tasks_per_share=150, seed=33, deleting_seconds=0.0, metadata_credential_ttl_s=ttl)
+    with FakeApi(config).start() as fake:
+        path = tmp_path / "targets.yaml"
+        own = {"name": "own", "region": "ap-southeast-1", "endpoint": fake.url, "project_id": fake.project_id}
+        path.write_text(json.dumps({"targets": [own | {"credentials": "agency", "rate": 25, "burst": 2}]}))
+        cluster = AuthCluster(
+            redis_url=redis_url, fake=fake, tmp=tmp_path, settings={"SFS_CLEANUP_TARGETS_FILE": str(path)}
+        )
+        cluster.auth = metadata_auth(fake.metadata_url, CACHE_KEY)
+        expected = eligible(fake)
+        try:
+            cluster.start_worker("w1", concurrency=2)
+            result = cluster.cli("purge", "--wait", "--json", timeout=120)
+        finally:
+            cluster.stop()
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert result.returncode == 0, result.stderr
+        assert report["targets"]["own"]["outcomes"] == {"deleted": expected} and expected > 150
+        # At 25/s the run outlasts a key (more than 7 s): renewed mid-run, before expiry (no 401).
+        assert report["elapsed_s"] > 1.5 * ttl and fake.metadata_stats()["issued"] >= 2
+        assert fake.stats()["auth_failures"] == 0
+
+
+def test_a_bad_file_or_a_missing_variable_stops_before_anything_is_planned_or_sent(
+    redis_url: str, tmp_path: Path
+) -> None:
+    with FakeApi(FakeConfig(shares=1, tasks_per_share=20, aksk={AK: SK})).start() as fake:
+        path = tmp_path / "targets.yaml"
+        cluster = AuthCluster(
+            redis_url=redis_url, fake=fake, tmp=tmp_path, settings={"SFS_CLEANUP_TARGETS_FILE": str(path)}
+        )
+        good = {"name": "sg", "region": "ap-southeast-1", "endpoint": fake.url, "project_id": fake.project_id}
+        env = {"env": {"access_key": "ACCOUNT_ONE_AK", "secret_key": "ACCOUNT_ONE_SK"}}
+
+        path.write_text(json.dumps({"targets": [good | {"credentials": env, "rate": -1}]}))
+        result = cluster.cli("purge", "--dry-run")
+        assert result.returncode == 2
+        assert result.stderr.strip() == f"error: {path}: target 'sg': rate: Input should be greater than 0"
+
+        path.write_text(json.dumps({"targets": [good | {"credentials": env}]}))
+        result = cluster.cli("purge", "--dry-run", ACCOUNT_ONE_AK=AK)  # the SK's variable is missing
+        assert result.returncode == 2
+        assert "target 'sg': credentials.env.secret_key: $ACCOUNT_ONE_SK is not set in this process" in result.stderr
+        checked = cluster.cli("targets", "check", "--json", ACCOUNT_ONE_AK=AK)
+        assert checked.returncode == 2 and json.loads(checked.stdout)["targets"]["sg"]["credentials_resolve"] is False
+
+        assert fake.stats()["requests_total"] == 0  # nothing sent, not even a listing
+        assert not cluster.redis().keys("sfs:run:*")  # nothing planned
+
+        result = cluster.cli("purge", "--dry-run", "--json", ACCOUNT_ONE_AK=AK, ACCOUNT_ONE_SK=SK)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["targets"]["sg"]["outcomes"] == {"would_delete": eligible(fake)}
+        assert SK not in result.stdout + result.stderr + dump_redis(redis_url).text
