@@ -343,7 +343,8 @@ def _plan_items(
     for item in items:
         if isinstance(item, TargetStart):
             target, project_id = item.name, item.project_id
-            result.targets[target] = dict(item.info) | {"planned": 0, "rejected": 0}
+            if target not in result.targets:  # a replay may come back to a target
+                result.targets[target] = dict(item.info) | {"planned": 0, "rejected": 0}
             continue
         if isinstance(item, Discovery):
             if target is None:

@@ -187,7 +187,7 @@ def follow(
     return report
 
 
-def replay_items(ctx: Context, run_id: str, include_aborted: bool) -> Iterator[InventoryItem]:
+def replay_items(ctx: Context, run_id: str, include_aborted: bool) -> Iterator[InventoryItem | TargetStart]:
     """The tasks of a run that ended failed (and aborted, if asked), to plan again."""
     return tasks_ended(ctx, run_id, {Outcome.FAILED} | ({Outcome.ABORTED} if include_aborted else set()))
 
@@ -212,10 +212,26 @@ def apply_dry_run(ctx: Context, run_id: str) -> PlanResult | list[str]:
     )
 
 
-def tasks_ended(ctx: Context, run_id: str, wanted: set[Outcome]) -> Iterator[InventoryItem]:
-    """The tasks of a run whose final outcome is one of ``wanted``."""
-    project_id = ctx.audit.run(run_id).get("project_id", ctx.settings.project_id or "")
+#: What a plan's summary counts per target, which a new run of its tasks counts afresh.
+_PLAN_COUNTS = ("planned", "rejected", "discovery", "skipped_shares")
+
+
+def tasks_ended(ctx: Context, run_id: str, wanted: set[Outcome]) -> Iterator[InventoryItem | TargetStart]:
+    """The tasks of a run whose final outcome is one of ``wanted``; a run over a targets file's
+    tasks behind their :class:`TargetStart`, so that the new run sends each to its target again."""
+    meta = ctx.audit.run(run_id)
+    project_id = meta.get("project_id", ctx.settings.project_id or "")
+    targets = json.loads(meta.get("summary") or "{}").get("targets") or {}
+    current: str | None = None
     for batch in ctx.audit.iter_batches(run_id):
+        project = project_id
+        if batch.target is not None:
+            info = targets.get(batch.target, {})
+            project = str(info.get("project_id", ""))
+            if batch.target != current:
+                current = batch.target
+                shown = {k: v for k, v in info.items() if k not in _PLAN_COUNTS}
+                yield TargetStart(batch.target, project, shown)
         for record in ctx.audit.task_records(batch):
             if record.final is not None and record.final.outcome in wanted:
-                yield TaskInfo(project_id=project_id, share_id=record.share_id, task_id=record.task_id)
+                yield TaskInfo(project_id=project, share_id=record.share_id, task_id=record.task_id)

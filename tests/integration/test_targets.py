@@ -234,5 +234,18 @@ def test_a_bad_file_or_a_missing_variable_stops_before_anything_is_planned_or_se
         result = cluster.cli("purge", "--dry-run", "--json", ACCOUNT_ONE_AK=AK, ACCOUNT_ONE_SK=SK)
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout.strip().splitlines()[-1])
-        assert report["targets"]["sg"]["outcomes"] == {"would_delete": eligible(fake)}
-        assert SK not in result.stdout + result.stderr + dump_redis(redis_url).text
+        expected = eligible(fake)
+        assert report["targets"]["sg"]["outcomes"] == {"would_delete": expected}
+
+        # The reviewed plan, applied: each task goes to its target again (its project and keys).
+        cluster.settings |= {"ACCOUNT_ONE_AK": AK, "ACCOUNT_ONE_SK": SK}
+        try:
+            cluster.start_worker("w1", concurrency=1)
+            applied = cluster.cli("runs", "apply", report["run_id"], "--wait", "--json", timeout=120)
+        finally:
+            cluster.stop()
+        assert applied.returncode == 0, applied.stderr
+        done = json.loads(applied.stdout.strip().splitlines()[-1])
+        assert done["targets"]["sg"]["outcomes"] == {"deleted": expected} and expected > 5
+        assert fake.stats()["deleted_by_project"] == {fake.project_id: expected}
+        assert SK not in result.stdout + result.stderr + applied.stdout + dump_redis(redis_url).text
