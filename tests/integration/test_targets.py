@@ -237,6 +237,12 @@ def test_a_bad_file_or_a_missing_variable_stops_before_anything_is_planned_or_se
         expected = eligible(fake)
         assert report["targets"]["sg"]["outcomes"] == {"would_delete": expected}
 
+        checked = cluster.cli("check", "--api", "--json", ACCOUNT_ONE_AK=AK, ACCOUNT_ONE_SK=SK)
+        assert checked.returncode == 0, checked.stderr
+        facts = json.loads(checked.stdout)
+        assert facts["targets"]["sg"]["credentials_resolve"] is True
+        assert facts["shares"] == {share: "lists (sg)" for share in fake.share_ids}
+
         # The reviewed plan, applied: each task goes to its target again (its project and keys).
         cluster.settings |= {"ACCOUNT_ONE_AK": AK, "ACCOUNT_ONE_SK": SK}
         try:
