@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -147,6 +148,17 @@ def test_three_targets_in_one_run_each_within_its_own_limit(
     projects = {"sg": one.project_id, "hk": two.project_id, "other": OTHER_PROJECT}
     assert len(rows) == report["selected"] and all(r["project_id"] == projects[r["target"]] for r in rows)
     assert Counter(r["target"] for r in rows if r["outcome"] == "deleted") == expected
+
+    # The evidence bundle: its report broken down by target, each task's row with its target.
+    bundle = tmp_path / "run.zip"
+    cluster.cli("audit", "bundle", report["run_id"], "-o", str(bundle), check=True)
+    with zipfile.ZipFile(bundle) as archive:
+        assert json.loads(archive.read("report.json"))["targets"] == per_target
+        task_rows = [json.loads(line) for line in archive.read("tasks.jsonl").splitlines()]
+    assert Counter(r["target"] for r in task_rows) == expected
+    # The bundle and the audit chain check out (a run over targets is chained like any other).
+    cluster.cli("audit", "verify", "--bundle", str(bundle), check=True)
+    cluster.cli("audit", "verify", report["run_id"], check=True)
 
     # The fakes' own count of deletions per project equals the audit's.
     deleted_one, deleted_two = stats_one["deleted_by_project"], stats_two["deleted_by_project"]
