@@ -340,6 +340,7 @@ class FakeService(ControlRoutes, IamSmnRoutes):
         if outcome is DeleteOutcome.ACCEPTED:
             self.stats.deletes_accepted += 1
             self.stats.deleted.append(deletion)
+            self.stats.deleted_by_project[deletion.project_id] += 1
             if doing:
                 self.stats.doing_deletes += 1
 

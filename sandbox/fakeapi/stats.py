@@ -55,6 +55,7 @@ class Stats:
     answered: list[dict[str, Any]] = field(default_factory=list)
     # Per credential (AK, or a token's digest): requests, busiest second, 429s, projects asked.
     credentials: CredentialMeter = field(default_factory=CredentialMeter)
+    deleted_by_project: Counter[str] = field(default_factory=Counter)  # accepted DELETEs per project
 
     def arrive(self, method: str, mono_now: float, epoch_now: float) -> None:
         self.requests_total += 1
@@ -107,7 +108,7 @@ class Stats:
             "smn_by_status": dict(self.smn_by_status),
             "smn_published": len(self.smn_published),
             "by_credential": self.credentials.snapshot(),
-            "deleted_by_project": dict(Counter(d.project_id for d in self.deleted)),
+            "deleted_by_project": dict(self.deleted_by_project),
         }
 
     def deleted_records(self) -> list[dict[str, Any]]:
