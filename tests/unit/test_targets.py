@@ -265,3 +265,31 @@ def test_api_answers_are_counted_by_target_as_well(redis_url: str) -> None:
     assert sample(text, "sfs_cleanup_api_target_responses_total", target="research", **ok) == 1.0
     listed = {"operation": "list", "status": "200", "error_code": "none"}
     assert sample(text, "sfs_cleanup_api_target_responses_total", target="research", **listed) == 1.0
+
+
+def test_the_report_table_shows_each_target() -> None:
+    from rich.console import Console
+
+    from scheduler.report import render_report
+
+    rate = {"requests": 4, "average_rps": 2.0, "busiest_second": 2, "seconds": 0}
+    report = {
+        "run_id": "r1",
+        "status": "finished",
+        "dry_run": False,
+        "selected": 4,
+        "outcomes": {"deleted": 3, "failed": 1},
+        "rate": rate,
+        "retries": 0,
+        "throttled": 0,
+        "elapsed_s": 2.0,
+        "targets": {
+            "sg": {"region": "ap-southeast-1", "project_id": PROJECT, "planned": 3, "outcomes": {"deleted": 3}},
+            "hk": {"region": "ap-east-1", "project_id": OTHER, "planned": 1, "outcomes": {"failed": 1}},
+        },
+    }
+    console = Console(record=True, width=200)
+    render_report(report, console)
+    text = console.export_text()
+    assert f"target sg (ap-southeast-1 {PROJECT}): planned 3; deleted 3" in text
+    assert f"target hk (ap-east-1 {OTHER}): planned 1; failed 1" in text
