@@ -267,3 +267,28 @@ def test_a_bad_file_or_a_missing_variable_stops_before_anything_is_planned_or_se
         assert done["targets"]["sg"]["outcomes"] == {"deleted": expected} and expected > 5
         assert fake.stats()["deleted_by_project"] == {fake.project_id: expected}
         assert SK not in result.stdout + result.stderr + applied.stdout + dump_redis(redis_url).text
+
+
+def test_one_cap_for_the_whole_run_across_targets(redis_url: str, tmp_path: Path) -> None:
+    with FakeApi(FakeConfig(shares=2, tasks_per_share=40, seed=35)).start() as fake:
+        path = tmp_path / "targets.yaml"
+        token = {"env": {"token": "FAKE_TOKEN"}}
+        base = {"region": "ap-southeast-1", "endpoint": fake.url, "project_id": fake.project_id, "credentials": token}
+        first, second = fake.share_ids
+        path.write_text(
+            json.dumps({"targets": [base | {"name": "a", "shares": [first]}, base | {"name": "b", "shares": [second]}]})
+        )
+        settings = {"SFS_CLEANUP_TARGETS_FILE": str(path), "FAKE_TOKEN": fake.token}
+        cluster = AuthCluster(redis_url=redis_url, fake=fake, tmp=tmp_path, settings=settings)
+        eligible_tasks = eligible(fake)
+        assert eligible_tasks > 30
+        result = cluster.cli("purge", "--dry-run", "--json", "--max-deletions", "30")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        per_target = report["targets"]
+        assert report["selected"] == 30 == per_target["a"]["planned"] + per_target["b"]["planned"]
+        assert per_target["b"]["planned"] < eligible_tasks - per_target["a"]["planned"]  # b got what a left
+        assert report["not_selected"]["over_cap"] == eligible_tasks - 30
+        assert {name: row["outcomes"] for name, row in per_target.items()} == {
+            name: {"would_delete": row["planned"]} for name, row in per_target.items() if row["planned"]
+        } | {name: {} for name, row in per_target.items() if not row["planned"]}
