@@ -32,6 +32,7 @@ metric                                                  type     labels
 ``sfs_cleanup_run_pending_tasks``                       gauge    run_id
 ``sfs_cleanup_run_open_batches``                        gauge    run_id (active runs)
 ``sfs_cleanup_run_outcomes_total``                      counter  run_id, outcome
+``sfs_cleanup_run_target_planned_tasks``                gauge    run_id, target (a targets file's runs)
 ``sfs_cleanup_run_attempts_total``                      counter  run_id
 ``sfs_cleanup_run_retries_total``                       counter  run_id
 ``sfs_cleanup_run_throttled_total``                     counter  run_id (429 answers)

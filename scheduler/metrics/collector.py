@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -257,6 +258,8 @@ class FleetCollector:
             f["run_pending_tasks"].add_metric(one, max(0.0, total - finals) if total >= 0 else 0.0)
             for outcome in Outcome:
                 f["run_outcomes"].add_metric([run_id, outcome.value], num(meta.get(f"n:{outcome.value}")))
+            for target, planned in _planned_by_target(meta).items():
+                f["run_target_planned_tasks"].add_metric([run_id, target], planned)
             for name, field in (
                 ("run_attempts", "attempts"),
                 ("run_retries", "retries"),
@@ -303,3 +306,14 @@ class FleetCollector:
             circuit.add_metric([name], 1.0 if state["circuit"] == name else 0.0)
         families.append(circuit)
         return families
+
+
+def _planned_by_target(meta: dict[str, str]) -> dict[str, float]:
+    """A run over a targets file: its planned tasks per target (from the plan's summary)."""
+    if '"targets"' not in meta.get("summary", ""):
+        return {}
+    try:
+        targets = json.loads(meta["summary"]).get("targets") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {str(name): num(str(info.get("planned", 0))) for name, info in targets.items() if isinstance(info, dict)}

@@ -293,3 +293,23 @@ def test_the_report_table_shows_each_target() -> None:
     text = console.export_text()
     assert f"target sg (ap-southeast-1 {PROJECT}): planned 3; deleted 3" in text
     assert f"target hk (ap-east-1 {OTHER}): planned 1; failed 1" in text
+
+
+def test_the_exporter_shows_each_targets_planned_tasks(redis_url: str) -> None:
+    import redis
+    from prometheus_client import generate_latest
+
+    from scheduler.metrics import registry_for
+    from tests.unit.test_metrics import sample
+    from worker.ledger import Audit
+    from worker.settings import load_settings
+
+    audit = Audit(redis.Redis.from_url(redis_url), prefix="sfs")
+    audit.create_run("rt", {"trigger": "cli", "dry_run": False})
+    audit.add_batches("rt", [(0, SHARE, ["t1", "t2"], "prod-sg"), (1, SHARE, ["t3"], "research")])
+    summary = {"targets": {"prod-sg": {"planned": 2}, "research": {"planned": 1}}}
+    audit.freeze("rt", 3, batches=2, summary=json.dumps(summary))
+    assert [b.target for b in sorted(audit.iter_batches("rt"), key=lambda b: b.number)] == ["prod-sg", "research"]
+    text = generate_latest(registry_for(load_settings(redis_url=redis_url))).decode()
+    assert sample(text, "sfs_cleanup_run_target_planned_tasks", run_id="rt", target="prod-sg") == 2.0
+    assert sample(text, "sfs_cleanup_run_target_planned_tasks", run_id="rt", target="research") == 1.0
