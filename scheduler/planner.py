@@ -322,6 +322,8 @@ def plan_run(
         seen=result.seen,
         not_selected=json.dumps(dict(result.not_selected)),
         recheck=bool(explicit or settings.recheck_status),
+        # Over a targets file, each target has its own project and endpoint (in the summary).
+        **({"project_id": "", "endpoint": ""} if result.targets else {}),
     )
     if dry_run and result.status is RunStatus.RUNNING:
         result.status = _record_dry_run(audit, run_id)
