@@ -53,20 +53,25 @@ class Context:
 
         return create_app(self.settings)
 
-    def limiter(self) -> FleetLimiter:
-        self.settings.require_api()
-        return FleetLimiter.from_settings(self.redis, self.settings)
+    def limiter(self, settings: Settings | None = None) -> FleetLimiter:
+        """The fleet limiter of the settings' project and endpoint (or of a target's settings)."""
+        settings = settings or self.settings
+        settings.require_api()
+        return FleetLimiter.from_settings(self.redis, settings)
 
-    def client(self) -> SfsTurboClient:
-        """An API client for listing, paced by the fleet-wide limiter like the workers' deletes."""
+    def client(self, settings: Settings | None = None, target: str | None = None) -> SfsTurboClient:
+        """An API client for listing, paced by the fleet-wide limiter like the workers' deletes;
+        ``settings``: a target's (``worker.targets``), with its endpoint, project, auth and bucket;
+        ``target``: its name, a label of the API metrics."""
         from worker.api.auth import build_auth
 
-        config = ClientConfig.from_settings(self.settings, max_connections=4)
+        settings = settings or self.settings
+        config = ClientConfig.from_settings(settings, max_connections=4)
         return SfsTurboClient(
             config,
-            auth=build_auth(self.settings, self.redis),
-            pace=self.limiter().acquire,
-            observe=self.api_stats().observe,
+            auth=build_auth(settings, self.redis),
+            pace=self.limiter(settings).acquire,
+            observe=functools.partial(self.api_stats().observe, target=target),
         )
 
     def api_stats(self) -> ApiStats:

@@ -39,9 +39,21 @@ def _inert(value: Any) -> Any:
     return value
 
 
-def task_row(record: TaskRecord, project_id: str) -> dict[str, Any]:
-    """A planned task's row (the evidence bundle writes the same row, plus every attempt)."""
-    return record.as_row(project_id) | {"input_line": ""}
+#: After :data:`COLUMNS` in the export of a run over a targets file: the task's target.
+TARGET_COLUMN = "target"
+
+
+def task_row(record: TaskRecord, project_id: str, target: str | None = None) -> dict[str, Any]:
+    """A planned task's row (the evidence bundle writes the same row, plus every attempt); a task
+    of a targets file's target has its ``target`` too (and ``project_id`` is that target's)."""
+    row = record.as_row(project_id) | {"input_line": ""}
+    return row if target is None else row | {TARGET_COLUMN: target}
+
+
+def target_projects(meta: dict[str, str]) -> dict[str, str]:
+    """The project of each target of a run over a targets file (none for the one-project shorthand)."""
+    summary = json.loads(meta.get("summary") or "{}")
+    return {name: str(info.get("project_id", "")) for name, info in (summary.get("targets") or {}).items()}
 
 
 def refused_row(run_id: str, project_id: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -63,24 +75,29 @@ def refused_row(run_id: str, project_id: str, item: dict[str, Any]) -> dict[str,
     }
 
 
-def _rows(audit: Audit, run_id: str, project_id: str) -> Any:
+def _rows(audit: Audit, run_id: str, project_id: str, projects: dict[str, str]) -> Any:
     for batch in audit.iter_batches(run_id):
+        project = projects.get(batch.target, project_id) if batch.target else project_id
         for record in audit.task_records(batch):
-            yield task_row(record, project_id)
+            yield task_row(record, project, batch.target)
     for item in audit.rejected(run_id):
         yield refused_row(run_id, project_id, item)
 
 
 def write_export(audit: Audit, run_id: str, project_id: str, stream: TextIO, fmt: str) -> int:
-    """Stream the report (memory stays flat: one batch at a time); returns the row count."""
-    return write_rows(_rows(audit, run_id, project_id), stream, fmt)
+    """Stream the report (memory stays flat: one batch at a time); returns the row count.
+
+    A run over a targets file has one more column, ``target``."""
+    projects = target_projects(audit.run(run_id))
+    columns = [*COLUMNS, TARGET_COLUMN] if projects else COLUMNS
+    return write_rows(_rows(audit, run_id, project_id, projects), stream, fmt, columns)
 
 
-def write_rows(rows: Iterable[dict[str, Any]], stream: TextIO, fmt: str) -> int:
+def write_rows(rows: Iterable[dict[str, Any]], stream: TextIO, fmt: str, columns: list[str] = COLUMNS) -> int:
     """Write export rows (from the ledger, or from an archived bundle) as jsonl or csv."""
     count = 0
     if fmt == "csv":
-        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+        writer = csv.DictWriter(stream, fieldnames=columns, restval="")
         writer.writeheader()
         for row in rows:
             cells = row | {"request_ids": " ".join(row["request_ids"])}

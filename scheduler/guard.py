@@ -86,6 +86,8 @@ def plan_meta(settings: Settings, policy: Policy, policy_file: Path | None) -> d
         meta["policy_file_sha256"] = file_digest(policy_file)
     if settings.policies_file:
         meta["policies_file_sha256"] = file_digest(Path(settings.policies_file))
+    if settings.targets_file:
+        meta["targets_file_sha256"] = file_digest(Path(settings.targets_file))
     return meta
 
 
@@ -122,7 +124,17 @@ def plan_problems(meta: Mapping[str, str], settings: Settings, now: float | None
         file = Path(settings.policies_file)
         if not file.is_file() or file_digest(file) != digest:
             problems.append(f"plan {run_id} was made with different named policies: {file} changed since")
+    if meta.get("targets_file_sha256") != _targets_digest(settings):
+        # Each batch names its target: its project, endpoint and credentials must be the planned ones.
+        problems.append(f"plan {run_id} was made with another targets file (SFS_CLEANUP_TARGETS_FILE): plan again")
     return problems
+
+
+def _targets_digest(settings: Settings) -> str | None:
+    if not settings.targets_file:
+        return None
+    file = Path(settings.targets_file)
+    return file_digest(file) if file.is_file() else "missing"
 
 
 def history(audit: Audit, policy_fp: str, wanted: int, *, scan: int = 500) -> list[int]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from scheduler.inventory import Discovery, InventoryItem, Rejected
+from scheduler.inventory import Discovery, InventoryItem, Rejected, TargetStart
 from scheduler.policy import Policy, Selector
 from worker.ledger import RECHECK_MARK, Audit, FinalOutcome, Outcome, RunStatus
 from worker.models import TaskInfo
@@ -51,6 +51,8 @@ class PlanResult:
     cap: int | None = None
     hold_reason: str | None = None  # why the run waits for approval (nothing sent until then)
     discovery: Discovery | None = None  # the shares found, when none were named
+    # Per target of a targets file: what it is, its planned and rejected tasks, its discovery.
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def note(self, item: TaskInfo) -> None:
         """Count a planned task into what the plan shows before anyone consents to it."""
@@ -63,13 +65,17 @@ class PlanResult:
 
     def summary(self) -> dict[str, Any]:
         """What a reviewer sees of the selection, beyond the counts (stored with the run)."""
-        return {
-            "types": dict(self.types),
-            "oldest_end": self.oldest_end.isoformat() if self.oldest_end else None,
-            "newest_end": self.newest_end.isoformat() if self.newest_end else None,
-            "sample": self.sample,
-            "cap": self.cap,
-        } | self._discovered()
+        return (
+            {
+                "types": dict(self.types),
+                "oldest_end": self.oldest_end.isoformat() if self.oldest_end else None,
+                "newest_end": self.newest_end.isoformat() if self.newest_end else None,
+                "sample": self.sample,
+                "cap": self.cap,
+            }
+            | self._discovered()
+            | ({"targets": self.targets} if self.targets else {})
+        )
 
     def _discovered(self) -> dict[str, Any]:
         found = self.discovery
@@ -154,8 +160,8 @@ class _PlanWriter:
 
     def __init__(self, audit: Audit, run_id: str, batch_size: int, result: PlanResult) -> None:
         self.audit, self.run_id, self.batch_size, self.result = audit, run_id, batch_size, result
-        self.buffers: dict[str, list[str]] = {}
-        self.ready: list[tuple[int, str, list[str]]] = []
+        self.buffers: dict[tuple[str | None, str], list[str]] = {}
+        self.ready: list[tuple[int, str, list[str], str | None]] = []
         self.rejected: list[dict[str, Any]] = []
         self._next_beat = 0.0
 
@@ -170,20 +176,25 @@ class _PlanWriter:
             if not self.audit.planning_beat(self.run_id):
                 raise _PlanningStoppedError
 
-    def add(self, share_id: str, task_id: str, *, recheck: bool = False) -> None:
+    def add(self, share_id: str, task_id: str, *, recheck: bool = False, target: str | None = None) -> None:
         self.result.shares[share_id] += 1
-        buffer = self.buffers.setdefault(share_id, [])
+        if target is not None:
+            self.result.targets[target]["planned"] += 1
+        buffer = self.buffers.setdefault((target, share_id), [])
         buffer.append(RECHECK_MARK + task_id if recheck else task_id)
         if len(buffer) >= self.batch_size:
-            self._close(share_id)
+            self._close((target, share_id))
 
-    def reject(self, entry: dict[str, Any]) -> None:
+    def reject(self, entry: dict[str, Any], target: str | None = None) -> None:
+        if target is not None:
+            self.result.targets[target]["rejected"] += 1
         self.rejected.append(entry)
         if len(self.rejected) >= _FLUSH_REJECTED:
             self._flush_rejected()
 
-    def _close(self, share_id: str) -> None:
-        self.ready.append((self.result.batches, share_id, self.buffers.pop(share_id)))
+    def _close(self, key: tuple[str | None, str]) -> None:
+        target, share_id = key
+        self.ready.append((self.result.batches, share_id, self.buffers.pop(key), target))
         self.result.batches += 1
         if len(self.ready) >= _FLUSH_BATCHES:
             self._flush_batches()
@@ -199,8 +210,8 @@ class _PlanWriter:
             self.rejected.clear()
 
     def finish(self) -> None:
-        for share_id in list(self.buffers):
-            self._close(share_id)
+        for key in list(self.buffers):
+            self._close(key)
         self._flush_batches()
         self._flush_rejected()
 
@@ -225,7 +236,7 @@ def plan_run(
     audit: Audit,
     settings: Settings,
     policy: Policy,
-    items: Iterable[InventoryItem | Discovery],
+    items: Iterable[InventoryItem | Discovery | TargetStart],
     *,
     run_id: str,
     dry_run: bool,
@@ -311,6 +322,8 @@ def plan_run(
         seen=result.seen,
         not_selected=json.dumps(dict(result.not_selected)),
         recheck=bool(explicit or settings.recheck_status),
+        # Over a targets file, each target has its own project and endpoint (in the summary).
+        **({"project_id": "", "endpoint": ""} if result.targets else {}),
     )
     if dry_run and result.status is RunStatus.RUNNING:
         result.status = _record_dry_run(audit, run_id)
@@ -318,7 +331,7 @@ def plan_run(
 
 
 def _plan_items(
-    items: Iterable[InventoryItem | Discovery],
+    items: Iterable[InventoryItem | Discovery | TargetStart],
     result: PlanResult,
     writer: _PlanWriter,
     fingerprints: _Fingerprints,
@@ -327,29 +340,41 @@ def _plan_items(
     settings: Settings,
     source: str,
 ) -> None:
+    target: str | None = None  # the items' target (a targets file), until the next TargetStart
+    project_id = settings.project_id
     for item in items:
+        if isinstance(item, TargetStart):
+            target, project_id = item.name, item.project_id
+            if target not in result.targets:  # a replay may come back to a target
+                result.targets[target] = dict(item.info) | {"planned": 0, "rejected": 0}
+            continue
         if isinstance(item, Discovery):
-            result.discovery = item  # not a task: no count, no outcome
+            if target is None:
+                result.discovery = item  # not a task: no count, no outcome
+            else:
+                result.targets[target]["discovery"] = item.summary()
+                result.targets[target]["skipped_shares"] = {s.share_id: s.as_dict() for s in item.skipped}
             continue
         result.seen += 1
         writer.beat()
         if isinstance(item, Rejected):
-            writer.reject(_rejection(item))
-        elif settings.project_id and item.project_id != settings.project_id:
+            writer.reject(_rejection(item), target)
+        elif project_id and item.project_id != project_id:
             writer.reject(
                 {
                     "source": source,
                     "line": 0,
                     "reason": f"project_id {item.project_id!r} is not the configured project",
                     "raw": f"{item.project_id}/{item.share_id}/{item.task_id}",
-                }
+                },
+                target,
             )
         elif not fingerprints.add(item.share_id, item.task_id):
             result.not_selected["duplicate"] += 1  # before the policy, so a repeat uses no cap slot
         elif why := not_selected_because(item):
             result.not_selected[why] += 1
         else:
-            writer.add(item.share_id, item.task_id, recheck=recheck(item))
+            writer.add(item.share_id, item.task_id, recheck=recheck(item), target=target)
             result.note(item)
 
 

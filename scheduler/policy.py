@@ -230,7 +230,8 @@ def _settings_fields(settings: Settings) -> dict[str, Any]:
         "statuses": settings.statuses,
         "types": settings.types,
         "older_than": settings.older_than,
-        "shares": settings.share_ids,
+        # A targets file names each target's shares: SHARE_IDS is the one-project shorthand's.
+        "shares": [] if settings.targets_file else settings.share_ids,
         "protected_task_ids": settings.protected_task_ids,
         "protected_share_ids": settings.protected_share_ids,
         "max_deletions": settings.max_deletions,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from worker.ledger import Audit, Outcome, RunMeta, RunStatus, Trigger
+from worker.ledger import OVER, Audit, Outcome, RunMeta, RunStatus, Trigger
 
 EXIT_OK = 0
 EXIT_FAILED_TASKS = 3
@@ -34,7 +35,8 @@ def run_report(audit: Audit, run_id: str) -> dict[str, Any]:
     started = float(meta.get("planned_at") or meta.get("created_at") or time.time())
     ended = float(meta["finished_at"]) if meta.get("finished_at") else time.time()
     rate = audit.rate_profile(run_id)
-    return {
+    plan = json.loads(meta.get("summary") or "{}")
+    report = {
         "run_id": run_id,
         "status": meta.get("status"),
         "dry_run": RunMeta.of(meta).dry_run,
@@ -44,7 +46,7 @@ def run_report(audit: Audit, run_id: str) -> dict[str, Any]:
         "reason": meta.get("reason") or None,
         "hold_reason": meta.get("hold_reason") or None,
         "approved_by": meta.get("approved_by") or None,
-        "plan": json.loads(meta.get("summary") or "{}"),
+        "plan": plan,
         "selected": selected,
         "outcomes": outcomes,
         "pending": max(0, selected - sum(outcomes.values())) if selected >= 0 else None,
@@ -66,6 +68,40 @@ def run_report(audit: Audit, run_id: str) -> dict[str, Any]:
             "keyed": audit.chain.keyed,
         },
     }
+    if plan.get("targets"):
+        report["targets"] = by_target(audit, run_id, plan["targets"], over=meta.get("status") in OVER)
+    return report
+
+
+def by_target(audit: Audit, run_id: str, planned: dict[str, Any], *, over: bool) -> dict[str, dict[str, Any]]:
+    """A run over a targets file, per target: planned and rejected, and once the run is over, the
+    outcomes (read from every task's record, so only then: a running run shows its plan).
+
+    Per target, ``selected`` (planned + rejected) is the sum of its outcomes once the run is over.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for name, info in planned.items():
+        row = {key: info.get(key) for key in ("region", "endpoint", "project_id", "credentials")}
+        row |= {"planned": int(info.get("planned", 0)), "rejected": int(info.get("rejected", 0))}
+        row["selected"] = row["planned"] + row["rejected"]
+        if "discovery" in info:
+            row["discovery"] = info["discovery"]
+        rows[name] = row
+    if not over:
+        return rows
+    outcomes: dict[str, Counter[str]] = {name: Counter() for name in rows}
+    for batch in audit.iter_batches(run_id):
+        counts = outcomes.get(batch.target or "")
+        if counts is None:
+            continue
+        for record in audit.task_records(batch):
+            counts[record.final.outcome.value if record.final else "pending"] += 1
+    for name, row in rows.items():
+        counts = outcomes[name]
+        if row["rejected"]:
+            counts[Outcome.REJECTED.value] += row["rejected"]
+        row["outcomes"] = dict(counts)
+    return rows
 
 
 def exit_code(report: dict[str, Any]) -> int:
@@ -108,6 +144,10 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if chain.get("head"):
         # Whole, on its own line: a head cut short cannot be compared with a bundle's.
         console.print(f"audit chain head: {chain['head']}", soft_wrap=True, highlight=False)
+    for name, row in (report.get("targets") or {}).items():
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted((row.get("outcomes") or {}).items()))
+        where = f"{row.get('region')} {row.get('project_id')}"
+        console.print(f"target {name} ({where}): planned {row['planned']}" + (f"; {counts}" if counts else ""))
     if report.get("reason"):
         console.print(f"[bold]reason:[/bold] {report['reason']}")
     if report.get("parent_run"):

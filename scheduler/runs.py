@@ -16,25 +16,28 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scheduler.context import Context
 from scheduler.dispatch import dispatch_run, reconcile_run
 from scheduler.guard import AWAITING_CONSENT, anomaly_guard, plan_meta, plan_problems
-from scheduler.inventory import Discovery, InventoryItem, Rejected, discover_shares, read_live, read_manifest
+from scheduler.inventory import Discovery, InventoryItem, TargetStart, discover_shares, read_manifest
 from scheduler.planner import PlanResult, plan_run
 from scheduler.policy import Policy
 from scheduler.report import run_report
-from worker.api.answers import Verdict
-from worker.api.client import ApiError
+from scheduler.targets import live_items, target_inventory, targets_of
 from worker.ledger import OVER, Outcome, RunMeta, RunStatus, Source, SourceKind, Trigger, new_run_id
 from worker.models import TaskInfo
 
 
 def inventory(
     ctx: Context, policy: Policy, manifest: Path | None
-) -> tuple[Iterable[InventoryItem | Discovery], Source]:
-    """The manifest if one is given, else the live listing of the policy's (or configured) shares,
-    else of every available share found in the project (share discovery)."""
+) -> tuple[Iterable[InventoryItem | Discovery | TargetStart], Source]:
+    """The manifest if one is given, else every target's shares (a targets file), else the live
+    listing of the policy's (or configured) shares, else of every available share found in the
+    project (share discovery)."""
     s = ctx.settings
     if manifest is not None:
         items = read_manifest(manifest, default_project_id=s.project_id, only_default_project=s.project_id is not None)
         return items, Source(SourceKind.MANIFEST, manifest.name)
+    targets = targets_of(s)
+    if targets is not None:
+        return target_inventory(ctx, policy, targets)
     s.require_api()
     assert s.project_id is not None
     shares = list(policy.shares) or s.share_ids
@@ -48,17 +51,7 @@ def inventory(
     def listed() -> Iterator[InventoryItem | Discovery]:
         if found is not None:
             yield found  # the planner records what was found and skipped
-        # One share that cannot be listed (missing, forbidden, an outage past the retries) is
-        # recorded as refused input and does not keep the other shares from being purged.
-        for share_id in shares:
-            try:
-                yield from read_live(
-                    client, project_id, [share_id], statuses=list(policy.statuses), types=list(policy.types)
-                )
-            except ApiError as exc:
-                if exc.answer.verdict in (Verdict.FATAL, Verdict.AUTH_RENEW):
-                    raise  # credentials or endpoint that no share can get past: stop, say what to fix
-                yield Rejected(f"live:{share_id}", 0, f"listing failed: {exc.answer.describe()}", share_id)
+        yield from live_items(client, project_id, shares, policy)
 
     return listed(), Source(SourceKind.LIVE, ",".join(shares) if found is None else f"discovered:{','.join(shares)}")
 
@@ -77,7 +70,7 @@ def _setting_file(ctx: Context) -> Path | None:
 def start_run(
     ctx: Context,
     policy: Policy,
-    items: Iterable[InventoryItem | Discovery],
+    items: Iterable[InventoryItem | Discovery | TargetStart],
     *,
     source: Source,
     dry_run: bool,
@@ -194,7 +187,7 @@ def follow(
     return report
 
 
-def replay_items(ctx: Context, run_id: str, include_aborted: bool) -> Iterator[InventoryItem]:
+def replay_items(ctx: Context, run_id: str, include_aborted: bool) -> Iterator[InventoryItem | TargetStart]:
     """The tasks of a run that ended failed (and aborted, if asked), to plan again."""
     return tasks_ended(ctx, run_id, {Outcome.FAILED} | ({Outcome.ABORTED} if include_aborted else set()))
 
@@ -219,10 +212,26 @@ def apply_dry_run(ctx: Context, run_id: str) -> PlanResult | list[str]:
     )
 
 
-def tasks_ended(ctx: Context, run_id: str, wanted: set[Outcome]) -> Iterator[InventoryItem]:
-    """The tasks of a run whose final outcome is one of ``wanted``."""
-    project_id = ctx.audit.run(run_id).get("project_id", ctx.settings.project_id or "")
+#: What a plan's summary counts per target, which a new run of its tasks counts afresh.
+_PLAN_COUNTS = ("planned", "rejected", "discovery", "skipped_shares")
+
+
+def tasks_ended(ctx: Context, run_id: str, wanted: set[Outcome]) -> Iterator[InventoryItem | TargetStart]:
+    """The tasks of a run whose final outcome is one of ``wanted``; a run over a targets file's
+    tasks behind their :class:`TargetStart`, so that the new run sends each to its target again."""
+    meta = ctx.audit.run(run_id)
+    project_id = meta.get("project_id", ctx.settings.project_id or "")
+    targets = json.loads(meta.get("summary") or "{}").get("targets") or {}
+    current: str | None = None
     for batch in ctx.audit.iter_batches(run_id):
+        project = project_id
+        if batch.target is not None:
+            info = targets.get(batch.target, {})
+            project = str(info.get("project_id", ""))
+            if batch.target != current:
+                current = batch.target
+                shown = {k: v for k, v in info.items() if k not in _PLAN_COUNTS}
+                yield TargetStart(batch.target, project, shown)
         for record in ctx.audit.task_records(batch):
             if record.final is not None and record.final.outcome in wanted:
-                yield TaskInfo(project_id=project_id, share_id=record.share_id, task_id=record.task_id)
+                yield TaskInfo(project_id=project, share_id=record.share_id, task_id=record.task_id)

@@ -16,6 +16,8 @@ field                          holds
 ``b|OP|LE``                    calls whose latency fell in the bucket ending at LE (seconds, a
                                value of :data:`BUCKETS` or ``+Inf``); not cumulative
 ``s|OP``                       the sum of those latencies (seconds, a float)
+``t|OP|STATUS|CODE|TARGET``    answers of a target's calls (a targets file), also counted in
+                               ``n|...``; TARGET a name from that file, so bounded too
 ``f|TOKEN``                    ``SEQ TIME``: the last flush applied from one process (see below)
 =============================  ================================================================
 
@@ -160,8 +162,9 @@ class ApiStats:
         self._thread: threading.Thread | None = None
 
     # --- the hot path ---------------------------------------------------------------------
-    def observe(self, op: Operation, answer: ApiAnswer) -> None:
-        """Count one call: its answer (status, error code) and its latency. Never raises for Redis."""
+    def observe(self, op: Operation, answer: ApiAnswer, target: str | None = None) -> None:
+        """Count one call: its answer (status, error code) and its latency, and with ``target``
+        (a targets file's) its answer by target too. Never raises for Redis."""
         if op not in OPERATIONS:
             raise ValueError(f"unknown API operation {op!r}: one of {OPERATIONS}")
         seconds = max(answer.latency_ms, 0.0) / 1000.0
@@ -171,6 +174,9 @@ class ApiStats:
         with self._lock:
             counts = self._counts
             counts[answer_field] = counts.get(answer_field, 0) + 1
+            if target is not None:
+                target_field = "t" + answer_field[1:] + "|" + target
+                counts[target_field] = counts.get(target_field, 0) + 1
             counts[bucket_field] = counts.get(bucket_field, 0) + 1
             counts[sum_field] = counts.get(sum_field, 0.0) + seconds
         if self._thread is None:

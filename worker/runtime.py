@@ -26,6 +26,7 @@ from worker.ratelimit import FleetLimiter
 from worker.redisconn import connect
 from worker.retry import RetryPolicy
 from worker.settings import Settings
+from worker.targets import TargetsError, TargetSet, load_targets
 
 
 @dataclass
@@ -39,6 +40,10 @@ class Runtime:
     _limiter: FleetLimiter | None = None
     _pool: ThreadPoolExecutor | None = None
     _api_stats: ApiStats | None = None
+    # Per target of SFS_CLEANUP_TARGETS_FILE: its client and limiter, each built once (lazily).
+    _targets: TargetSet | None = None
+    _target_clients: dict[str, SfsTurboClient] = field(default_factory=dict, repr=False)
+    _target_limiters: dict[str, FleetLimiter] = field(default_factory=dict, repr=False)
     # The first job's threads all ask for the client at once: build each part exactly once.
     _build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -61,6 +66,46 @@ class Runtime:
                     self.settings.require_api()
                     self._limiter = FleetLimiter.from_settings(self.redis, self.settings)
         return self._limiter
+
+    def target_settings(self, name: str) -> Settings:
+        """The settings of the named target of the targets file, its credentials resolved here
+        (:class:`~worker.targets.TargetsError` or :class:`~worker.api.auth.AuthError` if not)."""
+        if self._targets is None:
+            if not self.settings.targets_file:
+                raise TargetsError(
+                    [f"target {name[:80]!r}: the plan names a target and SFS_CLEANUP_TARGETS_FILE is unset"]
+                )
+            self._targets = load_targets(self.settings.targets_file)
+        return self._targets.get(name).settings(self.settings)
+
+    def client_for(self, target: str | None) -> SfsTurboClient:
+        """The API client of a batch's target; ``None``: the settings' one project (:attr:`client`)."""
+        if target is None:
+            return self.client
+        client = self._target_clients.get(target)
+        if client is None:
+            with self._build_lock:
+                client = self._target_clients.get(target)
+                if client is None:
+                    from worker.api.auth import build_auth
+
+                    settings = self.target_settings(target)
+                    client = SfsTurboClient(ClientConfig.from_settings(settings), auth=build_auth(settings, self.redis))
+                    self._target_clients[target] = client
+        return client
+
+    def limiter_for(self, target: str | None) -> FleetLimiter:
+        """The fleet limiter (bucket) of a batch's target; ``None``: the settings' one (:attr:`limiter`)."""
+        if target is None:
+            return self.limiter
+        limiter = self._target_limiters.get(target)
+        if limiter is None:
+            with self._build_lock:
+                limiter = self._target_limiters.get(target)
+                if limiter is None:
+                    limiter = FleetLimiter.from_settings(self.redis, self.target_settings(target))
+                    self._target_limiters[target] = limiter
+        return limiter
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -88,6 +133,8 @@ class Runtime:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             self._client.close()
+        for client in self._target_clients.values():
+            client.close()
         self.redis.close()
 
 

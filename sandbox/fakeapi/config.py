@@ -88,6 +88,10 @@ class FakeConfig:
     outage_until: float | None = None  # epoch seconds; an outage also runs while now < this
     outage_status: int = 503
     rate_limit_rps: float = 0.0  # 0: no throttle; else at most this many API calls per sliding second
+    # The gateway's per-user throttle (sandbox.fakeapi.credentials): each credential (AK, or
+    # "token:<digest>") at most this many calls per sliding second (0: none), or as set for it.
+    credential_rate_limit_rps: float = 0.0
+    credential_rates: dict[str, float] = field(default_factory=dict)
     retry_after: float | None = None  # when set, a 429 carries `Retry-After` (seconds)
     drop_ratio: float = 0.0  # DELETEs whose connection is closed without an answer
     drop_after_effect: bool = False  # True: the dropped DELETE still took effect (a lost 202)
@@ -119,6 +123,7 @@ class FakeConfig:
             "latency_jitter_ms",
             "deleting_seconds",
             "rate_limit_rps",
+            "credential_rate_limit_rps",
             "fail_first_k",
             "smn_fail_first",
             "metadata_fail_first",

@@ -208,11 +208,13 @@ class FakeApi:
         self.config = dataclasses.replace(self.service.config)
         return result
 
-    def tasks(self, share_id: str | None = None) -> list[dict[str, str]]:
-        return self._on_loop(lambda: self.service.tasks(share_id))
+    def tasks(self, share_id: str | None = None, *, project_id: str | None = None) -> list[dict[str, str]]:
+        """The current tasks (of one share), of the inventory's project or of ``project_id``."""
+        return self._on_loop(lambda: self.service.tasks(share_id, project_id))
 
-    def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False) -> int:
-        return self._on_loop(lambda: self.service.load_tasks(records, replace=replace))
+    def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False, project_id: str | None = None) -> int:
+        """Add tasks to the inventory's project, or to ``project_id`` (its shares added first)."""
+        return self._on_loop(lambda: self.service.load_tasks(records, replace=replace, project_id=project_id))
 
     def add_share(self, share_id: str, name: str, *, project_id: str | None = None, **fields: str) -> dict[str, Any]:
         """A new file system, listed from now on (``status``, ``enterprise_project_id``...: ``fields``)."""

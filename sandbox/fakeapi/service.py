@@ -17,17 +17,18 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.fakeapi import auth, smn
+from sandbox.fakeapi import auth
 from sandbox.fakeapi.agency import AgencyService
 from sandbox.fakeapi.config import FakeConfig, apply_patch
 from sandbox.fakeapi.control import ControlRoutes
+from sandbox.fakeapi.credentials import credential_of
 from sandbox.fakeapi.faults import Fault, FaultDice
+from sandbox.fakeapi.iam_smn import IamSmnRoutes
 from sandbox.fakeapi.metadata import MetadataService
 from sandbox.fakeapi.responses import (
     API_PREFIX,
     ARRIVED,
     BUSY,
-    GATEWAY_ID_HEADER,
     INTERNAL_ERROR,
     PARAMETER_ERROR,
     SFS_ID_HEADER,
@@ -50,12 +51,15 @@ from sandbox.fakeapi.tasks import STATUSES, TYPES, Task
 from sandbox.fakeapi.window import RateLimiter
 
 
-class FakeService(ControlRoutes):
+class FakeService(ControlRoutes, IamSmnRoutes):
     """All of the fake's state, and its handlers. Lives on one event loop; not thread-safe."""
 
     def __init__(self, config: FakeConfig, inventory: Inventory) -> None:
         self.config = config.validate()
         self.store = TaskStore(inventory)
+        # Every project with tasks, the inventory's first; more come with add_share (several
+        # projects, or accounts, behind one regional endpoint).
+        self.projects: dict[str, TaskStore] = {self.store.project_id: self.store}
         self.shares = ShareCatalog(inventory.project_id, inventory.share_ids)
         self.metadata = MetadataService(lambda: self.config)
         self.agency = AgencyService(lambda: self.config, self.metadata, self._iam_caller)
@@ -81,20 +85,31 @@ class FakeService(ControlRoutes):
             "tokens": list(self.config.tokens),
         }
 
-    def tasks(self, share_id: str | None = None) -> list[dict[str, str]]:
-        self.store.expire(time.time())
-        return self.store.records(share_id)
+    def tasks(self, share_id: str | None = None, project_id: str | None = None) -> list[dict[str, str]]:
+        store = self._project(project_id)
+        store.expire(time.time())
+        return store.records(share_id)
 
-    def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False) -> int:
-        return self.store.add((Task.from_record(record) for record in records), replace=replace)
+    def load_tasks(self, records: list[dict[str, Any]], *, replace: bool = False, project_id: str | None = None) -> int:
+        return self._project(project_id).add((Task.from_record(record) for record in records), replace=replace)
 
     def add_share(self, record: dict[str, Any], project_id: str | None = None) -> dict[str, Any]:
-        """A new file system (listed from now on); in the inventory's project it can hold tasks."""
+        """A new file system (listed from now on, and able to hold tasks), in any project."""
         project = project_id or self.store.project_id
         share = self.shares.add(project, record)
-        if project == self.store.project_id:
-            self.store.shares.setdefault(share.id, {})
+        store = self.projects.get(project)
+        if store is None:
+            store = self.projects[project] = TaskStore(Inventory(project_id=project))
+        store.shares.setdefault(share.id, {})
         return share.to_api()
+
+    def _project(self, project_id: str | None) -> TaskStore:
+        if project_id is None:
+            return self.store
+        store = self.projects.get(project_id)
+        if store is None:
+            raise KeyError(f"unknown project {project_id!r}")
+        return store
 
     # --- The application -------------------------------------------------------------------
 
@@ -197,13 +212,18 @@ class FakeService(ControlRoutes):
         refused = await self._authenticate(request, rid, config)
         if refused is not None:
             return refused
-        if config.rate_limit_rps > 0 and not self.limiter.admit(time.monotonic(), config.rate_limit_rps):
-            return self._throttled(rid, config)
+        now = time.monotonic()
+        who = credential_of(request.headers)
+        self.stats.credentials.arrive(who, request.match_info.get("project_id"), now)
+        rate = config.credential_rates.get(who, config.credential_rate_limit_rps)
+        if rate > 0 and not self.stats.credentials.admit(who, now, rate):
+            return self._throttled(rid, config, rate)
+        if config.rate_limit_rps > 0 and not self.limiter.admit(now, config.rate_limit_rps):
+            return self._throttled(rid, config, config.rate_limit_rps)
         return None
 
     @staticmethod
-    def _throttled(rid: str, config: FakeConfig) -> web.Response:
-        limit = config.rate_limit_rps
+    def _throttled(rid: str, config: FakeConfig, limit: float) -> web.Response:
         shown = f"{limit:g}"
         headers = {}
         if config.retry_after is not None:
@@ -216,21 +236,22 @@ class FakeService(ControlRoutes):
             headers,
         )
 
-    def _share(self, request: web.Request, rid: str) -> tuple[str, web.Response | None]:
-        """The path's share, or the answer for a wrong project or an unknown share."""
+    def _share(self, request: web.Request, rid: str) -> tuple[TaskStore, str, web.Response | None]:
+        """The path's project and share, or the answer for an unknown project or share."""
         share_id = request.match_info["share_id"]
-        if request.match_info["project_id"] != self.store.project_id:
-            return share_id, sfs_error(400, PARAMETER_ERROR, rid)
-        self.store.expire(time.time())
-        if not self.store.has_share(share_id):
+        store = self.projects.get(request.match_info["project_id"])
+        if store is None:
+            return self.store, share_id, sfs_error(400, PARAMETER_ERROR, rid)
+        store.expire(time.time())
+        if not store.has_share(share_id):
             status, code, message = SHARE_ERRORS[self.config.share_error_style]
-            return share_id, sfs_error(status, (code, message), rid)
-        return share_id, None
+            return store, share_id, sfs_error(status, (code, message), rid)
+        return store, share_id, None
 
     # --- The four task calls -----------------------------------------------------------------
 
     async def _list(self, request: web.Request, rid: str) -> web.Response:
-        share_id, error = self._share(request, rid)
+        store, share_id, error = self._share(request, rid)
         if error is not None:
             return error
         config = self.config
@@ -249,7 +270,7 @@ class FakeService(ControlRoutes):
             or (status is not None and status not in STATUSES)
         ):
             return sfs_error(400, PARAMETER_ERROR, rid)
-        page = self.store.page(share_id, offset, limit, task_type, status)
+        page = store.page(share_id, offset, limit, task_type, status)
         count = len(page.tasks) if config.count_is_page_size else page.total
         return json_response(
             200, {"tasks": [task.to_api() for task in page.tasks], "count": count}, {SFS_ID_HEADER: rid}
@@ -271,20 +292,20 @@ class FakeService(ControlRoutes):
         )
 
     async def _show(self, request: web.Request, rid: str) -> web.Response:
-        share_id, error = self._share(request, rid)
+        store, share_id, error = self._share(request, rid)
         if error is not None:
             return error
-        task = self.store.get(share_id, request.match_info["task_id"])
+        task = store.get(share_id, request.match_info["task_id"])
         if task is None:
             return sfs_error(400, TASK_NOT_FOUND, rid)
         return json_response(200, task.to_api(), {SFS_ID_HEADER: rid})
 
     async def _delete(self, request: web.Request, rid: str) -> web.Response:
-        share_id, error = self._share(request, rid)
+        store, share_id, error = self._share(request, rid)
         if error is not None:
             return error
         task_id = request.match_info["task_id"]
-        stats, store, config = self.stats, self.store, self.config
+        stats, config = self.stats, self.config
         if (share_id, task_id) in store.accepted:
             stats.duplicate_deletes += 1
             stats.duplicate_task_ids.append(task_id)
@@ -308,24 +329,23 @@ class FakeService(ControlRoutes):
             return sfs_error(400, BUSY, rid)
         now = time.time()
         outcome = store.delete(share_id, task_id, now, config.deleting_seconds)
-        self._count_delete(outcome, share_id, task_id, now, was_doing, ARRIVED.get(now))
+        self._count_delete(outcome, Deletion(share_id, task_id, now, ARRIVED.get(now), store.project_id), was_doing)
         if fault is Fault.DROP_AFTER:
             raise DropConnectionError
         if outcome is DeleteOutcome.ACCEPTED:
             return web.Response(status=202, headers={SFS_ID_HEADER: rid})
         return sfs_error(400, TASK_NOT_FOUND, rid)
 
-    def _count_delete(
-        self, outcome: DeleteOutcome, share_id: str, task_id: str, now: float, doing: bool, arrived: float
-    ) -> None:
+    def _count_delete(self, outcome: DeleteOutcome, deletion: Deletion, doing: bool) -> None:
         if outcome is DeleteOutcome.ACCEPTED:
             self.stats.deletes_accepted += 1
-            self.stats.deleted.append(Deletion(share_id, task_id, now, arrived))
+            self.stats.deleted.append(deletion)
+            self.stats.deleted_by_project[deletion.project_id] += 1
             if doing:
                 self.stats.doing_deletes += 1
 
     async def _create(self, request: web.Request, rid: str) -> web.Response:
-        share_id, error = self._share(request, rid)
+        store, share_id, error = self._share(request, rid)
         if error is not None:
             return error
         try:
@@ -345,69 +365,10 @@ class FakeService(ControlRoutes):
             or body.get("dest_prefix", prefix) != prefix
         ):
             return sfs_error(400, PARAMETER_ERROR, rid)
-        task = self.store.create(share_id, str(task_type), target, prefix, time.time())
+        task = store.create(share_id, str(task_type), target, prefix, time.time())
         return json_response(self.config.create_status, {"task_id": task.task_id}, {SFS_ID_HEADER: rid})
 
     async def _no_such_api(self, request: web.Request, rid: str) -> web.Response:
         return gateway_error(
             404, "APIGW.0101", "The API does not exist or has not been published in the environment", rid
         )
-
-    # --- IAM ---------------------------------------------------------------------------------
-
-    async def _iam_login(self, request: web.Request) -> web.Response:
-        self.stats.iam_requests += 1
-        rid = request_id()
-        config = self.config
-        if config.latency_ms > 0 or config.latency_jitter_ms > 0:
-            await asyncio.sleep(self.dice.latency_s(config))
-        try:
-            body: Any = await request.json()
-        except ValueError:
-            body = None
-        result = auth.login(
-            body, config=self.config, project_id=self.store.project_id, tokens=self.tokens, now=time.time()
-        )
-        self.stats.iam_by_status[str(result.status)] += 1
-        headers = {GATEWAY_ID_HEADER: rid}
-        if result.token is not None:
-            self.stats.tokens_issued += 1
-            headers["X-Subject-Token"] = result.token
-        return json_response(result.status, result.body, headers)
-
-    async def _iam_caller(self, request: web.Request) -> web.Response | None:
-        """IAM's calls past the login authenticate like the API's (a token or a signature)."""
-        return await self._authenticate(request, request_id(), self.config)
-
-    # --- SMN ----------------------------------------------------------------------------------
-
-    async def _smn_publish(self, request: web.Request) -> web.Response:
-        """Authenticated like the task API (same tokens, IAM logins and AK/SK); not throttled or
-        faulted with it: SMN is another service behind the same gateway."""
-        stats, config = self.stats, self.config
-        stats.smn_requests += 1
-        rid = request_id()
-        refused = await self._authenticate(request, rid, config)
-        if refused is not None:
-            stats.smn_by_status[str(refused.status)] += 1
-            return refused
-        if stats.smn_requests <= config.smn_fail_first:
-            result = smn.system_error(rid)
-        else:
-            try:
-                body: Any = await request.json()
-            except ValueError:
-                body = None
-            result = smn.publish(
-                path_project=request.match_info["project_id"],
-                topic_urn=request.match_info["topic_urn"],
-                body=body,
-                project_id=self.store.project_id,
-                region=config.region,
-                request_id=rid,
-            )
-        stats.smn_by_status[str(result.status)] += 1
-        if result.record is not None:
-            how = "token" if "X-Auth-Token" in request.headers else "aksk" if config.auth_required else "none"
-            stats.smn_published.append(result.record | {"at": time.time(), "auth": how})
-        return json_response(result.status, result.body, {GATEWAY_ID_HEADER: rid})

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.fakeapi.credentials import CredentialMeter
 from sandbox.fakeapi.window import SlidingCount
 
 DROPPED = "dropped"  # the status key of a request whose connection was closed unanswered
@@ -22,6 +23,7 @@ class Deletion:
     task_id: str
     at: float  # epoch seconds, when it was accepted (after the latency)
     arrived: float | None = None  # epoch seconds, when the request reached the gateway
+    project_id: str = ""  # the project whose task it was
 
 
 @dataclass
@@ -51,6 +53,9 @@ class Stats:
     smn_published: list[dict[str, Any]] = field(default_factory=list)  # each accepted publish
     # Each answered task API call, when FakeConfig.record_request_ids: method, task, status, request ID.
     answered: list[dict[str, Any]] = field(default_factory=list)
+    # Per credential (AK, or a token's digest): requests, busiest second, 429s, projects asked.
+    credentials: CredentialMeter = field(default_factory=CredentialMeter)
+    deleted_by_project: Counter[str] = field(default_factory=Counter)  # accepted DELETEs per project
 
     def arrive(self, method: str, mono_now: float, epoch_now: float) -> None:
         self.requests_total += 1
@@ -102,11 +107,16 @@ class Stats:
             "smn_requests": self.smn_requests,
             "smn_by_status": dict(self.smn_by_status),
             "smn_published": len(self.smn_published),
+            "by_credential": self.credentials.snapshot(),
+            "deleted_by_project": dict(self.deleted_by_project),
         }
 
     def deleted_records(self) -> list[dict[str, Any]]:
         """The JSON of ``GET /_fake/deleted``: every accepted DELETE, oldest first."""
-        return [{"share_id": d.share_id, "task_id": d.task_id, "at": d.at, "arrived": d.arrived} for d in self.deleted]
+        return [
+            {"share_id": d.share_id, "task_id": d.task_id, "at": d.at, "arrived": d.arrived, "project_id": d.project_id}
+            for d in self.deleted
+        ]
 
     def reset(self) -> None:
         """Clear the counters; requests still being answered keep their place in ``in_flight``."""

@@ -99,13 +99,15 @@ def task_records(archive: zipfile.ZipFile, task_id: str) -> list[TaskRecord]:
 def export_archived(settings: Settings, client: redis.Redis, keys: Keys, run_id: str, stream: TextIO, fmt: str) -> int:
     """``audit export`` of a run Redis no longer has, from its archived bundle; raises
     :class:`KeyError` when the archive does not know the run either."""
-    from scheduler.export import write_rows
+    from scheduler.export import COLUMNS, TARGET_COLUMN, write_rows
 
     entry = archived_run(client, keys, run_id)
     if entry is None:
         raise KeyError(run_id)
     with fetched(settings, entry) as archive:
-        return write_rows(export_rows(archive), stream, fmt)
+        report = json.loads(archive.read(m.REPORT))
+        columns = [*COLUMNS, TARGET_COLUMN] if report.get("targets") else COLUMNS
+        return write_rows(export_rows(archive), stream, fmt, columns)
 
 
 def archived_task(settings: Settings, client: redis.Redis, keys: Keys, run_id: str, task_id: str) -> list[TaskRecord]:

@@ -19,6 +19,7 @@ from scheduler.cli.policy import policy_app
 from scheduler.cli.protect import protect_app
 from scheduler.cli.purge import purge
 from scheduler.cli.runs import runs_app
+from scheduler.cli.targets import targets_app
 from worker.errors import EXIT_INTERNAL, EXIT_USAGE
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "print_json",
     "protect_app",
     "runs_app",
+    "targets_app",
 ]
 
 app = typer.Typer(
@@ -80,6 +82,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(audit_app, name="audit")
 app.add_typer(protect_app, name="protect")
 app.add_typer(policy_app, name="policy")
+app.add_typer(targets_app, name="targets")
 
 #: Commands other distributions add (the sandbox's ``demo`` and ``fake-api``): the product names
 #: none of them, so it installs and runs without them.

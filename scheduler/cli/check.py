@@ -93,6 +93,15 @@ def _run_checks(result: CheckResult, *, durability: bool, api: bool) -> None:
             "timezone": settings.schedule_timezone,
         },
     }
+    if settings.targets_file:  # a bad targets file fails the health check (one line per problem)
+        from scheduler.targets import describe_targets, targets_of
+
+        listed = targets_of(settings)
+        assert listed is not None
+        result.facts["targets"] = describe_targets(listed, settings)
+        for name, target in result.facts["targets"].items():
+            if not target["credentials_resolve"]:
+                result.warnings.append(f"target {name}: {target['problem']}")
     ctx = Context(settings)
     ctx.redis.ping()
     result.facts["redis"] = {"reachable": True}
@@ -103,7 +112,9 @@ def _run_checks(result: CheckResult, *, durability: bool, api: bool) -> None:
         result.facts["redis"] |= found.as_dict()
         result.warnings += found.warnings
         result.unchecked += found.unchecked
-    if api:
+    if api and settings.targets_file:
+        _check_targets_api(result, ctx)
+    elif api:
         client = ctx.client()
         result.facts["shares"] = {}
         shares = settings.share_ids
@@ -114,6 +125,24 @@ def _run_checks(result: CheckResult, *, durability: bool, api: bool) -> None:
             if not answer.ok:
                 raise UserError(f"share {share_id}: {answer.describe()}")
             result.facts["shares"][share_id] = "lists"
+
+
+def _check_targets_api(result: CheckResult, ctx: Any) -> None:
+    """``check --api`` with a targets file: each target lists one page of each of its shares."""
+    from scheduler.targets import targets_of
+
+    found = targets_of(ctx.settings)
+    assert found is not None
+    result.facts["shares"] = {}
+    for target in found.targets:
+        settings = target.settings(ctx.settings)
+        client = ctx.client(settings, target.name)
+        shares = settings.share_ids or _discovered(result, client, settings)
+        for share_id in shares:
+            answer, _ = client.list_page(share_id, offset=0, limit=1)
+            if not answer.ok:
+                raise UserError(f"target {target.name}: share {share_id}: {answer.describe()}")
+            result.facts["shares"][share_id] = f"lists ({target.name})"
 
 
 def _discovered(result: CheckResult, client: SfsTurboClient, settings: Settings) -> list[str]:
@@ -146,6 +175,9 @@ def _print_text(result: CheckResult) -> None:
         if redis.get("refused") and redis.get("read_with"):
             shown.append(f"read with {' and '.join(redis['read_with'])}: {'; '.join(redis['refused'])}")
         say("Redis reachable" + (f" ({', '.join(shown)})" if shown else ""))
+    for name, target in result.facts.get("targets", {}).items():
+        resolves = "credentials resolve" if target["credentials_resolve"] else "credentials do NOT resolve here"
+        say(f"target {name}: {target['region']} project {target['project_id']} ({target['credentials']}): {resolves}")
     discovery = result.facts.get("discovery")
     if discovery is not None:
         say(f"shares found: {discovery['found']}; selected {discovery['selected']} by {discovery['pattern']!r}")

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from scheduler.evidence import members as m
 from scheduler.evidence.redact import Redactor, secret_values
-from scheduler.export import attempt_dict, iso, refused_row, task_row
+from scheduler.export import attempt_dict, iso, refused_row, target_projects, task_row
 from scheduler.guard import settings_view
 from scheduler.report import run_report
 from worker.errors import UsageError
@@ -82,9 +82,9 @@ class _Archive:
         self.zip.writestr(name, data)
 
 
-def bundle_row(record: TaskRecord, project_id: str) -> dict[str, Any]:
+def bundle_row(record: TaskRecord, project_id: str, target: str | None = None) -> dict[str, Any]:
     """The export's row of a task, plus its batch and every attempt in full."""
-    return task_row(record, project_id) | {
+    return task_row(record, project_id, target) | {
         "batch": record.batch,
         "attempt_log": [attempt_dict(a) for a in record.attempts],
     }
@@ -175,6 +175,7 @@ def _write(
     complete: bool,
 ) -> tuple[str, int, int]:
     project_id = meta.get("project_id", "")
+    projects = target_projects(meta)  # a run over a targets file: each task's target's project
     # The report first: for a run not over, outcomes written later only add to what it counts.
     report = run_report(audit, run_id)
     archive.json(m.REPORT, report)
@@ -183,8 +184,9 @@ def _write(
     batches = _unique(sorted(audit.iter_batches(run_id), key=lambda b: b.number))
     with archive.member(m.TASKS) as write:
         for batch in batches:
+            project = projects.get(batch.target, project_id) if batch.target else project_id
             for record in audit.task_records(batch):
-                write(_jsonl(bundle_row(record, project_id)))
+                write(_jsonl(bundle_row(record, project, batch.target)))
                 rows += 1
     # A zip member is written whole before the next one starts: the records are read again.
     with archive.member(m.CHAIN) as write:

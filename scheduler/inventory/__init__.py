@@ -11,7 +11,7 @@ what both yield. :mod:`scheduler.inventory.shares` finds the shares to list when
 
 from __future__ import annotations
 
-from scheduler.inventory.items import RAW_CHARS, STATUSES, TYPES, InventoryItem, Rejected, printable
+from scheduler.inventory.items import RAW_CHARS, STATUSES, TYPES, InventoryItem, Rejected, TargetStart, printable
 from scheduler.inventory.live import TaskLister, read_live
 from scheduler.inventory.manifest import (
     IGNORED_FIELDS,
@@ -54,6 +54,7 @@ __all__ = [
     "Rejection",
     "ShareInfo",
     "SkippedShare",
+    "TargetStart",
     "TaskLister",
     "discover",
     "discover_shares",

@@ -32,6 +32,18 @@ class Rejected:
 InventoryItem = TaskInfo | Rejected
 
 
+@dataclass(frozen=True, slots=True)
+class TargetStart:
+    """Not a task: the items after it (to the next one) are the named target's (a targets file).
+
+    ``info`` is what may be shown and stored of the target (never a credential).
+    """
+
+    name: str
+    project_id: str
+    info: dict[str, object]
+
+
 def printable(data: bytes | str, limit: int = RAW_CHARS) -> str:
     """Untrusted input as bounded, printable ASCII: non-ASCII and control characters escaped."""
     head = data[:limit]

@@ -24,6 +24,7 @@ metric                                                  type     labels
 ``sfs_cleanup_workers_online``                          gauge    (worker processes with a heartbeat < 60 s old)
 ``sfs_cleanup_api_request_duration_seconds``            hist.    operation (delete, show, list)
 ``sfs_cleanup_api_responses_total``                     counter  operation, status, error_code
+``sfs_cleanup_api_target_responses_total``              counter  target, operation, status, error_code (targets file)
 ``sfs_cleanup_runs_active``                             gauge
 ``sfs_cleanup_run_info``                                gauge    run_id, status, trigger, dry_run
 ``sfs_cleanup_run_selected_tasks``                      gauge    run_id
@@ -31,6 +32,7 @@ metric                                                  type     labels
 ``sfs_cleanup_run_pending_tasks``                       gauge    run_id
 ``sfs_cleanup_run_open_batches``                        gauge    run_id (active runs)
 ``sfs_cleanup_run_outcomes_total``                      counter  run_id, outcome
+``sfs_cleanup_run_target_planned_tasks``                gauge    run_id, target (a targets file's runs)
 ``sfs_cleanup_run_attempts_total``                      counter  run_id
 ``sfs_cleanup_run_retries_total``                       counter  run_id
 ``sfs_cleanup_run_throttled_total``                     counter  run_id (429 answers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,7 @@ class FleetCollector:
         buckets: dict[str, list[float]] = {op: [0.0] * (len(BUCKETS) + 1) for op in OPERATIONS}
         sums: dict[str, float] = dict.fromkeys(OPERATIONS, 0.0)
         responses: dict[tuple[str, str, str], float] = {}
+        by_target: dict[tuple[str, str, str, str], float] = {}
         for key, value in raw.items():
             kind, _, rest = text(key).partition("|")
             number = num(text(value))
@@ -121,6 +123,11 @@ class FleetCollector:
                 if len(parts) == 3 and parts[0] in sums:
                     op, status, code = parts
                     responses[(op, status, code)] = number
+            elif kind == "t":
+                parts = rest.split("|")
+                if len(parts) == 4 and parts[0] in sums:
+                    op, status, code, target = parts
+                    by_target[(target, op, status, code)] = number
             elif kind == "b":
                 op, _, le = rest.partition("|")
                 if op in buckets:
@@ -145,7 +152,14 @@ class FleetCollector:
         )
         for (op, status, code), count in sorted(responses.items()):
             answers.add_metric([op, status, code], count)
-        return [duration, answers]
+        targets = CounterMetricFamily(
+            PREFIX + "api_target_responses",
+            "API answers by target of the targets file (also counted in api_responses): operation, status, error code.",
+            labels=["target", "operation", "status", "error_code"],
+        )
+        for key, count in sorted(by_target.items()):
+            targets.add_metric(list(key), count)
+        return [duration, answers, targets]
 
     # --- workers and Redis itself ---------------------------------------------------------
     def _workers(self) -> list[Metric]:
@@ -244,6 +258,8 @@ class FleetCollector:
             f["run_pending_tasks"].add_metric(one, max(0.0, total - finals) if total >= 0 else 0.0)
             for outcome in Outcome:
                 f["run_outcomes"].add_metric([run_id, outcome.value], num(meta.get(f"n:{outcome.value}")))
+            for target, planned in _planned_by_target(meta).items():
+                f["run_target_planned_tasks"].add_metric([run_id, target], planned)
             for name, field in (
                 ("run_attempts", "attempts"),
                 ("run_retries", "retries"),
@@ -290,3 +306,14 @@ class FleetCollector:
             circuit.add_metric([name], 1.0 if state["circuit"] == name else 0.0)
         families.append(circuit)
         return families
+
+
+def _planned_by_target(meta: dict[str, str]) -> dict[str, float]:
+    """A run over a targets file: its planned tasks per target (from the plan's summary)."""
+    if '"targets"' not in meta.get("summary", ""):
+        return {}
+    try:
+        targets = json.loads(meta["summary"]).get("targets") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {str(name): num(str(info.get("planned", 0))) for name, info in targets.items() if isinstance(info, dict)}

@@ -52,6 +52,7 @@ RUN_FAMILIES: dict[str, tuple[bool, str, tuple[str, ...]]] = {
     "run_pending_tasks": (False, "Selected tasks still without an outcome.", ()),
     "run_open_batches": (False, "Batches of an active run with tasks still to do.", ()),
     "run_outcomes": (True, "Final outcomes of a run's tasks, by outcome.", ("outcome",)),
+    "run_target_planned_tasks": (False, "Tasks planned per target of a run over a targets file.", ("target",)),
     "run_attempts": (True, "Attempts recorded for a run's tasks (API calls and local verdicts).", ()),
     "run_retries": (True, "Retries after 5xx answers, busy codes or lost connections.", ()),
     "run_throttled": (True, "429 (throttled) answers during the run.", ()),

@@ -67,7 +67,8 @@ def test_demo_report_agrees_with_the_server_and_leaves_nothing_running() -> None
 def test_demo_interrupted_stops_everything_it_started() -> None:
     marker = uuid.uuid4().hex
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.cli", "demo", "--short"],
+        # --keep: on a busy machine a short demo can end before the signal lands; kept, it cannot.
+        [sys.executable, "-m", "scheduler.cli", "demo", "--short", "--keep"],
         env=demo_env(marker),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -19,6 +19,7 @@ NO_JSON = {
     "audit export": "writes a report in the format --format names (jsonl or csv)",
     "trigger-schemas": "its output is always one JSON object",
     "policy schema": "its output is always one JSON object",
+    "targets schema": "its output is always one JSON object",
 }
 
 

@@ -14,14 +14,17 @@ from worker.ledger.records import Batch, encode_batch
 
 
 class PlanStore(LedgerBase):
-    def add_batches(self, run_id: str, batches: Iterable[tuple[int, str, list[str]]]) -> int:
-        """Write plan batches (number, share, task IDs) in one round trip; returns tasks added."""
+    def add_batches(
+        self, run_id: str, batches: Iterable[tuple[int, str, list[str]] | tuple[int, str, list[str], str | None]]
+    ) -> int:
+        """Write plan batches (number, share, task IDs[, target]) in one round trip; returns tasks added."""
         pipe = self.redis.pipeline(transaction=False)
         now = str(int(time.time()))
         count = 0
-        for number, share_id, task_ids in batches:
+        for number, share_id, task_ids, *rest in batches:
+            target = rest[0] if rest else None
             # The planner may hand task IDs already marked for a recheck: written as given.
-            pipe.hset(self.keys.plan(run_id), str(number), encode_batch(share_id, task_ids))
+            pipe.hset(self.keys.plan(run_id), str(number), encode_batch(share_id, task_ids, target=target))
             pipe.sadd(self.keys.open_batches(run_id), str(number))
             pipe.hset(self.keys.touch(run_id), str(number), now)
             count += len(task_ids)

@@ -155,6 +155,11 @@ class FinalOutcome:
         )
 
 
+#: Between a batch's target and its share in a plan entry (``target@share|...``). Neither a
+#: target name (a slug) nor a share ID (a plain ID) can hold it.
+TARGET_MARK: Final = "@"
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     run_id: str
@@ -162,31 +167,41 @@ class Batch:
     share_id: str
     task_ids: tuple[str, ...]
     recheck: frozenset[str] = frozenset()  # tasks to show just before their delete
+    target: str | None = None  # the targets file's target; None: the settings' one project
 
     @classmethod
     def parse(cls, run_id: str, number: int, value: str) -> Batch:
-        """A plan entry ``share|t1,?t2,...``; ``?`` marks a task to show before deleting it."""
-        share_id, _, tasks = value.partition("|")
+        """A plan entry ``[target@]share|t1,?t2,...``; ``?`` marks a task to show before deleting it.
+
+        An entry without a target (every plan of a deployment without a targets file, and every
+        plan stored before targets existed) is the settings' one project.
+        """
+        head, _, tasks = value.partition("|")
+        target, mark, share_id = head.rpartition(TARGET_MARK)
+        at = target if mark else None
         ids = [t for t in tasks.split(",") if t]
         if RECHECK_MARK not in tasks:
-            return cls(run_id, number, share_id, tuple(ids))
+            return cls(run_id, number, share_id, tuple(ids), target=at)
         recheck = frozenset(t[1:] for t in ids if t.startswith(RECHECK_MARK))
-        return cls(run_id, number, share_id, tuple(t.removeprefix(RECHECK_MARK) for t in ids), recheck)
+        return cls(run_id, number, share_id, tuple(t.removeprefix(RECHECK_MARK) for t in ids), recheck, at)
 
     def encode(self) -> str:
         """The plan entry :meth:`parse` reads back into this batch."""
-        return encode_batch(self.share_id, self.task_ids, self.recheck)
+        return encode_batch(self.share_id, self.task_ids, self.recheck, target=self.target)
 
 
-def encode_batch(share_id: str, task_ids: Iterable[str], recheck: Collection[str] = ()) -> str:
-    """A plan entry ``share|t1,?t2,...``: the one encoding :meth:`Batch.parse` reads.
+def encode_batch(
+    share_id: str, task_ids: Iterable[str], recheck: Collection[str] = (), *, target: str | None = None
+) -> str:
+    """A plan entry ``[target@]share|t1,?t2,...``: the one encoding :meth:`Batch.parse` reads.
 
     Task IDs in ``recheck`` get :data:`RECHECK_MARK`, so the worker shows them just before
-    deleting them.
+    deleting them. Without a target the entry is exactly what it was before targets existed.
     """
+    head = share_id if target is None else f"{target}{TARGET_MARK}{share_id}"
     if not recheck:
-        return f"{share_id}|{','.join(task_ids)}"
-    return f"{share_id}|{','.join(RECHECK_MARK + t if t in recheck else t for t in task_ids)}"
+        return f"{head}|{','.join(task_ids)}"
+    return f"{head}|{','.join(RECHECK_MARK + t if t in recheck else t for t in task_ids)}"
 
 
 class Gate(IntEnum):

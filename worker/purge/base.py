@@ -8,6 +8,7 @@ import threading
 import redis
 import structlog
 
+from worker.api.client import SfsTurboClient
 from worker.eligibility import Eligibility
 from worker.ledger import Attempt, Batch, FinalOutcome, RecordBuffer, RunStatus
 from worker.purge.state import (
@@ -16,6 +17,7 @@ from worker.purge.state import (
     StopError,
     TaskHistory,
 )
+from worker.ratelimit import FleetLimiter
 from worker.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -43,6 +45,17 @@ class JobBase:
         self.tasks: dict[str, TaskHistory] = {}
         self.rules: Eligibility | None = None
         self.rules_error: str | None = None
+        self.target: str | None = None  # the batch's target (a targets file); None: the one project
+
+    @property
+    def client(self) -> SfsTurboClient:
+        """The API client of this job's target (built once per process and target)."""
+        return self.rt.client_for(self.target)
+
+    @property
+    def limiter(self) -> FleetLimiter:
+        """The fleet limiter (bucket) of this job's target."""
+        return self.rt.limiter_for(self.target)
 
     def _leave(self, why: str) -> None:
         if not self.left.is_set():

@@ -102,7 +102,7 @@ class Deciding(Sending):
                 verdict = Verdict.RETRYABLE
             if verdict is Verdict.THROTTLED:
                 with contextlib.suppress(redis.RedisError):  # a lost 429 signal only slows less
-                    self.rt.limiter.throttled(answer.retry_after_s)
+                    self.limiter.throttled(answer.retry_after_s)
                 throttled += 1
                 if throttled > policy.max_throttled:
                     return self._failed(0, answer, RECHECK_FAILED), attempt
@@ -150,7 +150,7 @@ class Deciding(Sending):
             verdict = answer.verdict
             if verdict is Verdict.THROTTLED:
                 with contextlib.suppress(redis.RedisError):  # a lost 429 signal only slows less
-                    self.rt.limiter.throttled(answer.retry_after_s)
+                    self.limiter.throttled(answer.retry_after_s)
                 throttled += 1
                 if throttled > policy.max_throttled:
                     return self._failed(record.n, answer, "throttled too many times"), record

@@ -11,6 +11,7 @@ import redis
 import structlog
 
 from worker.eligibility import Eligibility, EligibilityError
+from worker.errors import UsageError
 from worker.ledger import ACTIVE, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
 from worker.models import FINISHED_STATUSES
 from worker.purge.deciding import Deciding
@@ -135,7 +136,7 @@ class BatchJob(Deciding):
         # Build the client, the limiter and the thread pool before the first slot is taken: a
         # slot reserved and then spent building them leaves late and bunches with on-time
         # requests (the rate benchmark saw a start-up burst of about 0.2 s x rate).
-        _ = (self.rt.client, self.rt.limiter, self.rt.pool)
+        self._prepare(batch)
         todo: list[str] = []
         for task_id in pending:
             if task_id in protected:
@@ -182,6 +183,21 @@ class BatchJob(Deciding):
             future.result()
         if errors:
             raise errors[0]
+
+    def _prepare(self, batch: Batch) -> None:
+        """Build the batch's target's client and limiter, and the pool (see :meth:`_process`)."""
+        self.target = batch.target
+        try:
+            _ = (self.client, self.limiter, self.rt.pool)
+        except UsageError as exc:
+            if batch.target is None:
+                raise
+            # A target this process cannot use (not in its targets file, a credential missing
+            # here): no retry can fix it. Stop the run with one line, as refused credentials do.
+            reason = f"stopped: {exc}"
+            if self.audit.request_stop(self.run_id, RunStatus.ABORTED, reason[:500]):
+                log.error("run stopped", reason=reason)
+            self.stop.set()
 
     def _held(self, batch: Batch, pending: list[str]) -> dict[str, str]:
         """Tasks held from the start: task ID -> reason.

@@ -45,15 +45,15 @@ class Sending(JobBase):
         task: TaskInfo | None = None
 
         def pace() -> None:  # a request the auth flow sends again (after a 401) waits for its slot too
-            self.rt.limiter.acquire(self.stop)
+            self.limiter.acquire(self.stop)
 
         try:
             if op == "show":
-                answer, task = self.rt.client.show_task(batch.share_id, task_id, resend_pace=pace)
+                answer, task = self.client.show_task(batch.share_id, task_id, resend_pace=pace)
             else:
                 if time.monotonic() - gate_at > STALE_GATE_S:
                     self._pass_gate_again(batch, task_id, n)
-                answer = self.rt.client.delete_task(batch.share_id, task_id, resend_pace=pace)
+                answer = self.client.delete_task(batch.share_id, task_id, resend_pace=pace)
         except (RateLimitCancelled, RateLimitWaitTooLong) as exc:
             # The first send was refused (401) and the resend never left: nothing was deleted.
             if op == "delete":
@@ -85,13 +85,13 @@ class Sending(JobBase):
     def _observed(self, op: str, answer: ApiAnswer) -> None:
         """Tell the fleet's metrics and the circuit of an answer."""
         if not (answer.error_code or "").startswith("auth"):  # made up here: nothing was sent
-            self.rt.api_stats.observe("show" if op == "show" else "delete", answer)
+            self.rt.api_stats.observe("show" if op == "show" else "delete", answer, self.target)
         if answer.verdict is not Verdict.THROTTLED:  # a 429 is the limiter's own signal, not a result
             # No answer at all (timeout, reset) counts as a server error too: an outage often looks so.
             # Best effort: the circuit can miss a sample, but a DELETE's answer must not be lost
             # to a Redis hiccup here (it is recorded with the attempt).
             with contextlib.suppress(redis.RedisError):
-                self.rt.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status != 400)
+                self.limiter.record_result(server_error=answer.verdict is Verdict.RETRYABLE and answer.status != 400)
 
     def _acquire(self) -> None:
         """Wait for a fleet slot; a stop or leave wakes the wait, and the task goes no further.
@@ -105,7 +105,7 @@ class Sending(JobBase):
             if self.stop.is_set():
                 self._halt()
             try:
-                self.rt.limiter.acquire(cancel=self.stop)
+                self.limiter.acquire(cancel=self.stop)
                 break
             except RateLimitCancelled:
                 self._halt()

@@ -26,6 +26,13 @@ _GLOB: Final = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
 class FleetSettings(BaseSettings):
     """Which shares a run finds by itself, and credentials that come from the platform."""
 
+    # --- Targets: many projects, regions and accounts (worker.targets) ------------------
+    targets_file: str | None = Field(
+        None,
+        description="A YAML file of targets (project, region, credentials, shares, rate each); unset: the one "
+        "project of API_ENDPOINT/PROJECT_ID (docs/targets.md).",
+    )
+
     # --- Share discovery (when SFS_CLEANUP_SHARE_IDS is empty) ----------------------------
     share_name_pattern: str = Field(
         "*", description="With no SHARE_IDS: purge the available shares whose name matches this glob."
