@@ -454,18 +454,25 @@ def tcp_connects(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> list[tuple[st
     return opened
 
 
-def test_many_calls_through_one_client_use_one_connection(api: FakeApi, tcp_connects: list[tuple[str, int]]) -> None:
+def test_many_calls_through_one_client_reuse_one_connection_per_stack(
+    api: FakeApi, tcp_connects: list[tuple[str, int]]
+) -> None:
     share = api.share_ids[0]
     tasks = task_ids(api, status="SUCCESS")[:30]
     with make_client(api) as c:
         verdicts = [c.delete_task(share, t).verdict for t in tasks]
         verdicts += [c.delete_task(share, t).verdict for t in tasks[:5]]  # 400 answers with a body
+        connects_for_deletes = len(tcp_connects)
         listed = list(c.list_tasks(api.share_ids[1]))
+        listed += list(c.list_tasks(api.share_ids[1]))
     assert verdicts.count(Verdict.OK) == 30
     assert verdicts.count(Verdict.GONE) == 5
-    assert len(listed) == 50
-    assert sent(api) == 35 + math.ceil(50 / PAGE)
-    assert len(tcp_connects) == 1
+    assert len(listed) == 100
+    assert sent(api) == 35 + 2 * math.ceil(50 / PAGE)
+    # DELETE and show go over the client's own keep-alive wire, listings through httpx's pool:
+    # one connection for all 35 deletes, and one more for every page of both listings.
+    assert connects_for_deletes == 1
+    assert len(tcp_connects) == 2
 
 
 def test_the_connection_counter_sees_new_connections(api: FakeApi, tcp_connects: list[tuple[str, int]]) -> None:
