@@ -18,6 +18,7 @@ from worker.targets import TargetsError, load_targets, schema
 PROJECT = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"
 SHARE = "7d4f5a9e-1c2b-4d3e-8f60-0a1b2c3d4e5f"
+OTHER_SHARE = "7d4f5a9e-1c2b-4d3e-8f60-0a1b2c3d4e60"
 SK = "the-secret-key-of-account-one-0001"
 TOKEN = "MIItoken-of-account-two-0002"
 
@@ -57,7 +58,7 @@ def test_a_valid_file_with_every_kind_of_credentials(tmp_path: Path) -> None:
         target(rate=20, burst=2, name_pattern="hpc-*"),
         target(name="hk", region="ap-east-1", credentials={"env": {"token": "TWO_TOKEN"}}, shares=[SHARE, SHARE]),
         target(name="mounted", credentials={"file": "/run/secrets/one.yaml"}, endpoint="http://127.0.0.1:9/"),
-        target(name="self", credentials="agency"),
+        target(name="self", region="cn-north-4", credentials="agency"),
         target(name="other", project_id=OTHER, credentials={"assume": {"domain": "acct-2", "agency": "cleanup"}}),
     )
     found = load_targets(path)
@@ -72,7 +73,9 @@ def test_a_valid_file_with_every_kind_of_credentials(tmp_path: Path) -> None:
 
 
 def test_a_target_becomes_settings_with_its_endpoint_project_shares_rate_and_credentials(tmp_path: Path) -> None:
-    found = load_targets(write(tmp_path, target(rate=7, burst=3), target(name="hk", shares=[SHARE])))
+    found = load_targets(
+        write(tmp_path, target(rate=7, burst=3), target(name="hk", region="ap-east-1", shares=[SHARE]))
+    )
     settings = base(rate_limit=50, rate_burst=5, auth_token=TOKEN, share_name_pattern="x-*")
     sg = found.get("sg").settings(settings, environ={"ONE_AK": "AKONE", "ONE_SK": SK})
     assert (sg.api_endpoint, sg.project_id, sg.share_ids) == (
@@ -93,7 +96,11 @@ def test_agency_and_assume_use_the_platform_credentials(tmp_path: Path) -> None:
         write(
             tmp_path,
             target(name="self", credentials="agency"),
-            target(name="other", credentials={"assume": {"domain": "acct-2", "agency": "cleanup", "duration_s": 900}}),
+            target(
+                name="other",
+                project_id=OTHER,
+                credentials={"assume": {"domain": "acct-2", "agency": "cleanup", "duration_s": 900}},
+            ),
         )
     )
     settings = base(access_key="AKBASE", secret_key=SK)
@@ -169,6 +176,27 @@ def test_a_file_that_is_not_a_targets_file(tmp_path: Path, raw: str, expected: s
     assert any(expected in line for line in lines), lines
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "says"),
+    [
+        ({}, {"shares": [SHARE]}, "each must list its shares"),  # discovery would plan the other's tasks
+        ({"shares": [SHARE]}, {"shares": [SHARE]}, "no share twice"),
+        ({"shares": [SHARE]}, {"shares": [OTHER_SHARE], "rate": 5}, "same rate and burst"),
+    ],
+)
+def test_two_targets_of_one_project_at_one_endpoint_must_not_overlap(
+    tmp_path: Path, first: dict[str, Any], second: dict[str, Any], says: str
+) -> None:
+    path = write(tmp_path, target(**first), target(name="sg-again", **second))
+    (line,) = problems(path)
+    assert line.startswith(f"{path}: file: targets: targets 'sg' and 'sg-again' name the same project") and says in line
+    # Disjoint share lists at one rate are fine, and so is the same project in another region.
+    fine = write(
+        tmp_path, target(shares=[SHARE]), target(name="b", shares=[OTHER_SHARE]), target(name="hk", region="ap-east-1")
+    )
+    assert load_targets(fine).names == ["sg", "b", "hk"]
+
+
 def test_two_targets_of_one_name_and_a_missing_file(tmp_path: Path) -> None:
     path = write(tmp_path, target(), target(region="ap-east-1"))
     assert problems(path) == [f"{path}: file: targets: target name 'sg' is used twice"]
@@ -191,7 +219,9 @@ def test_a_missing_variable_names_the_target_and_variable_never_a_value(tmp_path
 
 
 def test_no_resolved_secret_shows_in_a_repr_or_a_dump(tmp_path: Path) -> None:
-    found = load_targets(write(tmp_path, target(), target(name="hk", credentials={"env": {"token": "TWO"}})))
+    found = load_targets(
+        write(tmp_path, target(), target(name="hk", region="ap-east-1", credentials={"env": {"token": "TWO"}}))
+    )
     environ = {"ONE_AK": "AKONE", "ONE_SK": SK, "TWO": TOKEN}
     for name in found.names:
         resolved = found.get(name).settings(base(), environ=environ)

@@ -334,6 +334,16 @@ def _url_or_none(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+def _check_shared_place(first: Target, second: Target) -> None:
+    """Two targets on one project at one endpoint share its limiter bucket and its shares: they
+    must list disjoint shares (a discovering one would plan the other's tasks again) at one rate."""
+    both = f"targets {first.name!r} and {second.name!r} name the same project at the same endpoint"
+    if not first.shares or not second.shares or set(first.shares) & set(second.shares):
+        raise ValueError(f"{both}: each must list its shares, and no share twice")
+    if (first.rate, first.burst) != (second.rate, second.burst):
+        raise ValueError(f"{both}: they share one limiter bucket, so give them the same rate and burst")
+
+
 class TargetSet(_Strict):
     """A targets file: the list of targets, names unique."""
 
@@ -343,10 +353,14 @@ class TargetSet(_Strict):
     @classmethod
     def _unique(cls, value: list[Target]) -> list[Target]:
         seen: set[str] = set()
+        places: dict[tuple[str, str], Target] = {}
         for target in value:
             if target.name in seen:
                 raise ValueError(f"target name {target.name!r} is used twice")
             seen.add(target.name)
+            place = (target.api_endpoint, target.project_id)
+            if (other := places.setdefault(place, target)) is not target:
+                _check_shared_place(other, target)
         return value
 
     @property
