@@ -11,13 +11,13 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from tests.support.cluster import Cluster
+from tests.support.seed import old_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +40,6 @@ def cluster(redis_url: str, fake: FakeApi, tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(redis_url=redis_url, fake=fake, tmp=tmp_path, settings={"SFS_CLEANUP_LIST_PAGE_SIZE": "2"})
     yield c
     c.stop()
-
-
-def old_tasks(share_id: str, n: int) -> list[dict[str, Any]]:
-    ended = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S")
-    return [
-        {"share_id": share_id, "task_id": f"{share_id[:8]}{k:024x}", "status": "SUCCESS", "type": "export",
-         "end_time": ended, "start_time": ended}
-        for k in range(n)
-    ]  # fmt: skip
 
 
 def eligible(fake: FakeApi, share_id: str) -> int:

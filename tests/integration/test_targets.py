@@ -25,6 +25,7 @@ from sandbox.fakeapi.config import FakeConfig
 from sandbox.fakeapi.server import FakeApi
 from tests.support.environment import metadata_auth
 from tests.support.secrets import AuthCluster, dump_redis, find_leaks
+from tests.support.seed import old_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +36,6 @@ OTHER_SHARES = ("0a1b2c3d-0000-4000-8000-00000000000a", "0a1b2c3d-0000-4000-8000
 # The gateway's per-user limit on each server; every target's own rate is below it.
 GATEWAY_RPS = 30.0
 RATES = {"sg": 20.0, "hk": 15.0, "other": 10.0}
-
-
-def old_tasks(share_id: str, n: int) -> list[dict[str, Any]]:
-    ended = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S")
-    return [
-        {"share_id": share_id, "task_id": f"{share_id[:8]}{k:024x}", "status": "SUCCESS", "type": "export",
-         "end_time": ended, "start_time": ended}
-        for k in range(n)
-    ]  # fmt: skip
 
 
 def eligible(fake: FakeApi, project_id: str | None = None) -> int:

@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -194,21 +194,29 @@ def authorization(access_key: str, names: list[str], sig: str) -> str:
     return f"{ALGORITHM} Access={access_key}, SignedHeaders={';'.join(names)}, Signature={sig}"
 
 
-def sign(request: httpx.Request, creds: AkSkCredentials, project_id: str, now: datetime | None = None) -> None:
-    """Sign ``request`` in place; call it again to re-sign (a retry needs a fresh date)."""
-    headers = request.headers
+def _sdk_headers(
+    headers: MutableMapping[str, str], creds: AkSkCredentials, project_id: str, now: datetime | None
+) -> str:
+    """The headers the SDK adds before signing (both request forms); returns their date."""
     headers.pop("Authorization", None)
     sdk_date = format_sdk_date(now)
     headers[HEADER_DATE] = sdk_date
     headers[HEADER_PROJECT] = project_id
     if creds.security_token is not None:
         headers[HEADER_SECURITY_TOKEN] = creds.security_token.get_secret_value()
-    if "Host" not in headers:
-        headers["Host"] = request.url.netloc.decode("ascii")
     content_type = headers.setdefault("Content-Type", "application/json")
     if not content_type.startswith(("application/json", "application/bson")):
         # The SDK's rule: payloads it cannot canonicalise are declared rather than hashed.
         headers[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
+    return sdk_date
+
+
+def sign(request: httpx.Request, creds: AkSkCredentials, project_id: str, now: datetime | None = None) -> None:
+    """Sign ``request`` in place; call it again to re-sign (a retry needs a fresh date)."""
+    headers = request.headers
+    if "Host" not in headers:
+        headers["Host"] = request.url.netloc.decode("ascii")
+    sdk_date = _sdk_headers(headers, creds, project_id, now)
 
     wire_query = request.url.query
     # No query (a DELETE or a show): nothing to parse, sort or put back on the wire.
@@ -234,15 +242,7 @@ def sign_headers(
     """:func:`sign` for a request with no query and no body whose headers are a plain dict with
     one spelling per name, ``Host`` among them (the hand-written wire's, :mod:`worker.api.wire`):
     the same headers are added and the same ``Authorization`` computed, without httpx's models."""
-    headers.pop("Authorization", None)
-    sdk_date = format_sdk_date(now)
-    headers[HEADER_DATE] = sdk_date
-    headers[HEADER_PROJECT] = project_id
-    if creds.security_token is not None:
-        headers[HEADER_SECURITY_TOKEN] = creds.security_token.get_secret_value()
-    content_type = headers.setdefault("Content-Type", "application/json")
-    if not content_type.startswith(("application/json", "application/bson")):
-        headers[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
+    sdk_date = _sdk_headers(headers, creds, project_id, now)
     values: dict[str, list[str]] = {}
     for name, value in headers.items():
         lower = name.lower()
