@@ -43,6 +43,7 @@ from worker.durations import parse_duration
 from worker.errors import ProblemsError
 from worker.ids import explain, show_value
 from worker.models import FINISHED_STATUSES, TaskInfo, TaskStatus, TaskType
+from worker.textfile import read_text, yaml_problem
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -181,17 +182,7 @@ def parse_file(path: Path) -> Any:
     suffix = path.suffix.lower()
     if suffix not in (".yaml", ".yml", ".toml"):
         raise PolicyError([f"{path}: unsupported file type {suffix or '(none)'!r}; use .yaml, .yml or .toml"])
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise PolicyError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    if len(data) > MAX_POLICY_BYTES:
-        raise PolicyError([f"{path}: larger than {MAX_POLICY_BYTES} bytes; is this a policy file?"])
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PolicyError([f"{path}: invalid UTF-8 at byte {exc.start + 1}"]) from None
+    text = read_text(path, MAX_POLICY_BYTES, "policy file", PolicyError)
     if suffix == ".toml":
         try:
             return tomllib.loads(text)
@@ -200,9 +191,7 @@ def parse_file(path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise PolicyError([f"{path}: not valid YAML: {exc.problem or exc.context}{where}"]) from None
+        raise PolicyError([f"{path}: not valid YAML: {yaml_problem(exc)}"]) from None
     except yaml.YAMLError as exc:
         raise PolicyError([f"{path}: not valid YAML: {str(exc).splitlines()[0]}"]) from None
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
 
@@ -27,6 +29,8 @@ from worker.redisconn import connect
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.targets import TargetsError, TargetSet, load_targets
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Runtime:
     _targets: TargetSet | None = None
     _target_clients: dict[str, SfsTurboClient] = field(default_factory=dict, repr=False)
     _target_limiters: dict[str, FleetLimiter] = field(default_factory=dict, repr=False)
+    _target_settings: dict[str, Settings] = field(default_factory=dict, repr=False)
     # The first job's threads all ask for the client at once: build each part exactly once.
     _build_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -52,10 +57,7 @@ class Runtime:
         if self._client is None:
             with self._build_lock:
                 if self._client is None:
-                    from worker.api.auth import build_auth
-
-                    config = ClientConfig.from_settings(self.settings)
-                    self._client = SfsTurboClient(config, auth=build_auth(self.settings, self.redis))
+                    self._client = self._build_client(self.settings)
         return self._client
 
     @property
@@ -69,43 +71,50 @@ class Runtime:
 
     def target_settings(self, name: str) -> Settings:
         """The settings of the named target of the targets file, its credentials resolved here
-        (:class:`~worker.targets.TargetsError` or :class:`~worker.api.auth.AuthError` if not)."""
-        if self._targets is None:
-            if not self.settings.targets_file:
-                raise TargetsError(
-                    [f"target {name[:80]!r}: the plan names a target and SFS_CLEANUP_TARGETS_FILE is unset"]
-                )
-            self._targets = load_targets(self.settings.targets_file)
-        return self._targets.get(name).settings(self.settings)
+        (:class:`~worker.targets.TargetsError` or :class:`~worker.api.auth.AuthError` if not).
+
+        Resolved once per process and target (the client and the limiter both need them; a
+        secret file is read once), under the build lock like the rest.
+        """
+        settings = self._target_settings.get(name)
+        if settings is None:
+            if self._targets is None:
+                if not self.settings.targets_file:
+                    raise TargetsError(
+                        [f"target {name[:80]!r}: the plan names a target and SFS_CLEANUP_TARGETS_FILE is unset"]
+                    )
+                self._targets = load_targets(self.settings.targets_file)
+            settings = self._target_settings[name] = self._targets.get(name).settings(self.settings)
+        return settings
 
     def client_for(self, target: str | None) -> SfsTurboClient:
         """The API client of a batch's target; ``None``: the settings' one project (:attr:`client`)."""
         if target is None:
             return self.client
-        client = self._target_clients.get(target)
-        if client is None:
-            with self._build_lock:
-                client = self._target_clients.get(target)
-                if client is None:
-                    from worker.api.auth import build_auth
-
-                    settings = self.target_settings(target)
-                    client = SfsTurboClient(ClientConfig.from_settings(settings), auth=build_auth(settings, self.redis))
-                    self._target_clients[target] = client
-        return client
+        return self._per_target(self._target_clients, target, self._build_client)
 
     def limiter_for(self, target: str | None) -> FleetLimiter:
         """The fleet limiter (bucket) of a batch's target; ``None``: the settings' one (:attr:`limiter`)."""
         if target is None:
             return self.limiter
-        limiter = self._target_limiters.get(target)
-        if limiter is None:
+        return self._per_target(
+            self._target_limiters, target, lambda settings: FleetLimiter.from_settings(self.redis, settings)
+        )
+
+    def _build_client(self, settings: Settings) -> SfsTurboClient:
+        from worker.api.auth import build_auth
+
+        return SfsTurboClient(ClientConfig.from_settings(settings), auth=build_auth(settings, self.redis))
+
+    def _per_target(self, built: dict[str, _T], target: str, build: Callable[[Settings], _T]) -> _T:
+        """``built[target]``, built once per process from the target's settings."""
+        part = built.get(target)
+        if part is None:
             with self._build_lock:
-                limiter = self._target_limiters.get(target)
-                if limiter is None:
-                    limiter = FleetLimiter.from_settings(self.redis, self.target_settings(target))
-                    self._target_limiters[target] = limiter
-        return limiter
+                part = built.get(target)
+                if part is None:
+                    part = built[target] = build(self.target_settings(target))
+        return part
 
     @property
     def pool(self) -> ThreadPoolExecutor:

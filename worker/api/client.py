@@ -35,7 +35,7 @@ from worker.api.transport import (
     read_bounded,
     request_id_of,
 )
-from worker.api.wire import Wire, WireBodyTooLargeError, WireFlow, WireRequest, as_is, send_through
+from worker.api.wire import Wire, WireBodyTooLargeError, WireFlow, WireRequest, as_is, drive, send_through
 from worker.errors import EXIT_USAGE, UnavailableError, UsageError
 from worker.ids import check_project_id, check_share_id, check_task_id
 from worker.models import TaskInfo
@@ -200,22 +200,13 @@ class SfsTurboClient:
         request = httpx.Request(
             method, self._endpoint + path, params=params, headers=self._headers, extensions={"timeout": self._timeout}
         )
-        flow = self._auth.sync_auth_flow(request)
         transport = self._transport()
-        try:
-            request = next(flow)
-            while True:
-                response = transport.handle_request(request)
-                # A body over the bound raises here: the flow must not act on an unread answer.
-                response = read_bounded(response, request)
-                try:
-                    request = flow.send(response)
-                except StopIteration:
-                    return response
-                if resend_pace is not None:
-                    resend_pace()
-        finally:
-            flow.close()
+
+        def send(request: httpx.Request) -> httpx.Response:
+            # A body over the bound raises here: the flow must not act on an unread answer.
+            return read_bounded(transport.handle_request(request), request)
+
+        return drive(self._auth.sync_auth_flow(request), send, resend_pace)
 
     # --- paths: only ever built from checked IDs, quoted anyway as a second fence ----------
     def _base(self, share_id: str) -> str:

@@ -33,7 +33,7 @@ import ssl
 import threading
 import zlib
 from collections.abc import Callable, Generator
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -82,18 +82,20 @@ def as_is(request: WireRequest) -> Generator[WireRequest, WireAnswer, None]:
     yield request
 
 
-def send_through(
-    wire: Wire, flow_of: WireFlow, request: WireRequest, resend_pace: Callable[[], object] | None
-) -> WireAnswer:
-    """One request through an auth mode's ``wire_flow`` (which may renew a credential and send it
-    again), as the client drives ``httpx.Auth`` flows; ``resend_pace`` is called before each
-    resend (one more request for the gateway's rate limit). Raises what :meth:`Wire.request` does.
-    """
-    flow = flow_of(request)
+_Req = TypeVar("_Req")
+_Ans = TypeVar("_Ans")
+
+
+def drive(
+    flow: Generator[_Req, _Ans, None], send: Callable[[_Req], _Ans], resend_pace: Callable[[], object] | None
+) -> _Ans:
+    """Run an auth flow (an ``httpx.Auth`` flow or a ``wire_flow``) to its last answer: ``send``
+    each request it yields, feed the answer back; ``resend_pace`` is called before each resend
+    (a credential renewed after a 401: one more request for the gateway's rate limit)."""
     try:
         request = next(flow)
         while True:
-            answer = wire.request(request.method, request.target, request.headers)
+            answer = send(request)
             try:
                 request = flow.send(answer)
             except StopIteration:
@@ -102,6 +104,14 @@ def send_through(
                 resend_pace()
     finally:
         flow.close()
+
+
+def send_through(
+    wire: Wire, flow_of: WireFlow, request: WireRequest, resend_pace: Callable[[], object] | None
+) -> WireAnswer:
+    """One request through an auth mode's ``wire_flow``, as the client drives ``httpx.Auth``
+    flows (:func:`drive`). Raises what :meth:`Wire.request` does."""
+    return drive(flow_of(request), lambda r: wire.request(r.method, r.target, r.headers), resend_pace)
 
 
 class WireBodyTooLargeError(Exception):

@@ -11,26 +11,17 @@ from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
 from worker.targets.model import _SLUG, MAX_TARGETS_BYTES, TargetsError, TargetSet
+from worker.textfile import read_text, yaml_problem
 
 
 def load_targets(path: str | Path) -> TargetSet:
     """Read and check a targets file; :class:`TargetsError` with one line per problem."""
     source = str(path)
+    text = read_text(path, MAX_TARGETS_BYTES, "targets file", TargetsError)
     try:
-        with open(path, "rb") as stream:
-            raw = stream.read(MAX_TARGETS_BYTES + 1)
-    except OSError as exc:
-        raise TargetsError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
-    if len(raw) > MAX_TARGETS_BYTES:
-        raise TargetsError([f"{source}: larger than {MAX_TARGETS_BYTES} bytes; is this a targets file?"])
-    try:
-        data = yaml.safe_load(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise TargetsError([f"{source}: invalid UTF-8 at byte {exc.start + 1}"]) from None
+        data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise TargetsError([f"{source}: not valid YAML: {exc.problem or exc.context}{where}"]) from None
+        raise TargetsError([f"{source}: not valid YAML: {yaml_problem(exc)}"]) from None
     except yaml.YAMLError:
         raise TargetsError([f"{source}: not valid YAML"]) from None
     if not isinstance(data, dict) or "targets" not in data:
