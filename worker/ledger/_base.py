@@ -7,6 +7,7 @@ from redis.commands.core import Script
 
 from worker.ledger.keys import Keys
 from worker.ledger.retention import Retention
+from worker.luascripts import LuaScripts
 
 
 class LedgerBase:
@@ -21,12 +22,11 @@ class LedgerBase:
     keys: Keys
     retention_s: int
     retention: Retention
-    _record: Script
+    scripts: LuaScripts  # gate.lua and record.lua
     _freeze: Script
     _stop: Script
     _release: Script
     _abandon_stale: Script
-    _gate: Script
     _compact: Script
     _expand: Script
     _add_rejected: Script

@@ -18,6 +18,7 @@ from worker.ledger.queries import QueryStore
 from worker.ledger.records import OVER
 from worker.ledger.retention import Retention
 from worker.ledger.runs import RunStore
+from worker.luascripts import LuaScripts
 
 
 class Audit(
@@ -41,12 +42,12 @@ class Audit(
         # The chain's key lives only in this process: never an argument to Redis (MONITOR, SLOWLOG).
         self.chain = Chain(audit_key)
         self.chains = ChainCache()
-        self._record = client.register_script(load_script("record.lua"))
+        # The deletion path's two scripts, sent without redis-py's per-command layers (worker.luascripts).
+        self.scripts = LuaScripts(client, {"gate": load_script("gate.lua"), "record": load_script("record.lua")})
         self._freeze = client.register_script(load_script("freeze.lua"))
         self._stop = client.register_script(load_script("stop.lua"))
         self._release = client.register_script(load_script("release.lua"))
         self._abandon_stale = client.register_script(load_script("abandon_stale.lua"))
-        self._gate = client.register_script(load_script("gate.lua"))
         self._add_rejected = client.register_script(load_script("rejected.lua"))
         self._compact = client.register_script(load_script("compact.lua"))
         self._expand = client.register_script(load_script("expand.lua"))

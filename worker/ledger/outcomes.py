@@ -22,6 +22,7 @@ from worker.ledger.compact import CompactStore
 from worker.ledger.durable import Durability, NotReplicatedError, confirm, require
 from worker.ledger.records import UNSENT, Attempt, Batch, FinalOutcome, Gate, RecordResult
 from worker.ledger.runs import RunStore
+from worker.luascripts import Arg, Call
 
 #: record.lua's answers besides 0, 1, 2 and -1.
 CHAIN_MOVED = -3
@@ -203,7 +204,7 @@ class OutcomeStore(RunStore, CompactStore):
         transaction: bool,
         retried: set[int],
     ) -> list[int]:
-        pipe = self.redis.pipeline(transaction=transaction)
+        calls: list[Call] = []
         expected: dict[tuple[str, int], ChainState | None] = {}
         for i in todo:
             b = items[i].batch
@@ -212,10 +213,10 @@ class OutcomeStore(RunStore, CompactStore):
             keys, args, after = self._record_call(
                 items[i], state, failure_ratio, failure_min_attempts, full=i in retried
             )
-            self._record(keys=keys, args=args, client=pipe)
+            calls.append(("record", keys, args))
             expected[key] = after
         try:
-            replies = pipe.execute()
+            replies = self.scripts.run(calls, transaction=transaction)
         except BaseException:
             for key in expected:  # applied or not, nobody knows: read it afresh next time
                 self.chains.forget(*key)
@@ -306,11 +307,11 @@ class OutcomeStore(RunStore, CompactStore):
         try:
             for _ in range(_MAX_TRIES):
                 state = self._chain_state(run_id, number)
-                pipe = self.redis.pipeline(transaction=False)
+                calls: list[Call] = []
                 for ask in todo:
                     start = state or self.chain.genesis(run_id, number)
                     after = self.chain.step(start, ask.task_id, INTENT, ask.intent.key)
-                    args = [
+                    args: list[Arg] = [
                         ask.task_id,
                         ask.intent.to_json(),
                         ask.intent.marker,
@@ -321,12 +322,13 @@ class OutcomeStore(RunStore, CompactStore):
                         start.count,
                         after.encode(),
                     ]
-                    self._gate(keys=keys, args=args, client=pipe)
+                    calls.append(("gate", keys, args))
                     state = after
+                wait = None
                 if self.durability.min_replicas > 0:
-                    pipe.execute_command("WAIT", self.durability.min_replicas, self.durability.timeout_ms)
+                    wait = ("WAIT", self.durability.min_replicas, self.durability.timeout_ms)
                 try:
-                    replies = pipe.execute()
+                    replies = self.scripts.run(calls, then=wait)
                 except BaseException:
                     self.chains.forget(run_id, number)
                     raise

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
+from worker.luascripts import scripts_for
 from worker.ratelimit.circuit import CircuitState
 from worker.ratelimit.errors import RateLimitCancelled, RateLimitWaitTooLong
 from worker.ratelimit.keys import limiter_key
@@ -24,8 +25,6 @@ from worker.ratelimit.scripts import GO, RESERVED, SCRIPTS, TOO_LONG, script_sou
 from worker.ratelimit.tuning import LimiterTuning
 
 if TYPE_CHECKING:
-    from redis.commands.core import Script
-
     from worker.settings import Settings
 
 __all__ = ["FleetLimiter"]
@@ -70,7 +69,8 @@ class FleetLimiter:
         self._redis = redis_client
         self._clock = clock
         self._sleep = sleep
-        self._scripts: dict[str, Script] = {name: redis_client.register_script(script_source(name)) for name in SCRIPTS}
+        # One EVALSHA per slot reservation, without redis-py's per-command layers (worker.luascripts).
+        self._scripts = scripts_for(redis_client, {name: script_source(name) for name in SCRIPTS})
         self._lock = threading.Lock()
         # The bank: slots this process reserved in one script call and hands out at their
         # times, as [(due, last moment it may still be handed out)] in the clock's seconds,
@@ -367,4 +367,4 @@ class FleetLimiter:
         return self._run_texts(name, [str(a) for a in args])
 
     def _run_texts(self, name: str, args: list[str]) -> list[Any]:
-        return list(self._scripts[name](keys=[self.key], args=args))
+        return list(self._scripts.call(name, [self.key], args))
