@@ -115,6 +115,7 @@ class SfsTurboClient:
         self._limiter = limiter
         self._pace = pace if pace is not None else limiter.acquire if limiter is not None else None
         self.project_id = check_project_id(config.project_id)
+        self._bases: dict[str, str] = {}  # share ID -> its checked, quoted path (see _base)
         # httpx's auth flow, driven here instead of through httpx.Client: the Client's
         # per-request work (URL merging, cookies, hooks, redirects) cost about 200 us of CPU per
         # DELETE, a third of the whole call, measured on the throughput benchmark; nothing of it
@@ -210,8 +211,13 @@ class SfsTurboClient:
 
     # --- paths: only ever built from checked IDs, quoted anyway as a second fence ----------
     def _base(self, share_id: str) -> str:
-        share = check_share_id(share_id)
-        return f"/v1/{quote(self.project_id, safe='')}/sfs-turbo/{quote(share, safe='')}/hpc-cache"
+        base = self._bases.get(share_id)
+        if base is None:  # once per share: a job asks for the same one a hundred times
+            share = check_share_id(share_id)
+            base = f"/v1/{quote(self.project_id, safe='')}/sfs-turbo/{quote(share, safe='')}/hpc-cache"
+            if len(self._bases) < 10_000:
+                self._bases[share_id] = base
+        return base
 
     def task_path(self, share_id: str, task_id: str) -> str:
         return f"{self._base(share_id)}/task/{quote(check_task_id(task_id), safe='')}"

@@ -7,14 +7,40 @@ These are the values the ledger stores (as short JSON, or as a plan entry) and h
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
+from json.encoder import encode_basestring_ascii as _quote  # json's C string encoder
 from typing import Any, Final
 
 from worker.ledger._util import iso
+
+
+def compact_json(fields: Iterable[tuple[str, Any]]) -> str:
+    """``json.dumps(dict(fields), separators=(",", ":"))`` without the fields that are ``None`` or
+    ``""``, for the flat records the ledger writes (text, numbers).
+
+    Written out rather than through ``json.dumps``, which builds an encoder per call: each
+    DELETE writes three records, and that was 5 % of a worker's CPU in the throughput profile.
+    The text is the same (json's own C string encoder, ``repr`` of numbers); other values go
+    through ``json.dumps`` (tested equal in ``tests/unit/test_ledger.py``).
+    """
+    parts = []
+    for key, value in fields:
+        if value is None or value == "":
+            continue
+        kind = type(value)
+        if kind is str:
+            text = _quote(value)
+        elif kind is int or (kind is float and math.isfinite(value)):
+            text = repr(value)
+        else:
+            text = json.dumps(value)
+        parts.append(f'"{key}":{text}')
+    return "{" + ",".join(parts) + "}"
 
 
 class Outcome(StrEnum):
@@ -82,20 +108,21 @@ class Attempt:
         return self.verdict == SENDING
 
     def to_json(self) -> str:
-        data = {
-            "k": self.key,
-            "op": None if self.op == "delete" else self.op,
-            "n": self.n,
-            "t": round(self.at, 3),
-            "s": self.status,
-            "v": self.verdict,
-            "r": self.request_id,
-            "c": self.code,
-            "m": self.msg,
-            "l": round(self.latency_ms, 1),
-            "w": self.worker,
-        }
-        return json.dumps({k: v for k, v in data.items() if v not in (None, "")}, separators=(",", ":"))
+        return compact_json(
+            (
+                ("k", self.key),
+                ("op", None if self.op == "delete" else self.op),
+                ("n", self.n),
+                ("t", round(self.at, 3)),
+                ("s", self.status),
+                ("v", self.verdict),
+                ("r", self.request_id),
+                ("c", self.code),
+                ("m", self.msg),
+                ("l", round(self.latency_ms, 1)),
+                ("w", self.worker),
+            )
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Attempt:
@@ -128,17 +155,18 @@ class FinalOutcome:
     reason: str | None = None
 
     def to_json(self) -> str:
-        data = {
-            "o": self.outcome.value,
-            "t": round(self.at, 3),
-            "a": self.attempts,
-            "s": self.status,
-            "c": self.code,
-            "m": self.msg,
-            "r": self.request_id,
-            "why": self.reason,
-        }
-        return json.dumps({k: v for k, v in data.items() if v not in (None, "")}, separators=(",", ":"))
+        return compact_json(
+            (
+                ("o", self.outcome.value),
+                ("t", round(self.at, 3)),
+                ("a", self.attempts),
+                ("s", self.status),
+                ("c", self.code),
+                ("m", self.msg),
+                ("r", self.request_id),
+                ("why", self.reason),
+            )
+        )
 
     @classmethod
     def from_json(cls, text: str) -> FinalOutcome:
