@@ -135,7 +135,19 @@ def render(doc: dict[str, Any]) -> None:
         title=f"Throughput: deletions per second (fake API, {doc['params']['latency_ms']:g} ms latency, no rate "
         f"limit), median \\[min..max] of {repeat} run(s) per case"
     )
-    for column in ("case", "deleted", "del/s", "x SDK", "worker CPU", "scheduler", "redis", "fake", "CPU bound/s"):
+    columns: tuple[str, ...] = (
+        "case",
+        "deleted",
+        "del/s",
+        "x SDK",
+        "worker CPU",
+        "worker/fake",
+        "scheduler",
+        "redis",
+        "fake",
+    )
+    columns += ("CPU bound/s",)
+    for column in columns:
         table.add_column(column, justify="left" if column == "case" else "right")
     bsum = base["summary"]
     table.add_row(
@@ -144,6 +156,7 @@ def render(doc: dict[str, Any]) -> None:
         format_spread(bsum["deletions_per_s"]),
         "1.0",
         f"client {format_spread(bsum['cpu_per_1000_client'], 2)}",
+        "",
         "",
         "",
         format_spread(bsum["cpu_per_1000_fake"], 2),
@@ -157,6 +170,7 @@ def render(doc: dict[str, Any]) -> None:
             format_spread(summ["deletions_per_s"]),
             format_spread(summ["ratio"]),
             format_spread(summ["cpu_per_1000_workers"], 2),
+            format_spread(summ["worker_to_fake_cpu"], 2),
             format_spread(summ["cpu_per_1000_scheduler"], 2),
             format_spread(summ["cpu_per_1000_redis"], 2),
             format_spread(summ["cpu_per_1000_fake"], 2),
@@ -164,7 +178,9 @@ def render(doc: dict[str, Any]) -> None:
         )
     table.caption = (
         "CPU columns: CPU seconds per 1,000 deletions. x SDK: each run against the SDK loop of the same "
-        "repetition. CPU bound: the rate this CPU cost allows on all the machine's cores (fake included)."
+        "repetition. worker/fake: the workers' CPU per deletion over the fake's per request in the same run "
+        "(a slower spell of the machine raises both). CPU bound: the rate this CPU cost allows on all the "
+        "machine's cores (fake included)."
     )
     out.print(table)
     runs = Table(title="Every run, in the order run")
@@ -380,6 +396,7 @@ def run_cases(
                         f"cpu_per_1000_{name}": spread([r["cpu_per_1000"][name] for r in case_runs])
                         for name in ("workers", "scheduler", "redis", "ours_total", "fake")
                     },
+                    "worker_to_fake_cpu": spread([r["worker_to_fake_cpu"] for r in case_runs]),
                     "cpu_bound_deletions_per_s": spread([r["cpu_bound_deletions_per_s"] for r in case_runs]),
                     "cpu_bound_ratio": spread([r["cpu_bound_ratio"] for r in case_runs]),
                 },
@@ -404,6 +421,7 @@ def targets(doc: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any
     doc["ratio"] = ratio["median"]
     doc["ratio_spread"] = ratio
     doc["worker_cpu_per_1000"] = main_case["summary"]["cpu_per_1000_workers"]
+    doc["worker_to_fake_cpu"] = main_case["summary"]["worker_to_fake_cpu"]
     if doc.get("sweep"):
         best = max(
             [c for c in cases if c["auth"] == "aksk"], key=lambda c: c["summary"]["deletions_per_s"]["median"] or 0

@@ -217,6 +217,12 @@ def run_ours(
             "ours_total": procstat.per_thousand(workers_cpu + measured.cpu_s + cpu["redis"], deleted),
             "fake": procstat.per_thousand(cpu["fake"], deleted),
         },
+        # The workers' CPU per deletion in units of the fake's CPU per request in the same run.
+        # The fake does the same work per request whatever our code does, so a machine that runs
+        # slower for a while (the same benchmark ran 20 % slower an hour later on one of ours)
+        # raises both and leaves this ratio: it shows what the code costs, the seconds what the
+        # machine did.
+        "worker_to_fake_cpu": round(workers_cpu / cpu["fake"], 2) if cpu["fake"] else None,
         "cores_busy": round((workers_cpu + measured.cpu_s + cpu["redis"] + cpu["fake"]) / measured.wall_s, 2),
         # What the CPU cost allows on this machine's cores if nothing else ran: with the fake
         # sharing them (as here), and without it (the real API is elsewhere).
