@@ -26,7 +26,7 @@ def compact_json(fields: Iterable[tuple[str, Any]]) -> str:
     Written out rather than through ``json.dumps``, which builds an encoder per call: each
     DELETE writes three records, and that was 5 % of a worker's CPU in the throughput profile.
     The text is the same (json's own C string encoder, ``repr`` of numbers); other values go
-    through ``json.dumps`` (tested equal in ``tests/unit/test_ledger.py``).
+    through ``json.dumps`` (tested equal in ``tests/unit/test_records_json.py``).
     """
     parts = []
     for key, value in fields:
