@@ -170,12 +170,21 @@ def _file(frame: str) -> str:
     return frame.rpartition("(")[2].rpartition(":")[0]
 
 
+def _json(frame: str) -> bool:
+    return frame.startswith(("compact_json", "Attempt.to_json", "FinalOutcome.to_json"))
+
+
 def _ours(frame: str) -> bool:
     return _file(frame).startswith("worker/")
 
 
 # The cost category of a sampled stack is decided by its deepest frame in our own code (the
-# ``worker`` package), and by what that frame was calling; first match wins.
+# ``worker`` package), and by what that frame was calling; first match wins. The Redis wire of
+# the scripts (``worker/luascripts.py``) is shared by the gate, the records and the limiter: a
+# stack that ends there counts for the frame that called it, so each of them shows its whole cost.
+_WIRE = "worker/luascripts.py"
+_GATE = ("OutcomeStore.gate", "OutcomeStore._gate", "ChainCache.ask", "ChainCache.take", "_GateAsk")
+_RECORDS = ("RecordBuffer", "Audit.record", "OutcomeStore.record", "OutcomeStore._record")
 _CATEGORIES: tuple[tuple[str, Any], ...] = (
     ("logging (structlog, logging)", lambda f, below: any("structlog/" in b or "logging/" in b for b in below)),
     ("AK/SK signing", lambda f, below: _file(f) == "worker/api/signer.py"),
@@ -188,13 +197,26 @@ _CATEGORIES: tuple[tuple[str, Any], ...] = (
         "HTTP request + answer (worker/api: the wire, httpx for listings)",
         lambda f, below: _file(f).startswith("worker/api/"),
     ),
-    ("fleet limiter (EVALSHA per request)", lambda f, below: _file(f).startswith("worker/ratelimit/")),
-    ("audit: records to JSON", lambda f, below: _file(f).startswith("worker/ledger/") and "to_json" in f),
+    ("fleet limiter (acquire.lua, its Redis calls)", lambda f, below: _file(f).startswith("worker/ratelimit/")),
     (
-        "audit: ledger pipelines (record.lua)",
-        lambda f, below: _file(f).startswith("worker/ledger/") and f.startswith(("RecordBuffer", "Audit.record")),
+        "audit: records to JSON",
+        lambda f, below: _file(f).startswith("worker/ledger/") and _json(f),
+    ),
+    ("audit: hash chain (SHA-256 steps)", lambda f, below: _file(f) == "worker/ledger/chain.py"),
+    (
+        "audit: write-ahead gate (gate.lua, its Redis calls)",
+        lambda f, below: _file(f).startswith("worker/ledger/") and f.startswith(_GATE),
+    ),
+    (
+        "audit: records (record.lua, its Redis calls)",
+        lambda f, below: _file(f).startswith("worker/ledger/") and f.startswith(_RECORDS),
+    ),
+    (
+        "audit: run-end compaction (the last job of a run)",
+        lambda f, below: _file(f).startswith("worker/ledger/") and f.startswith("RunStore.on_run_over"),
     ),
     ("audit: reads, leases, batch set-up", lambda f, below: _file(f).startswith("worker/ledger/")),
+    ("API metrics (worker/apimetrics.py)", lambda f, below: _file(f) == "worker/apimetrics.py"),
     ("thread pool hand-off", lambda f, below: any("concurrent/futures" in b or "threading.py" in b for b in below)),
     ("job logic (worker/purge)", lambda f, below: _file(f).startswith("worker/purge/")),
 )
@@ -210,8 +232,15 @@ def classify_stack(frames: list[str]) -> str:
         if any(f.startswith("concurrent/futures") or f == "threading.py" for f in files):
             return "thread pool (idle threads waking)"
         return "other"
-    deepest = own[-1]
+    callers = [i for i in own if _file(frames[i]) != _WIRE]
+    deepest = callers[-1] if callers and _file(frames[own[-1]]) == _WIRE else own[-1]
     frame, below = frames[deepest], frames[deepest + 1 :]
+    ledger = [frames[i] for i in own if _file(frames[i]).startswith("worker/ledger/")]
+    if _file(frame).startswith("worker/ledger/") and not _json(frame) and _file(frame) != "worker/ledger/chain.py":
+        # Helpers the gate and the records share (the chain cache's locks, the keys) count for
+        # the ledger call that ran them: its outermost frame (or the run-end compaction).
+        compaction = [f for f in ledger if f.startswith("RunStore.on_run_over")]
+        frame = compaction[0] if compaction else ledger[0]
     for name, rule in _CATEGORIES:
         if rule(frame, below):
             return name
@@ -385,7 +414,7 @@ def profile(server: RedisServer, workdir: Path, *, tasks: int, latency_ms: float
         close_runtime()
     client.close()
     console.print("  profile: py-spy on 2 real workers during a purge ...")
-    result["pyspy"] = pyspy_workers(
-        server, workdir, shares=shares, per_share=max(250, tasks // shares), latency_ms=latency_ms
-    )
+    # The size of the throughput run (20 shares, 20,000 tasks; 5,000 with --quick): a shorter
+    # purge gave py-spy only about 200 samples of the workers holding the GIL.
+    result["pyspy"] = pyspy_workers(server, workdir, shares=20, per_share=max(250, tasks // 4), latency_ms=latency_ms)
     return result

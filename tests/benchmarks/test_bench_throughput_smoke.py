@@ -125,6 +125,33 @@ def test_stacks_are_classified_by_their_deepest_frame_in_our_code() -> None:
     assert classify([*http, "AkSkAuth.auth_flow (worker/api/auth/aksk.py:20)", "sign (worker/api/signer.py:160)"]) == (
         "AK/SK signing"
     )
+    # The scripts' Redis wire counts for whoever called it: the limiter, the gate, the records.
+    wire = [
+        "LuaScripts.run (worker/luascripts.py:90)",
+        "LuaScripts._send (worker/luascripts.py:120)",
+        "x (socket.py:1)",
+    ]
+    limiter = [
+        *job,
+        "Sending._acquire (worker/purge/sending.py:110)",
+        "FleetLimiter._run_texts (worker/ratelimit/limiter.py:300)",
+    ]
+    assert classify([*limiter, *wire]).startswith("fleet limiter")
+    gate = [
+        *job,
+        "Sending._pass_gate (worker/purge/sending.py:140)",
+        "OutcomeStore.gate (worker/ledger/outcomes.py:300)",
+    ]
+    assert classify([*gate, "OutcomeStore._gate_group (worker/ledger/outcomes.py:330)", *wire]).startswith(
+        "audit: write-ahead gate"
+    )
+    assert classify([*gate, "Chain.step (worker/ledger/chain.py:60)"]).startswith("audit: hash chain")
+    flusher = [*thread, "RecordBuffer.flush (worker/ledger/buffer.py:90)"]
+    records = [*flusher, "OutcomeStore.record_many (worker/ledger/outcomes.py:190)"]
+    assert classify([*records, "OutcomeStore._record_round (worker/ledger/outcomes.py:220)", *wire]).startswith(
+        "audit: records"
+    )
+    assert classify([*job, "ApiStats.observe (worker/apimetrics.py:170)"]).startswith("API metrics")
     assert classify(["Consumer.start (celery/worker/consumer/consumer.py:1)"]).startswith("Celery")
     assert classify([*thread, "Condition.wait (threading.py:320)"]).startswith("thread pool")
 
