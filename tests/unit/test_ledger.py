@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from worker.ledger import Attempt, Audit, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
+from worker.ledger import UNSENT, Attempt, Audit, Batch, FinalOutcome, Outcome, RecordBuffer, RunStatus
 
 
 def planned_run(audit: Audit, run_id: str, tasks_per_batch: list[int]) -> list[Batch]:
@@ -164,6 +164,28 @@ def test_rate_record_keeps_requests_per_second_over_the_run(redis_client: redis.
     assert profile["per_second"] == [[1000, 5], [1001, 9], [1002, 0], [1003, 2]]
     assert profile["busiest_second"] == 9
     assert profile["seconds"] == 4 and profile["requests"] == 16 and profile["average_rps"] == 4.0
+
+
+def test_a_request_is_counted_in_the_second_it_was_sent_not_when_its_record_is_written(
+    redis_client: redis.Redis,
+) -> None:
+    """Records are flushed in batches after the answers: counted at the write, the shows of a run
+    at its limit landed in the next second beside that second's DELETEs, and the report's busiest
+    second read 21 at a limit of 20."""
+    audit = Audit(redis_client)
+    (batch,) = planned_run(audit, "r12", [4])
+    second = 1_700_000_000
+    buffer = RecordBuffer(audit, flush_s=0)
+    # Sent late in one second, answered in the next; sent early, answered in the same one.
+    buffer.add(batch, "t0x0", attempt=Attempt(1, second + 0.95 + 0.2, 200, "ok", "r1", latency_ms=200.0, op="show"))
+    buffer.add(batch, "t0x1", attempt=Attempt(1, second + 0.1 + 0.02, 200, "ok", "r2", latency_ms=20.0, op="show"))
+    # Answered after two seconds (a slow server): still the second it left in.
+    buffer.add(batch, "t0x2", attempt=Attempt(1, second + 2.5, 500, "retryable", "r3", latency_ms=2000.0, op="show"))
+    # A DELETE that never left (its intent completed as unsent) is no request.
+    buffer.add(batch, "t0x3", attempt=Attempt(1, second + 0.5, 0, UNSENT))
+    buffer.close()
+    assert audit.rate_profile("r12")["per_second"] == [[second, 3]]
+    assert int(audit.run("r12")["attempts"]) == 4  # every attempt is still recorded
 
 
 def test_an_ended_run_is_kept_as_long_as_its_kind_says(redis_client: redis.Redis) -> None:

@@ -20,7 +20,7 @@ from worker.ledger._util import decode
 from worker.ledger.chain import ATTEMPT, FINAL, INTENT, Chain, ChainState
 from worker.ledger.compact import CompactStore
 from worker.ledger.durable import Durability, NotReplicatedError, confirm, require
-from worker.ledger.records import UNSENT, Attempt, Batch, FinalOutcome, Gate, RecordResult
+from worker.ledger.records import Attempt, Batch, FinalOutcome, Gate, RecordResult
 from worker.ledger.runs import RunStore
 from worker.luascripts import Arg, Call
 
@@ -125,6 +125,7 @@ class OutcomeStore(RunStore, CompactStore):
         run_id, number = batch.run_id, batch.number
         start = state or self.chain.genesis(run_id, number)
         att_json = attempt.to_json() if attempt else ""
+        sent = attempt.sent_second if attempt else None  # counted in the run's rate record
         fin_json = final.to_json() if final else ""
         after_a = self.chain.step(start, task_id, ATTEMPT, att_json) if attempt else start
         after_af = self.chain.step(after_a, task_id, FINAL, fin_json) if final else after_a
@@ -151,7 +152,7 @@ class OutcomeStore(RunStore, CompactStore):
             item.bump,
             failure_ratio,
             failure_min_attempts,
-            "1" if attempt is not None and attempt.verdict not in ("local", UNSENT) else "0",
+            "" if sent is None else str(sent),
             attempt.marker if attempt is not None else "",
             state.encode() if state else "",
             start.count,

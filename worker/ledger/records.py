@@ -107,6 +107,18 @@ class Attempt:
         """A write-ahead intent that no answer has completed: the DELETE may or may not have left."""
         return self.verdict == SENDING
 
+    @property
+    def sent_second(self) -> int | None:
+        """The epoch second the request left in; ``None`` if none left: the run's rate record.
+
+        Records are written in batches after the answer, so the time of the write would put a
+        request in a later second than the one it left in, and a run at the limit would seem to
+        go over it. An attempt is stamped when its answer came; its latency goes back to the send.
+        """
+        if self.verdict == UNSENT:
+            return None
+        return int(self.at - self.latency_ms / 1000)
+
     def to_json(self) -> str:
         return compact_json(
             (

@@ -12,7 +12,8 @@
 --       5 requests-per-second hash, 6 chain hash, 7 compacted-batches hash
 -- ARGV: 1 task id, 2 attempt JSON or '', 3 outcome or '', 4 final JSON, 5 batch number,
 --       6 batch size, 7 extra counter to bump or '', 8 failure ratio limit, 9 minimum attempted,
---       10 count this attempt as an API request ('1' or '0'), 11 the attempt's line marker or '',
+--       10 the epoch second the attempt's request was sent in, to count it as an API request of that
+--       second ('' when it is not counted), 11 the attempt's line marker or '',
 --       12 the chain state the client computed from ('' for none yet), 13 its entry count,
 --       14 the state after the attempt alone, 15 after the attempt and the final, 16 after the final
 --       alone ('' when an attempt comes with the final: asked for by answering -3 if needed)
@@ -81,8 +82,8 @@ if att or fin then
       redis.call('HSET', KEYS[3], ARGV[1], stored)
     end
     redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-    if ARGV[10] == '1' then
-      redis.call('HINCRBY', KEYS[5], tostring(now), 1)
+    if ARGV[10] ~= '' then
+      redis.call('HINCRBY', KEYS[5], ARGV[10], 1)
     end
   elseif att == 'complete' then
     seq = seq + 1
