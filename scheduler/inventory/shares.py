@@ -23,13 +23,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Final, Protocol
-from urllib.parse import quote
 
 from scheduler.inventory.items import printable
 from worker.api.answers import ApiAnswer, Verdict
 from worker.api.client import ApiError, CredentialsRefusedError, SfsTurboClient
 from worker.errors import UnavailableError
-from worker.ids import check_project_id, explain, show_value
+from worker.ids import explain, show_value
 from worker.ratelimit import RateLimitWaitTooLong
 from worker.settings import Settings
 
@@ -107,12 +106,9 @@ class ClientSharePager:
 
     def __init__(self, client: SfsTurboClient) -> None:
         self._client = client
-        self.path = f"/v1/{quote(check_project_id(client.project_id), safe='')}/sfs-turbo/shares/detail"
 
     def shares_page(self, *, offset: int, limit: int) -> tuple[ApiAnswer, bytes]:
-        # The client has no share call of its own yet; its request path (pacing, auth flow,
-        # bounded bodies, classification) is reused rather than copied.
-        return self._client._call("GET", self.path, {"offset": offset, "limit": limit})
+        return self._client.shares_page(offset=offset, limit=limit)
 
 
 def list_shares(

@@ -311,6 +311,11 @@ class SfsTurboClient:
         data = json_object(body)
         return answer, task_from(self.project_id, share_id, data) if data else None
 
+    def shares_page(self, *, offset: int, limit: int) -> tuple[ApiAnswer, bytes]:
+        """One page of ``GET .../sfs-turbo/shares/detail``: the answer and its body (the scheduler reads it)."""
+        path = f"/v1/{quote(self.project_id, safe='')}/sfs-turbo/shares/detail"
+        return self._call("GET", path, {"offset": offset, "limit": limit})
+
     def list_page(
         self, share_id: str, *, offset: int, limit: int, status: str | None = None, type: str | None = None
     ) -> tuple[ApiAnswer, list[TaskInfo]]:
