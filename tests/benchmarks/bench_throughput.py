@@ -49,7 +49,7 @@ from rich.table import Table
 from sandbox.redis_server import RedisServer
 from tests.benchmarks import procstat
 from tests.benchmarks.baseline import baseline_child, run_baseline
-from tests.benchmarks.ours import OurConfig, run_ours
+from tests.benchmarks.ours import DEFAULT_CONCURRENCY, OurConfig, run_ours
 from tests.benchmarks.profiling import profile
 from tests.benchmarks.results import (
     RESULTS_DIR,
@@ -246,7 +246,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2,
         help="Celery pool processes per worker (-c); 2 overlaps one job's tail with the next",
     )
-    p.add_argument("--concurrency", type=int, default=16, help="SFS_CLEANUP_BATCH_CONCURRENCY")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help="SFS_CLEANUP_BATCH_CONCURRENCY (default: the product's)",
+    )
     p.add_argument("--batch-size", type=int, default=100, help="SFS_CLEANUP_BATCH_SIZE")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "throughput.json")
     # The baseline's own subprocess.

@@ -29,11 +29,14 @@ from tests.benchmarks.results import ROOT
 from tests.support import environment
 from tests.support.environment import ServiceEnv, aksk_auth, cli_command, stop_workers, token_auth
 from worker.ledger import Audit
+from worker.settings import Settings
 
 AK = "BENCHAKAAAAAAAAAAAAA"
 SK = "bench-secret-key-not-a-secret"
 
 console = Console(stderr=True)
+#: The product's default deletes in flight per job: the benchmark measures what users get.
+DEFAULT_CONCURRENCY: int = Settings.model_fields["batch_concurrency"].default
 
 
 # --- Inventories ---------------------------------------------------------------------------------
@@ -82,7 +85,7 @@ class OurConfig:
     auth: str = "aksk"  # or "token"
     workers: int = 2
     procs: int = 1  # Celery pool processes per worker
-    concurrency: int = 16  # SFS_CLEANUP_BATCH_CONCURRENCY
+    concurrency: int = DEFAULT_CONCURRENCY  # SFS_CLEANUP_BATCH_CONCURRENCY
     batch_size: int = 100  # SFS_CLEANUP_BATCH_SIZE
 
     @property

@@ -109,7 +109,7 @@ class Settings(RedisHASettings, FleetSettings, NotifySettings):
 
     # --- Jobs -----------------------------------------------------------------------------
     batch_size: int = Field(100, ge=1, le=1000, description="Tasks (of one share) per deletion job.")
-    batch_concurrency: int = Field(16, ge=1, le=256, description="Deletes in flight inside one job.")
+    batch_concurrency: int = Field(32, ge=1, le=256, description="Deletes in flight inside one job.")
     job_time_limit_s: int = Field(1800, ge=30, description="Hard time limit of one deletion job.")
     visibility_timeout_s: int = Field(3600, ge=10, description="Redis broker redelivery of unacked jobs.")
     restore_interval_s: float = Field(10.0, gt=0, le=600, description="How often unacked jobs are swept.")
