@@ -274,7 +274,13 @@ def handle_trigger(ctx: Context, name: str, message_id: str | None, args: Any, k
 def register(app: Celery) -> None:
     settings = settings_of(app)
     _connect_refusal_signals(settings)
-    options: dict[str, Any] = {"bind": True, "acks_late": True, "Strategy": "scheduler.service:guarded_strategy"}
+    # shared=False: closures over this app's settings stay with this app (see worker.tasks.register).
+    options: dict[str, Any] = {
+        "bind": True,
+        "acks_late": True,
+        "shared": False,
+        "Strategy": "scheduler.service:guarded_strategy",
+    }
     # Bounded by the broker's visibility timeout (the settings check it): a planner still running
     # when its message is delivered again would be joined by a second one.
     limit = settings.control_job_time_limit_s
@@ -295,7 +301,7 @@ def register(app: Celery) -> None:
         """The scheduled purge: exactly one run per schedule slot, however often it is sent."""
         return handle_trigger(Context(settings, celery=app), NIGHTLY, self.request.id, args, kwargs)
 
-    @app.task(name=RECONCILE, acks_late=False, ignore_result=True)
+    @app.task(name=RECONCILE, acks_late=False, ignore_result=True, shared=False)
     def reconcile_task() -> dict[str, int]:
         """Re-send jobs of active runs that the queue lost, and a lost nightly message; notify
         runs that need a human; archive ended runs, then give them their retention (every minute)."""

@@ -22,8 +22,12 @@ log = structlog.get_logger(__name__)
 def register(app: Celery) -> None:
     settings = settings_of(app)
 
+    # shared=False: the task is a closure over this app's settings. Celery's default (shared)
+    # would also add it to every other app built in the process, where it would answer for
+    # another app's settings (and Celery warns of the duplicate name).
     @app.task(
         name=PURGE_BATCH,
+        shared=False,
         bind=True,
         acks_late=True,
         max_retries=5,

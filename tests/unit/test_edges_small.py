@@ -1,4 +1,4 @@
-"""Small edges: one cap over every source, huge durations, the log mask, the control job's time limit."""
+"""Small edges: one cap over every source, huge durations, the log mask, control job time limits, own tasks."""
 
 from __future__ import annotations
 
@@ -106,3 +106,31 @@ def test_control_jobs_run_under_a_time_limit_the_visibility_timeout_covers() -> 
         task = app.tasks[name]
         assert task.time_limit is not None and task.time_limit + 60 <= settings.visibility_timeout_s, name
         assert task.time_limit == 1940 and task.soft_time_limit == 1880
+
+
+def test_each_app_keeps_its_own_tasks_bound_to_its_own_settings() -> None:
+    """Our tasks are closures over their app's settings: one app's must never answer for another
+    app built in the same process (Celery shares tasks between apps unless told not to)."""
+    import warnings
+
+    from celery.exceptions import DuplicateTaskNameWarning
+
+    from scheduler import service
+    from scheduler.jobs import CONTROL_QUEUE, START_PURGE
+    from worker.celery_app import create_app
+    from worker.jobnames import DELETE_QUEUE, PURGE_BATCH
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DuplicateTaskNameWarning)
+        apps = []
+        for limit in (1800, 900):
+            settings = load_settings(job_time_limit_s=limit, visibility_timeout_s=limit + 200)
+            app = create_app(settings, queues=(DELETE_QUEUE, CONTROL_QUEUE))
+            service.register(app)
+            app.finalize()
+            apps.append(app)
+        first, second = apps
+        for name in (PURGE_BATCH, START_PURGE):
+            assert first.tasks[name] is not second.tasks[name], name
+            assert first.tasks[name].app is first and second.tasks[name].app is second, name
+        assert first.tasks[START_PURGE].time_limit != second.tasks[START_PURGE].time_limit
