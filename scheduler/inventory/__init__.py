@@ -25,7 +25,6 @@ from scheduler.inventory.manifest import (
     read_manifest,
 )
 from scheduler.inventory.shares import (
-    ClientSharePager,
     Discovery,
     ListingUnreadableError,
     ShareInfo,
@@ -45,7 +44,6 @@ __all__ = [
     "REQUIRED_FIELDS",
     "STATUSES",
     "TYPES",
-    "ClientSharePager",
     "Discovery",
     "InventoryItem",
     "ListingUnreadableError",

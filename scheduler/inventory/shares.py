@@ -96,19 +96,10 @@ class Discovery:
 
 
 class SharePager(Protocol):
-    """One page of the share listing: the classified answer and its body."""
+    """One page of the share listing: the classified answer and its body. The task API's client
+    is one (``SfsTurboClient.shares_page``: same auth, fleet limiter and metrics)."""
 
     def shares_page(self, *, offset: int, limit: int) -> tuple[ApiAnswer, bytes]: ...
-
-
-class ClientSharePager:
-    """The share listing through the task API's client: same auth, fleet limiter and metrics."""
-
-    def __init__(self, client: SfsTurboClient) -> None:
-        self._client = client
-
-    def shares_page(self, *, offset: int, limit: int) -> tuple[ApiAnswer, bytes]:
-        return self._client.shares_page(offset=offset, limit=limit)
 
 
 def list_shares(
@@ -239,7 +230,7 @@ def _text(value: object) -> str:
 def discover_shares(client: SfsTurboClient, settings: Settings) -> Discovery:
     """:func:`discover` with the settings' page size, name pattern and enterprise project."""
     return discover(
-        ClientSharePager(client),
+        client,
         page_size=settings.list_page_size,
         pattern=settings.share_name_pattern,
         enterprise_project_id=settings.share_enterprise_project_id,

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scheduler.inventory import ClientSharePager, ListingUnreadableError, SkippedShare, discover, list_shares
+from scheduler.inventory import ListingUnreadableError, SkippedShare, discover, list_shares
 from worker.api.client import ApiError, ClientConfig, CredentialsRefusedError, SfsTurboClient
 from worker.settings import SettingsError, load_settings
 
@@ -45,9 +45,8 @@ class Server:
         return httpx.Response(200, json={"shares": page, "count": count}, headers={"X-request-id": "r"})
 
 
-def pager(server: Server) -> ClientSharePager:
-    client = SfsTurboClient(ClientConfig(ENDPOINT, PROJECT), transport=httpx.MockTransport(server))
-    return ClientSharePager(client)
+def pager(server: Server) -> SfsTurboClient:
+    return SfsTurboClient(ClientConfig(ENDPOINT, PROJECT), transport=httpx.MockTransport(server))
 
 
 def no_sleep(_: float) -> None:
@@ -165,7 +164,7 @@ def test_the_listing_request_is_the_documented_one() -> None:
         return httpx.Response(200, content=json.dumps({"shares": [], "count": 0}).encode())
 
     client = SfsTurboClient(ClientConfig(ENDPOINT, PROJECT), transport=httpx.MockTransport(record))
-    assert discover(ClientSharePager(client), page_size=50).share_ids == []
+    assert discover(client, page_size=50).share_ids == []
     (request,) = seen
     assert request.method == "GET"
     assert str(request.url) == f"{ENDPOINT}{SHARES_PATH}?offset=0&limit=50"
