@@ -145,8 +145,8 @@ def render(doc: dict[str, Any]) -> None:
         "scheduler",
         "redis",
         "fake",
+        "CPU bound/s",
     )
-    columns += ("CPU bound/s",)
     for column in columns:
         table.add_column(column, justify="left" if column == "case" else "right")
     bsum = base["summary"]

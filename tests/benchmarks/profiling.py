@@ -183,7 +183,7 @@ def _ours(frame: str) -> bool:
 # the scripts (``worker/luascripts.py``) is shared by the gate, the records and the limiter: a
 # stack that ends there counts for the frame that called it, so each of them shows its whole cost.
 _WIRE = "worker/luascripts.py"
-_GATE = ("OutcomeStore.gate", "OutcomeStore._gate", "ChainCache.ask", "ChainCache.take", "_GateAsk")
+_GATE = ("OutcomeStore.gate", "OutcomeStore._gate")
 _RECORDS = ("RecordBuffer", "Audit.record", "OutcomeStore.record", "OutcomeStore._record")
 _CATEGORIES: tuple[tuple[str, Any], ...] = (
     ("logging (structlog, logging)", lambda f, below: any("structlog/" in b or "logging/" in b for b in below)),
@@ -235,10 +235,10 @@ def classify_stack(frames: list[str]) -> str:
     callers = [i for i in own if _file(frames[i]) != _WIRE]
     deepest = callers[-1] if callers and _file(frames[own[-1]]) == _WIRE else own[-1]
     frame, below = frames[deepest], frames[deepest + 1 :]
-    ledger = [frames[i] for i in own if _file(frames[i]).startswith("worker/ledger/")]
     if _file(frame).startswith("worker/ledger/") and not _json(frame) and _file(frame) != "worker/ledger/chain.py":
         # Helpers the gate and the records share (the chain cache's locks, the keys) count for
         # the ledger call that ran them: its outermost frame (or the run-end compaction).
+        ledger = [frames[i] for i in own if _file(frames[i]).startswith("worker/ledger/")]
         compaction = [f for f in ledger if f.startswith("RunStore.on_run_over")]
         frame = compaction[0] if compaction else ledger[0]
     for name, rule in _CATEGORIES:
